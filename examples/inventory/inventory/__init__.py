@@ -1,0 +1,1 @@
+"""A tiny inventory library: items, stock levels and exports."""

@@ -1,0 +1,23 @@
+from inventory.export import quote, to_csv, total_stock
+
+ROWS = [
+    ["A-1", "bolt", 120],
+    ["A-2", "nut", 80],
+    ["B-7", "washer, steel", 15],
+]
+
+
+def test_quote_plain_and_special():
+    assert quote("bolt") == "bolt"
+    assert quote("washer, steel") == '"washer, steel"'
+
+
+def test_csv_has_every_row():
+    text = to_csv(["sku", "name", "stock"], ROWS)
+    lines = text.splitlines()
+    assert lines[0] == "sku,name,stock"
+    assert lines[1:] == ["A-1,bolt,120", "A-2,nut,80", 'B-7,"washer, steel",15']
+
+
+def test_total_stock():
+    assert total_stock(ROWS) == 215

@@ -1,0 +1,207 @@
+"""The agent loop: ask the model, run the one command it wrote, show it the result, repeat."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pullsmith.agent.prompts import observation
+from pullsmith.agent.protocol import FormatError, parse_action
+from pullsmith.events import EventLog
+from pullsmith.models.base import Message, Model, Usage
+from pullsmith.sandbox.base import CommandResult, Sandbox
+
+# Checks the work when the model says it is done: None means accepted, a string is what the
+# model is told instead (for example the failing test output).
+Verifier = Callable[[], str | None]
+
+
+class Finished(Exception):
+    def __init__(self, summary: str) -> None:
+        super().__init__(summary)
+        self.summary = summary
+
+
+class LimitReached(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class AgentLimits:
+    max_turns: int = 20
+    max_time_s: float = 1200.0
+    max_tokens: int = 400_000
+    context_tokens: int | None = None
+    reply_tokens: int = 2048
+    format_errors: int = 3
+    finish_retries: int = 2
+    observation_chars: int = 4000
+
+
+@dataclass
+class Outcome:
+    finished: bool
+    exit_reason: str
+    summary: str = ""
+    turns: int = 0
+    usage: Usage = field(default_factory=Usage)
+    model_seconds: float = 0.0
+
+
+def clip(text: str, limit: int) -> str:
+    """Keep the head and the tail of long text and say how much was cut."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    cut = len(text) - 2 * half
+    return f"{text[:half]}\n[... {cut} characters cut ...]\n{text[-half:]}"
+
+
+class Agent:
+    def __init__(
+        self,
+        model: Model,
+        sandbox: Sandbox,
+        events: EventLog,
+        limits: AgentLimits | None = None,
+        verify: Verifier | None = None,
+        history_path: Path | None = None,
+    ) -> None:
+        self.model = model
+        self.sandbox = sandbox
+        self.events = events
+        self.limits = limits or AgentLimits()
+        self.verify = verify
+        self.history_path = history_path
+        self.messages: list[Message] = []
+        self.usage = Usage()
+        self.turns = 0
+        self.model_seconds = 0.0
+        self.format_errors = 0
+        self.finish_rejections = 0
+        self._started = 0.0
+        self._last_prompt_tokens = 0
+
+    def run(self, system: str, first: str) -> Outcome:
+        self._started = time.monotonic()
+        self.messages = []
+        self.add("system", system)
+        self.add("user", first)
+        while True:
+            try:
+                self.step()
+            except FormatError as exc:
+                self.format_errors += 1
+                self.events.emit("format.error", turn=self.turns, message=str(exc))
+                if self.format_errors > self.limits.format_errors:
+                    return self._outcome(False, "too many malformed replies")
+                self.add("user", str(exc))
+            except Finished as exc:
+                return self._outcome(True, "finished", exc.summary)
+            except LimitReached as exc:
+                self.events.emit("limit.reached", turn=self.turns, reason=exc.reason)
+                return self._outcome(False, exc.reason)
+
+    def step(self) -> None:
+        self._check_limits()
+        reply = self.model.complete(self.messages)
+        self.turns += 1
+        self.usage.add(reply.usage)
+        self.model_seconds += reply.duration_s
+        self._last_prompt_tokens = reply.usage.prompt_tokens + reply.usage.completion_tokens
+        self.add("assistant", reply.text)
+        self.events.emit(
+            "model.reply",
+            turn=self.turns,
+            text=reply.text,
+            seconds=round(reply.duration_s, 3),
+            prompt_tokens=reply.usage.prompt_tokens,
+            completion_tokens=reply.usage.completion_tokens,
+            cached_tokens=reply.usage.cached_tokens,
+        )
+        action = parse_action(reply.text)
+        result = self.execute(action.command) if action.command else None
+        if not action.finish:
+            assert result is not None
+            self.add("user", self._observe(result))
+            return
+        if result is not None and result.exit_code != 0:
+            self.add(
+                "user",
+                self._observe(result) + "\nThat command failed, so the task is not finished yet.",
+            )
+            return
+        problem = self.verify() if self.verify else None
+        if problem and self.finish_rejections < self.limits.finish_retries:
+            self.finish_rejections += 1
+            self.events.emit("finish.rejected", turn=self.turns, reason=problem)
+            self.add("user", clip(problem, self.limits.observation_chars))
+            return
+        raise Finished(action.summary)
+
+    def execute(self, command: str) -> CommandResult:
+        self.events.emit("command.started", turn=self.turns, command=command)
+        result = self.sandbox.run(command)
+        self.events.emit(
+            "command.finished",
+            turn=self.turns,
+            command=command,
+            exit_code=result.exit_code,
+            seconds=round(result.duration_s, 3),
+            output=result.output,
+            truncated=result.truncated,
+            timed_out=result.timed_out,
+        )
+        return result
+
+    def add(self, role: str, content: str) -> None:
+        self.messages.append({"role": role, "content": content})
+        self._save()
+
+    def _observe(self, result: CommandResult) -> str:
+        output = clip(result.output, self.limits.observation_chars)
+        return observation(result.exit_code, output, result.timed_out)
+
+    def _check_limits(self) -> None:
+        limits = self.limits
+        if self.turns >= limits.max_turns:
+            raise LimitReached(f"turn limit reached ({limits.max_turns} turns)")
+        if time.monotonic() - self._started > limits.max_time_s:
+            raise LimitReached(f"time limit reached ({limits.max_time_s:.0f} s)")
+        if self.usage.total_tokens >= limits.max_tokens:
+            raise LimitReached(f"token limit reached ({limits.max_tokens} tokens)")
+        if limits.context_tokens:
+            # Characters past the last counted prompt are estimated at ~3 per token.
+            counted = sum(len(m["content"]) for m in self.messages)
+            estimate = self._last_prompt_tokens + (counted - self._counted_chars()) // 3
+            if estimate + limits.reply_tokens > limits.context_tokens:
+                raise LimitReached(f"context window full ({limits.context_tokens} tokens)")
+
+    def _counted_chars(self) -> int:
+        # Everything up to and including the last assistant reply was counted by the model.
+        for index in range(len(self.messages) - 1, -1, -1):
+            if self.messages[index]["role"] == "assistant":
+                return sum(len(m["content"]) for m in self.messages[: index + 1])
+        return 0
+
+    def _outcome(self, finished: bool, reason: str, summary: str = "") -> Outcome:
+        return Outcome(
+            finished=finished,
+            exit_reason=reason,
+            summary=summary,
+            turns=self.turns,
+            usage=self.usage,
+            model_seconds=round(self.model_seconds, 3),
+        )
+
+    def _save(self) -> None:
+        if self.history_path is None:
+            return
+        tmp = self.history_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.messages, ensure_ascii=False, indent=1), encoding="utf-8")
+        tmp.replace(self.history_path)

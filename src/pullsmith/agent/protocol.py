@@ -1,0 +1,67 @@
+"""The text protocol: one fenced shell block per reply, and the finish command."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+
+SHELL_LANGS = {"", "bash", "sh", "shell", "console", "zsh"}
+FENCE = re.compile(r"^```[ \t]*([\w+-]*)[^\n]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
+FINISH_LINE = re.compile(r"^\s*finish(?:\s|$)")
+
+
+class FormatError(Exception):
+    """The reply did not hold exactly one shell block; the message tells the model how to fix it."""
+
+
+@dataclass(frozen=True)
+class Action:
+    """What one reply asks for: a command to run, then possibly the end of the task."""
+
+    command: str
+    finish: bool = False
+    summary: str = ""
+
+
+def _shell_blocks(text: str) -> list[str]:
+    return [body for lang, body in FENCE.findall(text) if lang.lower() in SHELL_LANGS]
+
+
+def _parse_summary(arg: str) -> str:
+    arg = arg.strip()
+    if not arg:
+        return ""
+    try:
+        return " ".join(shlex.split(arg))
+    except ValueError:
+        return arg.strip("'\"")
+
+
+def parse_action(text: str) -> Action:
+    """Turn a model reply into an Action, or raise FormatError saying what was wrong."""
+    blocks = _shell_blocks(text)
+    if not blocks:
+        raise FormatError(
+            "Your reply had no ```bash block. Reply with exactly one ```bash block holding the "
+            'command to run next, or `finish "summary"` when the task is done.'
+        )
+    if len(blocks) > 1:
+        raise FormatError(
+            f"Your reply had {len(blocks)} ```bash blocks; I run exactly one per reply. "
+            "Put everything you want to run now into a single ```bash block."
+        )
+    body = blocks[0].strip("\n")
+    lines = body.rstrip().splitlines()
+    # The finish command ends the block; its summary may span several lines.
+    for index in range(len(lines) - 1, -1, -1):
+        if FINISH_LINE.match(lines[index]):
+            rest = "\n".join(lines[index:]).strip()[len("finish") :]
+            return Action(
+                command="\n".join(lines[:index]).strip("\n"),
+                finish=True,
+                summary=_parse_summary(rest),
+            )
+    if not body.strip():
+        raise FormatError("Your ```bash block was empty. Put the command to run inside it.")
+    return Action(command=body)

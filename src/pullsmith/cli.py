@@ -1,0 +1,289 @@
+"""The command line: exec, model, cleanup."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.syntax import Syntax
+
+from pullsmith import __version__
+from pullsmith.config import Settings, load_settings
+from pullsmith.errors import UserError
+from pullsmith.events import Event, EventLog
+from pullsmith.runner import AttemptResult, Task, run_dir_for, run_task
+
+SANDBOX_CHOICES = ["bwrap", "none"]
+
+
+class TerminalView:
+    """Renders the event stream for a person watching the run."""
+
+    def __init__(self, console: Console, verbose: bool = False) -> None:
+        self.console = console
+        self.verbose = verbose
+
+    def __call__(self, event: Event) -> None:
+        handler = getattr(self, "on_" + event.type.replace(".", "_"), None)
+        if handler:
+            handler(event.data)
+
+    def _tail(self, text: str, lines: int = 8) -> None:
+        rows = text.rstrip().splitlines()
+        if len(rows) > lines:
+            self.console.print(f"    [dim]… {len(rows) - lines} lines above …[/]")
+            rows = rows[-lines:]
+        for row in rows:
+            self.console.print("    " + escape(row), style="dim", highlight=False)
+
+    def on_task_started(self, d: dict[str, Any]) -> None:
+        self.console.print(
+            f"[bold]pullsmith[/] · {escape(d['repo'])} @ {escape(d['base'])} · "
+            f"model {escape(d['model'])} · sandbox {d['sandbox']}"
+        )
+        if d["sandbox"] == "none":
+            self.console.print(
+                "[bold yellow]warning:[/] --sandbox none runs the model's commands unconfined, "
+                "with your user's full access."
+            )
+
+    def on_workspace_created(self, d: dict[str, Any]) -> None:
+        self.console.print(f"worktree {escape(d['path'])} on branch [cyan]{escape(d['branch'])}[/]")
+        if d.get("user_tree_dirty"):
+            self.console.print(
+                "[yellow]note:[/] your working tree has uncommitted changes; they are not part of "
+                f"the base — pullsmith works in a separate worktree from {d['base_commit'][:10]}."
+            )
+
+    def on_tests_started(self, d: dict[str, Any]) -> None:
+        label = {"before": "tests before the change", "check": "checking", "after": "tests after"}
+        self.console.print(
+            f"[bold]▸ {label.get(d['phase'], d['phase'])}:[/] $ {escape(d['command'])}"
+        )
+
+    def on_tests_ran(self, d: dict[str, Any]) -> None:
+        ok = d["exit_code"] == 0
+        style = "green" if ok else "red"
+        self.console.print(f"  [{style}]exit {d['exit_code']}[/] · {d['seconds']:.1f} s")
+        if not ok or self.verbose:
+            self._tail(d["output"], 6)
+
+    def on_model_reply(self, d: dict[str, Any]) -> None:
+        self.console.rule(
+            f"turn {d['turn']} · {d['seconds']:.1f} s · {d['prompt_tokens']}+"
+            f"{d['completion_tokens']} tokens ({d['cached_tokens']} cached)",
+            style="dim",
+        )
+        thought = d["text"].split("```")[0].strip()
+        if thought:
+            self.console.print("  " + escape(thought.splitlines()[0][:160]), style="italic")
+
+    def on_command_started(self, d: dict[str, Any]) -> None:
+        lines = d["command"].splitlines()
+        shown = lines[:12] if self.verbose else lines[:3]
+        for i, line in enumerate(shown):
+            self.console.print(("  $ " if i == 0 else "    ") + escape(line), highlight=False)
+        if len(lines) > len(shown):
+            self.console.print(f"    [dim]… {len(lines) - len(shown)} more lines[/]")
+
+    def on_command_finished(self, d: dict[str, Any]) -> None:
+        style = "green" if d["exit_code"] == 0 else "red"
+        extra = " · timed out" if d["timed_out"] else ""
+        self.console.print(f"  [{style}]exit {d['exit_code']}[/] · {d['seconds']:.1f} s{extra}")
+        self._tail(d["output"], 12 if self.verbose else 5)
+
+    def on_format_error(self, d: dict[str, Any]) -> None:
+        self.console.print(f"  [yellow]malformed reply:[/] {escape(d['message'])}")
+
+    def on_finish_rejected(self, d: dict[str, Any]) -> None:
+        self.console.print("  [yellow]the model said it was done, but the tests still fail[/]")
+
+    def on_limit_reached(self, d: dict[str, Any]) -> None:
+        self.console.print(f"[yellow]stopped: {escape(d['reason'])}[/]")
+
+    def on_attempt_finished(self, d: dict[str, Any]) -> None:
+        if d["diff"].strip():
+            self.console.rule("diff", style="dim")
+            self.console.print(Syntax(d["diff"], "diff", theme="ansi_dark", word_wrap=True))
+        self.console.rule(style="dim")
+
+
+def _print_result(console: Console, result: AttemptResult) -> None:
+    colors = {"passed": "green", "failed": "red", "error": "red"}
+    color = colors.get(result.status, "yellow")
+    console.print(f"[bold {color}]{result.status}[/] · {escape(result.exit_reason)}")
+    if result.summary:
+        console.print(f"summary (the model's words): {escape(result.summary)}")
+    if result.tests_after is not None:
+        t = result.tests_after
+        console.print(f"tests: $ {escape(t.command)} → exit {t.exit_code}")
+    elif result.test_command is None:
+        console.print(
+            "[yellow]no test command was found[/]; set one with `Test command: `...`` in "
+            "AGENTS.md or test_command in pullsmith.toml."
+        )
+    if result.commit:
+        console.print(f"branch [cyan]{escape(result.branch)}[/] · commit {result.commit[:10]}")
+        if result.diff_stat:
+            console.print(escape(result.diff_stat.rstrip()), highlight=False)
+    elif result.status != "error":
+        console.print("no changes were made.")
+    if result.worktree:
+        console.print(f"worktree kept at {escape(result.worktree)}")
+    usage = result.usage
+    console.print(
+        f"{result.turns} turns · {result.wall_seconds:.0f} s · {usage.prompt_tokens} prompt + "
+        f"{usage.completion_tokens} completion tokens ({usage.cached_tokens} cached)"
+    )
+    console.print(f"run log: {escape(str(Path(result.run_dir) / 'events.jsonl'))}")
+
+
+def _settings(**flags: Any) -> Settings:
+    return load_settings({k: v for k, v in flags.items() if v is not None})
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="pullsmith")
+def main_group() -> None:
+    """pullsmith: a task in words becomes a tested commit on a new branch."""
+
+
+@main_group.command("exec")
+@click.argument("instruction")
+@click.option("--repo", default=".", show_default=True, help="Repository path or git URL.")
+@click.option("--base", default=None, help="Branch, tag or commit to start from (default HEAD).")
+@click.option("--model", default=None, help="Model name (default: the bundled local model).")
+@click.option("--base-url", default=None, help="OpenAI-compatible API base URL.")
+@click.option(
+    "--sandbox", type=click.Choice(SANDBOX_CHOICES), default=None, help="Sandbox backend."
+)
+@click.option("--max-turns", type=int, default=None, help="Stop after this many model turns.")
+@click.option("--test-command", default=None, help="Command that runs the repository's tests.")
+@click.option("--json", "as_json", is_flag=True, help="Stream events as JSON lines to stdout.")
+@click.option("--keep", is_flag=True, help="Keep the worktree after committing.")
+@click.option("-v", "--verbose", is_flag=True, help="Show more of each command and its output.")
+def exec_command(
+    instruction: str,
+    repo: str,
+    base: str | None,
+    model: str | None,
+    base_url: str | None,
+    sandbox: str | None,
+    max_turns: int | None,
+    test_command: str | None,
+    as_json: bool,
+    keep: bool,
+    verbose: bool,
+) -> None:
+    """Work on INSTRUCTION in a new worktree and commit the result on a new branch."""
+    settings = _settings(
+        model=model,
+        base_url=base_url,
+        sandbox=sandbox,
+        max_turns=max_turns,
+        test_command=test_command,
+    )
+    if not instruction.strip():
+        raise UserError('the task is empty; say what you want done, e.g. pullsmith exec "fix X".')
+    subdir = _subdir_of(repo)
+    task = Task(instruction=instruction, repo=repo, base=base, subdir=subdir, keep_worktree=keep)
+    run_dir = run_dir_for(settings, task.task_id)
+    events = EventLog(task.task_id, run_dir / "events.jsonl")
+    console = Console(highlight=False)
+    if as_json:
+        events.subscribe(lambda e: print(e.to_json(), flush=True))
+    else:
+        events.subscribe(TerminalView(console, verbose))
+    try:
+        result = run_task(task, settings, events)
+    except UserError as exc:
+        log = run_dir / "events.jsonl"
+        if log.exists() and log.stat().st_size:
+            exc.message += f" (run log: {log})"
+        raise
+    finally:
+        events.close()
+    if not as_json:
+        _print_result(console, result)
+    sys.exit(0 if result.succeeded else 1)
+
+
+def _subdir_of(repo: str) -> str | None:
+    """Where in the repository the user stands, for nearer AGENTS.md files."""
+    if repo != ".":
+        return None
+    cwd = Path.cwd().resolve()
+    for parent in [cwd, *cwd.parents]:
+        if (parent / ".git").exists():
+            rel = cwd.relative_to(parent)
+            return str(rel) if str(rel) != "." else None
+    return None
+
+
+@main_group.group("model")
+def model_group() -> None:
+    """The bundled local model."""
+
+
+@model_group.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def model_status_command(as_json: bool) -> None:
+    """Show whether the bundled model is installed, assembled and served."""
+    from pullsmith.models.local import model_status
+
+    status = model_status()
+    if as_json:
+        print(json.dumps(status, indent=1, default=str))
+        return
+    console = Console(highlight=False)
+    for key, value in status.items():
+        console.print(f"{key}: {escape(str(value))}")
+
+
+@model_group.command("serve")
+@click.option("--port", type=int, default=None, help="Port on 127.0.0.1 (default: a free one).")
+@click.option("--threads", type=int, default=None, help="CPU threads for generation.")
+@click.option("--parallel", type=int, default=1, show_default=True, help="Parallel slots.")
+def model_serve_command(port: int | None, threads: int | None, parallel: int) -> None:
+    """Serve the bundled model until interrupted; runs started meanwhile reuse it."""
+    from pullsmith.models.local import serve_forever
+
+    settings = _settings(threads=threads)
+    serve_forever(port=port, n_ctx=settings.n_ctx, threads=settings.threads, parallel=parallel)
+
+
+@main_group.command("cleanup")
+@click.option("--repo", default=".", show_default=True, help="Repository path.")
+def cleanup_command(repo: str) -> None:
+    """Remove worktrees pullsmith left for REPO (branches stay)."""
+    from pullsmith.workspace import cleanup_worktrees, resolve_repo
+
+    settings = _settings()
+    path = resolve_repo(repo, settings.data_dir / "clones")
+    removed = cleanup_worktrees(path, settings.worktrees_dir)
+    for item in removed:
+        print(f"removed {item}")
+    print(f"{len(removed)} worktree(s) removed.")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one sentence and a non-zero exit, never a traceback."""
+    try:
+        main_group.main(args=argv, prog_name="pullsmith", standalone_mode=False)
+    except click.exceptions.Abort:
+        print("pullsmith: interrupted; the run log and worktree were kept.", file=sys.stderr)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except UserError as exc:
+        print(f"pullsmith: {exc.message}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("pullsmith: interrupted; the run log and worktree were kept.", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,139 @@
+"""Settings: flags > environment > ./pullsmith.toml > ~/.config/pullsmith/config.toml > defaults."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from pullsmith.errors import UserError
+
+LOCAL_MODEL_NAME = "qwen2.5-coder-1.5b-instruct"
+
+
+def _xdg(var: str, fallback: str) -> Path:
+    value = os.environ.get(var)
+    return Path(value) if value else Path.home() / fallback
+
+
+def data_dir() -> Path:
+    return _xdg("XDG_DATA_HOME", ".local/share") / "pullsmith"
+
+
+def cache_dir() -> Path:
+    return _xdg("XDG_CACHE_HOME", ".cache") / "pullsmith"
+
+
+def user_config_path() -> Path:
+    return _xdg("XDG_CONFIG_HOME", ".config") / "pullsmith" / "config.toml"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that shapes a run besides the task itself."""
+
+    model: str | None = None
+    base_url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    sandbox: str = "bwrap"
+    max_turns: int = 20
+    max_time_s: float = 1200.0
+    max_tokens: int = 400_000
+    command_timeout_s: float = 120.0
+    temperature: float = 0.2
+    seed: int | None = None
+    max_reply_tokens: int = 2048
+    test_command: str | None = None
+    finish_retries: int = 2
+    format_error_limit: int = 3
+    n_ctx: int = 8192
+    threads: int = 2
+    port: int | None = None
+    data_dir: Path = field(default_factory=data_dir)
+
+    @property
+    def uses_local_model(self) -> bool:
+        """The bundled model runs when nothing points at an API."""
+        return self.base_url is None and self.api_key is None
+
+    @property
+    def model_name(self) -> str:
+        if self.model:
+            return self.model
+        return LOCAL_MODEL_NAME if self.uses_local_model else "gpt-4.1-mini"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.data_dir / "runs"
+
+    @property
+    def worktrees_dir(self) -> Path:
+        return self.data_dir / "worktrees"
+
+
+_FIELD_TYPES = {f.name: f.type for f in fields(Settings)}
+
+_ENV_VARS = {
+    "OPENAI_API_KEY": "api_key",
+    "OPENAI_BASE_URL": "base_url",
+    "PULLSMITH_MODEL": "model",
+    "PULLSMITH_SANDBOX": "sandbox",
+    "PULLSMITH_MAX_TURNS": "max_turns",
+    "PULLSMITH_TEST_COMMAND": "test_command",
+    "PULLSMITH_DATA_DIR": "data_dir",
+    "PULLSMITH_THREADS": "threads",
+}
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    kind = str(_FIELD_TYPES[name])
+    try:
+        if "int" in kind:
+            return int(value)
+        if "float" in kind:
+            return float(value)
+        if "Path" in kind:
+            return Path(os.path.expanduser(str(value)))
+        return str(value)
+    except (TypeError, ValueError):
+        label = "a whole number" if "int" in kind else "a number"
+        raise UserError(
+            f"setting '{name}' in {source} must be {label}, not {value!r}; fix it there."
+        ) from None
+
+
+def _from_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not valid TOML ({exc}); fix or remove that file.") from None
+    table = raw.get("pullsmith", raw)
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name not in _FIELD_TYPES:
+            raise UserError(
+                f"{path} sets unknown setting '{key}'; valid ones are: "
+                + ", ".join(sorted(_FIELD_TYPES))
+                + "."
+            )
+        values[name] = _coerce(name, value, str(path))
+    return values
+
+
+def load_settings(overrides: dict[str, Any] | None = None, cwd: Path | None = None) -> Settings:
+    """Merge every source of settings; `overrides` are command-line flags (None = not given)."""
+    merged: dict[str, Any] = {}
+    merged.update(_from_toml(user_config_path()))
+    merged.update(_from_toml((cwd or Path.cwd()) / "pullsmith.toml"))
+    for var, name in _ENV_VARS.items():
+        if os.environ.get(var):
+            merged[name] = _coerce(name, os.environ[var], f"${var}")
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            merged[name] = _coerce(name, value, f"--{name.replace('_', '-')}")
+    return replace(Settings(), **merged)

@@ -1,0 +1,46 @@
+"""The model interface every provider implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+Message = dict[str, Any]
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    def add(self, other: Usage) -> None:
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.cached_tokens += other.cached_tokens
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class Reply:
+    text: str
+    usage: Usage = field(default_factory=Usage)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    duration_s: float = 0.0
+
+
+class Model(Protocol):
+    """Anything that turns a conversation into the next assistant reply."""
+
+    name: str
+
+    def complete(self, messages: list[Message]) -> Reply:
+        """Return the next assistant reply for `messages`."""
+        ...
+
+    def close(self) -> None:
+        """Release what the model holds (a managed server, connections)."""
+        ...

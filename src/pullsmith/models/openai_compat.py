@@ -1,0 +1,104 @@
+"""The OpenAI-compatible provider: OpenAI, vLLM, Ollama, llama.cpp's server, OpenRouter, ..."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import openai
+
+from pullsmith.errors import UserError
+from pullsmith.models.base import Message, Reply, Usage
+
+
+class ModelError(UserError):
+    """The model could not answer; the run stops but keeps what it did."""
+
+
+def _cached_tokens(usage: Any, raw: Any) -> int:
+    details = getattr(usage, "prompt_tokens_details", None)
+    cached = getattr(details, "cached_tokens", None) if details is not None else None
+    if cached:
+        return int(cached)
+    # llama.cpp's server reports the reused prefix under timings.cache_n instead.
+    timings = (getattr(raw, "model_extra", None) or {}).get("timings") or {}
+    return int(timings.get("cache_n") or 0)
+
+
+class OpenAIModel:
+    """Chat completions through the official SDK against any compatible base URL."""
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        temperature: float = 0.2,
+        seed: int | None = None,
+        max_reply_tokens: int = 2048,
+        timeout_s: float = 600.0,
+        extra_body: dict[str, Any] | None = None,
+    ) -> None:
+        self.name = model
+        self.base_url = base_url
+        self.temperature = temperature
+        self.seed = seed
+        self.max_reply_tokens = max_reply_tokens
+        self.extra_body = extra_body or {}
+        self._client = openai.OpenAI(
+            api_key=api_key or "not-needed",
+            base_url=base_url,
+            timeout=timeout_s,
+            max_retries=2,
+        )
+
+    def complete(self, messages: list[Message]) -> Reply:
+        where = self.base_url or "the OpenAI API"
+        started = time.monotonic()
+        kwargs: dict[str, Any] = {
+            "model": self.name,
+            "messages": messages,
+            "temperature": self.temperature,
+            "max_tokens": self.max_reply_tokens,
+        }
+        if self.seed is not None:
+            kwargs["seed"] = self.seed
+        if self.extra_body:
+            kwargs["extra_body"] = self.extra_body
+        try:
+            raw = self._client.chat.completions.create(**kwargs)
+        except openai.AuthenticationError:
+            raise ModelError(
+                f"{where} rejected the API key; set a valid OPENAI_API_KEY (or api_key in the config file)."
+            ) from None
+        except openai.NotFoundError:
+            raise ModelError(
+                f"{where} does not know the model '{self.name}'; pass --model with one it serves."
+            ) from None
+        except openai.APIConnectionError:
+            raise ModelError(
+                f"the model server at {where} could not be reached or stopped answering; "
+                "check that it is running and retry."
+            ) from None
+        except openai.APIStatusError as exc:
+            raise ModelError(
+                f"{where} answered HTTP {exc.status_code}: {_short(exc.message)}; retry later or pick another model."
+            ) from None
+        choice = raw.choices[0] if raw.choices else None
+        text = (choice.message.content if choice and choice.message else None) or ""
+        usage = Usage()
+        if raw.usage is not None:
+            usage = Usage(
+                prompt_tokens=raw.usage.prompt_tokens or 0,
+                completion_tokens=raw.usage.completion_tokens or 0,
+                cached_tokens=_cached_tokens(raw.usage, raw),
+            )
+        return Reply(text=text, usage=usage, duration_s=time.monotonic() - started)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _short(message: str, limit: int = 200) -> str:
+    message = " ".join(str(message).split())
+    return message if len(message) <= limit else message[: limit - 1] + "…"

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pullsmith.models.base import Reply, Usage
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+class ScriptedModel:
+    """Replays canned replies in order; records what it was shown."""
+
+    name = "scripted"
+
+    def __init__(self, replies: list[str]) -> None:
+        self.replies = list(replies)
+        self.seen: list[list[dict]] = []
+        self.closed = False
+
+    def complete(self, messages):
+        self.seen.append([dict(m) for m in messages])
+        if not self.replies:
+            raise AssertionError("the scripted model ran out of replies")
+        text = self.replies.pop(0)
+        return Reply(text=text, usage=Usage(prompt_tokens=100, completion_tokens=10))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def git(*args: str, cwd: Path) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path_factory, monkeypatch):
+    """Keep every test's data, cache and config out of the real home."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+    monkeypatch.setenv("GIT_AUTHOR_NAME", "Test User")
+    monkeypatch.setenv("GIT_AUTHOR_EMAIL", "test@example.invalid")
+    monkeypatch.setenv("GIT_COMMITTER_NAME", "Test User")
+    monkeypatch.setenv("GIT_COMMITTER_EMAIL", "test@example.invalid")
+    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "PULLSMITH_MODEL", "PULLSMITH_SANDBOX"):
+        monkeypatch.delenv(var, raising=False)
+    return home
+
+
+@pytest.fixture
+def example_repo(tmp_path) -> Path:
+    """The demo's inventory repository, freshly committed in a temporary directory."""
+    repo = tmp_path / "inventory"
+    shutil.copytree(EXAMPLES / "inventory", repo)
+    git("init", "-q", "-b", "main", cwd=repo)
+    git("add", "-A", cwd=repo)
+    git("commit", "-q", "-m", "initial", cwd=repo)
+    return repo
+
+
+def bwrap_works() -> bool:
+    return shutil.which("bwrap") is not None and os.name == "posix"

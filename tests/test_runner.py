@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import ScriptedModel, bwrap_works, git
+
+from pullsmith.config import load_settings
+from pullsmith.errors import UserError
+from pullsmith.events import EventLog, read_events
+from pullsmith.models.openai_compat import ModelError
+from pullsmith.runner import Task, run_dir_for, run_task
+
+FIXED_LOOP = '    for row in rows:\n        lines.append(",".join(quote(value) for value in row))\n'
+
+
+def fixed_source(repo) -> str:
+    text = (repo / "inventory" / "export.py").read_text()
+    old = '    for i in range(len(rows) - 1):\n        lines.append(",".join(quote(value) for value in rows[i]))\n'
+    assert old in text
+    return text.replace(old, FIXED_LOOP)
+
+
+def rewrite_reply(repo) -> str:
+    return (
+        "The loop skips the last row.\n```bash\ncat > inventory/export.py <<'EOF'\n"
+        + fixed_source(repo)
+        + "EOF\n```"
+    )
+
+
+PATCH_REPLY = "\n".join(
+    [
+        "Use a patch.",
+        "```bash",
+        "apply_patch <<'EOF'",
+        "*** Begin Patch",
+        "*** Update File: inventory/export.py",
+        "@@ def to_csv(header, rows):",
+        "-    for i in range(len(rows) - 1):",
+        '-        lines.append(",".join(quote(value) for value in rows[i]))',
+        "+    for row in rows:",
+        '+        lines.append(",".join(quote(value) for value in row))',
+        "*** End Patch",
+        "EOF",
+        "```",
+    ]
+)
+
+SANDBOX = "bwrap" if bwrap_works() else "none"
+
+
+def settings_for(tmp_path, **extra):
+    return load_settings({"sandbox": SANDBOX, **extra}, cwd=tmp_path)
+
+
+def run(repo, tmp_path, replies, **extra):
+    settings = settings_for(tmp_path, **extra)
+    task = Task(instruction="The CSV export drops the last row; fix it.", repo=str(repo))
+    events = EventLog(task.task_id, run_dir_for(settings, task.task_id) / "events.jsonl")
+    model = ScriptedModel(replies)
+    result = run_task(task, settings, events, model=model)
+    events.close()
+    return result, model, settings
+
+
+@pytest.mark.parametrize("edit", ["rewrite", "apply_patch"])
+def test_fix_is_committed_on_a_new_branch_with_evidence(example_repo, tmp_path, edit):
+    edit_reply = rewrite_reply(example_repo) if edit == "rewrite" else PATCH_REPLY
+    before_status = git("status", "--porcelain", cwd=example_repo)
+    result, model, settings = run(
+        example_repo,
+        tmp_path,
+        [
+            edit_reply,
+            "```bash\npython -m pytest -q\n```",
+            '```bash\nfinish "to_csv exports every row"\n```',
+        ],
+    )
+    assert result.status == "passed" and result.succeeded, result.exit_reason
+    assert result.tests_before.exit_code != 0 and result.tests_after.exit_code == 0
+    assert result.summary == "to_csv exports every row"
+    # The first message carries the failing test and the source it points to.
+    first = model.seen[0][1]["content"]
+    assert "test_csv_has_every_row" in first and "def to_csv" in first
+    assert "Test command: `python -m pytest -q`" in first
+    # The branch holds the fix; the user's tree is untouched.
+    assert result.branch == f"pullsmith/{result.task_id}"
+    log = git("log", "-1", "--format=%B", result.branch, cwd=example_repo)
+    assert log.startswith("to_csv exports every row") and "Co-authored-by: pullsmith" in log
+    assert "for row in rows:" in git(
+        "show", f"{result.branch}:inventory/export.py", cwd=example_repo
+    )
+    assert git("status", "--porcelain", cwd=example_repo) == before_status
+    assert "range(len(rows) - 1)" in (example_repo / "inventory" / "export.py").read_text()
+    # Only the fixed file changed: no caches leak into the commit.
+    changed = git("show", "--name-only", "--format=", result.branch, cwd=example_repo).split()
+    assert changed == ["inventory/export.py"]
+    run_dir = run_dir_for(settings, result.task_id)
+    types = [e.type for e in read_events(run_dir / "events.jsonl")]
+    assert types[0] == "task.started" and types[-1] == "attempt.finished"
+    assert "commit.created" in types and types.count("tests.ran") >= 3
+    assert json.loads((run_dir / "result.json").read_text())["status"] == "passed"
+    assert result.worktree == ""  # the branch holds the work; the checkout is gone
+
+
+def test_tests_decide_not_the_model(example_repo, tmp_path):
+    result, _, _ = run(example_repo, tmp_path, ['```bash\nfinish "fixed it"\n```'] * 3)
+    assert result.status == "failed" and not result.succeeded
+    assert result.tests_after.exit_code != 0
+    assert result.commit is None
+
+
+def test_model_error_mid_run_keeps_log_and_worktree(example_repo, tmp_path):
+    class DyingModel(ScriptedModel):
+        def complete(self, messages):
+            if len(self.seen) == 1:
+                raise ModelError("the model server stopped answering; retry.")
+            return super().complete(messages)
+
+    settings = settings_for(tmp_path)
+    task = Task(instruction="fix the export", repo=str(example_repo))
+    events = EventLog(task.task_id, run_dir_for(settings, task.task_id) / "events.jsonl")
+    with pytest.raises(UserError, match="stopped answering"):
+        run_task(task, settings, events, model=DyingModel([rewrite_reply(example_repo)]))
+    run_dir = run_dir_for(settings, task.task_id)
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["status"] == "error" and result["worktree"]
+    assert (run_dir / "history.json").exists()
+    # The edit made before the failure is not lost: it is committed on the branch.
+    fixed = git("show", f"{result['branch']}:inventory/export.py", cwd=example_repo)
+    assert "for row in rows:" in fixed
+
+
+def test_not_a_repository(tmp_path):
+    settings = settings_for(tmp_path)
+    task = Task(instruction="x", repo=str(tmp_path))
+    with pytest.raises(UserError, match="is not a git repository"):
+        run_task(task, settings, EventLog(task.task_id), model=ScriptedModel([]))
+
+
+def test_unknown_base(example_repo, tmp_path):
+    settings = settings_for(tmp_path)
+    task = Task(instruction="x", repo=str(example_repo), base="nope")
+    with pytest.raises(UserError, match="unknown base ref 'nope'"):
+        run_task(task, settings, EventLog(task.task_id), model=ScriptedModel([]))
