@@ -1,0 +1,310 @@
+"""Running one process for a sandbox backend: its own process group, a wall-clock timeout,
+merged and capped output, resource limits and a scrubbed environment.
+
+Every backend builds an argv (bwrap's wrapper, or plain bash) and hands it to `run_process`, so
+timeouts, output capping and clean-up behave the same whichever backend runs the command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from pullsmith.errors import UserError
+from pullsmith.sandbox.base import CommandResult, Limits, SandboxPolicy
+
+READ_CHUNK = 64 * 1024
+# After the command ends, output still in the pipe is read for at most this long: a process that
+# left the process group (setsid) could otherwise hold the pipe open forever.
+DRAIN_GRACE_S = 0.5
+# Without a pidfd, how often to check whether the command has exited.
+POLL_INTERVAL_S = 0.02
+# How long a command killed at its timeout may take to go before we stop waiting for it.
+KILL_WAIT_S = 5.0
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+class OutputCapture:
+    """Keeps the first and last `limit / 2` bytes of a stream, in memory bounded by `limit`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(limit, 0)
+        self.head_limit = self.limit // 2
+        self.tail_limit = self.limit - self.head_limit
+        self.head = bytearray()
+        self.tail: deque[bytes] = deque()
+        self.tail_len = 0
+        self.total = 0
+
+    def add(self, data: bytes) -> None:
+        self.total += len(data)
+        room = self.head_limit - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+            data = data[room:]
+        if not data or self.tail_limit == 0:
+            return
+        if len(data) >= self.tail_limit:
+            self.tail.clear()
+            self.tail.append(bytes(data[-self.tail_limit :]))
+            self.tail_len = self.tail_limit
+            return
+        self.tail.append(bytes(data))
+        self.tail_len += len(data)
+        while self.tail_len > self.tail_limit:
+            excess = self.tail_len - self.tail_limit
+            first = self.tail[0]
+            if len(first) <= excess:
+                self.tail.popleft()
+                self.tail_len -= len(first)
+            else:
+                self.tail[0] = first[excess:]
+                self.tail_len -= excess
+
+    @property
+    def kept_bytes(self) -> int:
+        return len(self.head) + self.tail_len
+
+    @property
+    def omitted_bytes(self) -> int:
+        return self.total - self.kept_bytes
+
+    def text(self) -> str:
+        """The kept output as text, with a marker where the middle was left out."""
+        tail = b"".join(self.tail)
+        if not self.omitted_bytes:
+            return (bytes(self.head) + tail).decode("utf-8", errors="replace")
+        head_text = self.head.decode("utf-8", errors="replace")
+        tail_text = tail.decode("utf-8", errors="replace")
+        return f"{head_text}\n[... {self.omitted_bytes} bytes of output omitted ...]\n{tail_text}"
+
+
+def sandbox_env(policy: SandboxPolicy) -> dict[str, str]:
+    """The environment a confined command gets: the allowlisted variables and nothing else.
+
+    The directory of this interpreter's scripts goes on PATH so `apply_patch` (a console script
+    of this package) can be run by the command.
+    """
+    env = {name: os.environ[name] for name in policy.env_allowlist if name in os.environ}
+    env.setdefault("PATH", DEFAULT_PATH)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env.update(policy.env_set)
+    tools_dir = str(Path(sys.executable).parent)
+    if tools_dir not in env["PATH"].split(os.pathsep):
+        env["PATH"] = f"{tools_dir}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def _rlimit_values(limits: Limits) -> list[tuple[int, int, int]]:
+    """(resource, soft, hard) to set in the child, never above the hard limits we have now."""
+
+    def capped(which: int, soft: int, hard: int) -> tuple[int, int, int]:
+        _, current_hard = resource.getrlimit(which)
+        if current_hard != resource.RLIM_INFINITY:
+            soft, hard = min(soft, current_hard), min(hard, current_hard)
+        return which, soft, hard
+
+    values = []
+    if limits.memory_bytes > 0:
+        values.append(capped(resource.RLIMIT_AS, limits.memory_bytes, limits.memory_bytes))
+    if limits.file_size_bytes > 0:
+        size = limits.file_size_bytes
+        values.append(capped(resource.RLIMIT_FSIZE, size, size))
+    if limits.cpu_seconds > 0:
+        # The soft limit sends SIGXCPU; the hard one, a little later, SIGKILL.
+        values.append(capped(resource.RLIMIT_CPU, limits.cpu_seconds, limits.cpu_seconds + 5))
+    if limits.processes > 0 and hasattr(resource, "RLIMIT_NPROC"):
+        # RLIMIT_NPROC counts every process of the real user, not just the command's, so a
+        # user with many processes already running would get none at all: allow `processes`
+        # on top of every task now on the machine. Root (uid 0, also inside bwrap's user
+        # namespace when started by root) is exempt from this limit altogether.
+        nproc = limits.processes + _tasks_on_machine()
+        values.append(capped(resource.RLIMIT_NPROC, nproc, nproc))
+    return values
+
+
+def _tasks_on_machine() -> int:
+    try:
+        with open("/proc/loadavg") as f:
+            return int(f.read().split()[3].split("/")[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _rlimit_setter(limits: Limits | None) -> Callable[[], None] | None:
+    if limits is None:
+        return None
+    values = _rlimit_values(limits)
+
+    def set_limits() -> None:
+        for which, soft, hard in values:
+            resource.setrlimit(which, (soft, hard))
+
+    return set_limits
+
+
+def _pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    # With a pidfd this runs before the leader is reaped, so its pgid cannot have been reused;
+    # the polling fallback (no pidfd) reaps first and accepts that small window.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def run_process(
+    argv: Sequence[str],
+    *,
+    command: str,
+    cwd: Path,
+    env: Mapping[str, str],
+    limits: Limits,
+    timeout_s: float | None = None,
+    stdin: str | None = None,
+) -> CommandResult:
+    """Run `argv` in a new session and return what it did.
+
+    The whole process group is killed with SIGKILL at the timeout and also when the command
+    ends, so nothing it started in the background outlives it (except processes that made their
+    own session; bwrap's PID namespace catches those too). stdout and stderr are merged; the
+    output keeps its first and last `limits.output_bytes / 2` bytes.
+    """
+    timeout = limits.timeout_s if timeout_s is None else timeout_s
+    capture = OutputCapture(limits.output_bytes)
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        list(argv),
+        cwd=cwd,
+        env=dict(env),
+        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=_rlimit_setter(limits),
+    )
+    try:
+        timed_out = _communicate(proc, capture, stdin, started + timeout)
+    finally:
+        if proc.returncode is None:
+            _kill_group(proc)
+        proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+    code = proc.returncode
+    return CommandResult(
+        command=command,
+        exit_code=128 - code if code < 0 else code,
+        output=capture.text(),
+        duration_s=time.monotonic() - started,
+        truncated=capture.omitted_bytes > 0,
+        timed_out=timed_out,
+        omitted_bytes=capture.omitted_bytes,
+    )
+
+
+def _communicate(
+    proc: subprocess.Popen[bytes], capture: OutputCapture, stdin: str | None, deadline: float
+) -> bool:
+    """Pump stdin and stdout until the command has ended and its output is read.
+
+    Returns whether the command was killed for running past `deadline`.
+    """
+    assert proc.stdout is not None
+    out_fd = proc.stdout.fileno()
+    pending = (stdin or "").encode()
+    sel = selectors.DefaultSelector()
+    sel.register(out_fd, selectors.EVENT_READ, "out")
+    if proc.stdin is not None:
+        os.set_blocking(proc.stdin.fileno(), False)
+        sel.register(proc.stdin.fileno(), selectors.EVENT_WRITE, "in")
+    pidfd = _pidfd(proc.pid)
+    if pidfd is not None:
+        sel.register(pidfd, selectors.EVENT_READ, "exit")
+    timed_out = False
+    drain_until: float | None = None  # set once the command has ended
+
+    def ended() -> None:
+        nonlocal drain_until
+        _kill_group(proc)
+        drain_until = time.monotonic() + DRAIN_GRACE_S
+        for key in list(sel.get_map().values()):
+            if key.data in ("in", "exit"):
+                sel.unregister(key.fileobj)
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+
+    try:
+        while True:
+            now = time.monotonic()
+            if drain_until is not None:
+                if out_fd not in sel.get_map() or now >= drain_until:
+                    break
+                wait = drain_until - now
+            else:
+                if now >= deadline:
+                    if timed_out:
+                        break  # killed, yet not gone: stuck in the kernel; stop waiting
+                    timed_out = True
+                    _kill_group(proc)
+                    deadline = now + KILL_WAIT_S
+                    continue
+                wait = deadline - now
+                if pidfd is None:
+                    wait = min(wait, POLL_INTERVAL_S)
+            for key, _ in sel.select(wait):
+                if key.fileobj not in sel.get_map():
+                    continue  # unregistered by an earlier event of this round
+                if key.data == "out":
+                    data = os.read(out_fd, READ_CHUNK)
+                    if data:
+                        capture.add(data)
+                    else:
+                        sel.unregister(out_fd)
+                elif key.data == "in":
+                    try:
+                        written = os.write(key.fd, pending[:READ_CHUNK])
+                    except BrokenPipeError:
+                        written = len(pending)
+                    pending = pending[written:]
+                    if not pending:
+                        sel.unregister(key.fd)
+                        assert proc.stdin is not None
+                        proc.stdin.close()
+                elif key.data == "exit" and drain_until is None:
+                    ended()
+            if drain_until is None and pidfd is None and proc.poll() is not None:
+                ended()
+    finally:
+        sel.close()
+        if pidfd is not None:
+            os.close(pidfd)
+    return timed_out
+
+
+def require_workspace(workspace: Path) -> Path:
+    """`workspace`, resolved; a UserError if it is not a directory."""
+    resolved = workspace.resolve()
+    if not resolved.is_dir():
+        raise UserError(
+            f"The workspace {workspace} is not a directory; create it or point pullsmith at an "
+            "existing checkout."
+        )
+    return resolved
