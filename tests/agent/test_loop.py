@@ -58,7 +58,13 @@ def test_runs_commands_until_finish(tmp_path):
     assert [m["role"] for m in second] == ["system", "user", "assistant", "user"]
     assert "exit code 0" in second[3]["content"] and "a.py" in second[3]["content"]
     types = [e.type for e in read_events(tmp_path / "events.jsonl")]
-    assert types == ["model.reply", "command.started", "command.finished", "model.reply"]
+    assert types == [
+        "model.reply",
+        "command.started",
+        "command.finished",
+        "model.reply",
+        "agent.finished",
+    ]
 
 
 def test_history_is_append_only_and_saved(tmp_path):

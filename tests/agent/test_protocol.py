@@ -53,3 +53,18 @@ def test_finish_with_multiline_summary():
 def test_finished_word_inside_a_command_is_not_finish():
     action = parse_action("```bash\necho finished\n```")
     assert not action.finish
+
+
+def test_unclosed_heredoc_is_closed():
+    action = parse_action("```bash\ncat > a.py <<'EOF'\nx = 1\n```")
+    assert action.command == "cat > a.py <<'EOF'\nx = 1\nEOF"
+
+
+def test_closed_heredocs_are_left_alone():
+    body = "cat > a.py <<EOF\nx = 1\nEOF\ncat > b.py <<-'END'\n\ty = 2\n\tEND\npython a.py"
+    assert parse_action(f"```bash\n{body}\n```").command == body
+
+
+def test_heredoc_terminator_with_trailing_space_counts():
+    body = "cat > a.py <<'EOF'\nx = 1\nEOF  \nls"
+    assert parse_action(f"```bash\n{body}\n```").command == body

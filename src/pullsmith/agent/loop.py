@@ -17,6 +17,8 @@ from pullsmith.sandbox.base import CommandResult, Sandbox
 # Checks the work when the model says it is done: None means accepted, a string is what the
 # model is told instead (for example the failing test output).
 Verifier = Callable[[], str | None]
+# Looks at the workspace after a command and returns a note for the model, or None.
+AfterCommand = Callable[[str, CommandResult], str | None]
 
 
 class Finished(Exception):
@@ -71,12 +73,14 @@ class Agent:
         limits: AgentLimits | None = None,
         verify: Verifier | None = None,
         history_path: Path | None = None,
+        after_command: AfterCommand | None = None,
     ) -> None:
         self.model = model
         self.sandbox = sandbox
         self.events = events
         self.limits = limits or AgentLimits()
         self.verify = verify
+        self.after_command = after_command
         self.history_path = history_path
         self.messages: list[Message] = []
         self.usage = Usage()
@@ -114,6 +118,9 @@ class Agent:
         self.usage.add(reply.usage)
         self.model_seconds += reply.duration_s
         self._last_prompt_tokens = reply.usage.prompt_tokens + reply.usage.completion_tokens
+        repeated = any(
+            m["role"] == "assistant" and m["content"] == reply.text for m in self.messages
+        )
         self.add("assistant", reply.text)
         self.events.emit(
             "model.reply",
@@ -124,16 +131,25 @@ class Agent:
             completion_tokens=reply.usage.completion_tokens,
             cached_tokens=reply.usage.cached_tokens,
         )
+        if repeated:
+            raise FormatError(
+                "You sent exactly this reply before, and it did not finish the task. "
+                "Look at the last output again and try something different."
+            )
         action = parse_action(reply.text)
         result = self.execute(action.command) if action.command else None
+        note = None
+        if result is not None and self.after_command and not action.finish:
+            note = self.after_command(action.command, result)
         if not action.finish:
             assert result is not None
-            self.add("user", self._observe(result))
+            self.add("user", self._observe(result, note))
             return
         if result is not None and result.exit_code != 0:
             self.add(
                 "user",
-                self._observe(result) + "\nThat command failed, so the task is not finished yet.",
+                self._observe(result, note)
+                + "\nThat command failed, so the task is not finished yet.",
             )
             return
         problem = self.verify() if self.verify else None
@@ -142,6 +158,7 @@ class Agent:
             self.events.emit("finish.rejected", turn=self.turns, reason=problem)
             self.add("user", clip(problem, self.limits.observation_chars))
             return
+        self.events.emit("agent.finished", turn=self.turns, summary=action.summary)
         raise Finished(action.summary)
 
     def execute(self, command: str) -> CommandResult:
@@ -163,9 +180,10 @@ class Agent:
         self.messages.append({"role": role, "content": content})
         self._save()
 
-    def _observe(self, result: CommandResult) -> str:
+    def _observe(self, result: CommandResult, note: str | None = None) -> str:
         output = clip(result.output, self.limits.observation_chars)
-        return observation(result.exit_code, output, result.timed_out)
+        text = observation(result.exit_code, output, result.timed_out)
+        return f"{text}\n{note}" if note else text
 
     def _check_limits(self) -> None:
         limits = self.limits

@@ -33,6 +33,8 @@ EOF
 Rules:
 - Think in one or two short sentences, then give the ```bash block.
 - Do not edit the tests to make them pass; fix the code.
+- Do not run git commands that change the repository (git is read-only here); pullsmith
+  commits your changes when you finish.
 - After changing code, run the tests to check your change.
 - When the task is done and the tests pass, reply with a block whose last line is:
 ```bash

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 SHELL_LANGS = {"", "bash", "sh", "shell", "console", "zsh"}
 FENCE = re.compile(r"^```[ \t]*([\w+-]*)[^\n]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
 FINISH_LINE = re.compile(r"^\s*finish(?:\s|$)")
+HEREDOC = re.compile(r"<<-?\s*(['\"]?)([A-Za-z_][A-Za-z0-9_]*)\1")
 
 
 class FormatError(Exception):
@@ -38,6 +39,32 @@ def _parse_summary(arg: str) -> str:
         return arg.strip("'\"")
 
 
+def close_heredocs(command: str) -> str:
+    """Add the terminator of a heredoc the model opened but never closed.
+
+    Small models often end the fenced block right after a whole-file heredoc; bash would then
+    warn and still write the file, but anything after it would become file content.
+    """
+    lines = command.splitlines()
+    index = 0
+    while index < len(lines):
+        match = HEREDOC.search(lines[index])
+        index += 1
+        if not match:
+            continue
+        delimiter = match.group(2)
+        strip_tabs = lines[index - 1][match.start() : match.start() + 3] == "<<-"
+        while index < len(lines):
+            line = lines[index].lstrip("\t") if strip_tabs else lines[index]
+            index += 1
+            if line.rstrip() == delimiter:
+                break
+        else:
+            lines.append(delimiter)
+            break
+    return "\n".join(lines)
+
+
 def parse_action(text: str) -> Action:
     """Turn a model reply into an Action, or raise FormatError saying what was wrong."""
     blocks = _shell_blocks(text)
@@ -51,7 +78,7 @@ def parse_action(text: str) -> Action:
             f"Your reply had {len(blocks)} ```bash blocks; I run exactly one per reply. "
             "Put everything you want to run now into a single ```bash block."
         )
-    body = blocks[0].strip("\n")
+    body = close_heredocs(blocks[0].strip("\n"))
     lines = body.rstrip().splitlines()
     # The finish command ends the block; its summary may span several lines.
     for index in range(len(lines) - 1, -1, -1):

