@@ -20,10 +20,12 @@ class ScriptedModel:
     def __init__(self, replies: list[str]) -> None:
         self.replies = list(replies)
         self.seen: list[list[dict]] = []
+        self.temperatures: list[float | None] = []
         self.closed = False
 
-    def complete(self, messages):
+    def complete(self, messages, temperature=None):
         self.seen.append([dict(m) for m in messages])
+        self.temperatures.append(temperature)
         if not self.replies:
             raise AssertionError("the scripted model ran out of replies")
         text = self.replies.pop(0)

@@ -87,9 +87,9 @@ def test_format_errors_are_corrected_then_limited(tmp_path):
     )
     outcome = agent.run("system", "task")
     assert outcome.finished
-    assert sandbox.commands == []
+    assert sandbox.commands == ["ls"]
     assert "no ```bash block" in model.seen[1][-1]["content"]
-    assert "2 ```bash blocks" in model.seen[2][-1]["content"]
+    assert "2 ```bash blocks; I ran only the first" in model.seen[2][-1]["content"]
 
     agent, _, _, _ = make_agent(tmp_path, ["nothing"] * 5, format_errors=2)
     outcome = agent.run("system", "task")
@@ -172,3 +172,15 @@ def test_long_observations_are_clipped_with_head_and_tail():
     clipped = clip(text, 1000)
     assert clipped.startswith("HEAD") and clipped.endswith("TAIL")
     assert "characters cut" in clipped and len(clipped) < 1100
+
+
+def test_repeats_raise_the_temperature_until_the_model_changes_course(tmp_path):
+    agent, model, sandbox, _ = make_agent(
+        tmp_path,
+        ["```bash\nls\n```"] * 3 + ["```bash\npwd\n```", "```bash\nfinish ok\n```"],
+        format_errors=5,
+    )
+    outcome = agent.run("system", "task")
+    assert outcome.finished
+    assert sandbox.commands == ["ls", "pwd"]
+    assert model.temperatures == [None, None, 0.7, 0.9, None]

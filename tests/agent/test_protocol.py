@@ -19,9 +19,12 @@ def test_python_block_is_not_a_command():
         parse_action("Here is the fix:\n```python\nprint(1)\n```")
 
 
-def test_two_blocks_are_refused():
-    with pytest.raises(FormatError, match="2 ```bash blocks"):
-        parse_action("```bash\nls\n```\nthen\n```bash\npwd\n```")
+def test_only_the_first_of_several_blocks_runs_and_the_model_is_told():
+    action = parse_action("```bash\nls\n```\nthen\n```bash\npwd\n```\n```bash\nfinish x\n```")
+    assert action.command == "ls" and not action.finish
+    assert action.ignored_blocks == 2
+    assert "3 ```bash blocks; I ran only the first" in action.note
+    assert parse_action("```bash\nls\n```").note == ""
 
 
 def test_empty_block_is_refused():

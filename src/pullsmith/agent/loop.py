@@ -87,6 +87,7 @@ class Agent:
         self.turns = 0
         self.model_seconds = 0.0
         self.format_errors = 0
+        self.repeats = 0
         self.finish_rejections = 0
         self._started = 0.0
         self._last_prompt_tokens = 0
@@ -113,7 +114,10 @@ class Agent:
 
     def step(self) -> None:
         self._check_limits()
-        reply = self.model.complete(self.messages)
+        # After a repeated reply, sample hotter: at low temperature a small model that
+        # repeated itself once tends to repeat itself forever.
+        temperature = min(1.0, 0.5 + 0.2 * self.repeats) if self.repeats else None
+        reply = self.model.complete(self.messages, temperature=temperature)
         self.turns += 1
         self.usage.add(reply.usage)
         self.model_seconds += reply.duration_s
@@ -131,6 +135,7 @@ class Agent:
             completion_tokens=reply.usage.completion_tokens,
             cached_tokens=reply.usage.cached_tokens,
         )
+        self.repeats = self.repeats + 1 if repeated else 0
         if repeated:
             raise FormatError(
                 "You sent exactly this reply before, and it did not finish the task. "
@@ -143,7 +148,7 @@ class Agent:
             note = self.after_command(action.command, result)
         if not action.finish:
             assert result is not None
-            self.add("user", self._observe(result, note))
+            self.add("user", self._observe(result, note, action.note))
             return
         if result is not None and result.exit_code != 0:
             self.add(
@@ -180,10 +185,10 @@ class Agent:
         self.messages.append({"role": role, "content": content})
         self._save()
 
-    def _observe(self, result: CommandResult, note: str | None = None) -> str:
+    def _observe(self, result: CommandResult, *notes: str | None) -> str:
         output = clip(result.output, self.limits.observation_chars)
         text = observation(result.exit_code, output, result.timed_out)
-        return f"{text}\n{note}" if note else text
+        return "\n".join([text, *(n for n in notes if n)])
 
     def _check_limits(self) -> None:
         limits = self.limits

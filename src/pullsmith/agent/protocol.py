@@ -23,6 +23,17 @@ class Action:
     command: str
     finish: bool = False
     summary: str = ""
+    ignored_blocks: int = 0
+
+    @property
+    def note(self) -> str:
+        """The correction owed to the model when it wrote more than one block."""
+        if not self.ignored_blocks:
+            return ""
+        return (
+            f"Note: your reply had {self.ignored_blocks + 1} ```bash blocks; I ran only the first. "
+            "Send exactly one block per reply and wait for its output."
+        )
 
 
 def _shell_blocks(text: str) -> list[str]:
@@ -73,11 +84,9 @@ def parse_action(text: str) -> Action:
             "Your reply had no ```bash block. Reply with exactly one ```bash block holding the "
             'command to run next, or `finish "summary"` when the task is done.'
         )
-    if len(blocks) > 1:
-        raise FormatError(
-            f"Your reply had {len(blocks)} ```bash blocks; I run exactly one per reply. "
-            "Put everything you want to run now into a single ```bash block."
-        )
+    # Small models often write edit, test run and finish as three blocks in one reply. Running
+    # the first and saying so keeps the turn; refusing the whole reply would waste it.
+    ignored = len(blocks) - 1
     body = close_heredocs(blocks[0].strip("\n"))
     lines = body.rstrip().splitlines()
     # The finish command ends the block; its summary may span several lines.
@@ -88,7 +97,8 @@ def parse_action(text: str) -> Action:
                 command="\n".join(lines[:index]).strip("\n"),
                 finish=True,
                 summary=_parse_summary(rest),
+                ignored_blocks=ignored,
             )
     if not body.strip():
         raise FormatError("Your ```bash block was empty. Put the command to run inside it.")
-    return Action(command=body)
+    return Action(command=body, ignored_blocks=ignored)

@@ -37,8 +37,8 @@ class Model(Protocol):
 
     name: str
 
-    def complete(self, messages: list[Message]) -> Reply:
-        """Return the next assistant reply for `messages`."""
+    def complete(self, messages: list[Message], *, temperature: float | None = None) -> Reply:
+        """Return the next assistant reply for `messages` (at `temperature`, if given)."""
         ...
 
     def close(self) -> None:

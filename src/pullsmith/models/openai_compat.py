@@ -52,13 +52,13 @@ class OpenAIModel:
             max_retries=2,
         )
 
-    def complete(self, messages: list[Message]) -> Reply:
+    def complete(self, messages: list[Message], *, temperature: float | None = None) -> Reply:
         where = self.base_url or "the OpenAI API"
         started = time.monotonic()
         kwargs: dict[str, Any] = {
             "model": self.name,
             "messages": messages,
-            "temperature": self.temperature,
+            "temperature": self.temperature if temperature is None else temperature,
             "max_tokens": self.max_reply_tokens,
         }
         if self.seed is not None:
