@@ -120,6 +120,17 @@ def git(
     raises UserError where the user can fix it (git missing, repository not trusted) and
     GitError (a RuntimeError carrying git's stderr) otherwise.
     """
+    return _decode(git_bytes(*args, cwd=cwd, check=check, env=env, input=input))
+
+
+def git_bytes(
+    *args: str,
+    cwd: Path,
+    check: bool = True,
+    env: Mapping[str, str] | None = None,
+    input: str | None = None,
+) -> bytes:
+    """Like `git`, but stdout comes back as raw bytes (patches that must apply exactly)."""
     result = _run_git(args, Path(cwd), env, input)
     if check and result.returncode != 0:
         stderr = _decode(result.stderr)
@@ -129,7 +140,7 @@ def git(
                 f"`git config --global --add safe.directory {cwd}` if you trust it."
             )
         raise GitError(args, Path(cwd), result.returncode, stderr)
-    return _decode(result.stdout)
+    return result.stdout
 
 
 def _succeeds(*args: str, cwd: Path) -> bool:

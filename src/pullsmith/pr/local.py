@@ -6,9 +6,7 @@ A PR's description is rendered again from the store and the repository whenever 
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,19 +24,7 @@ from pullsmith.pr.describe import (
 from pullsmith.pr.evidence import read_run_log, run_evidence
 from pullsmith.runner import AttemptResult, Task
 from pullsmith.store import AttemptRecord, PullRequestRecord, Store, TaskRecord, utcnow
-from pullsmith.workspace import GitError, git, resolve_repo
-
-# Inherited variables that would point git at another repository (as in workspace.py).
-_REPO_LOCATING_VARS = (
-    "GIT_DIR",
-    "GIT_WORK_TREE",
-    "GIT_INDEX_FILE",
-    "GIT_OBJECT_DIRECTORY",
-    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-    "GIT_COMMON_DIR",
-    "GIT_NAMESPACE",
-    "GIT_PREFIX",
-)
+from pullsmith.workspace import GitError, git, git_bytes, resolve_repo
 
 
 @dataclass(frozen=True)
@@ -355,15 +341,4 @@ def patch(pr: PullRequestRecord, settings: Settings) -> bytes:
         "--no-ext-diff",
         f"{pr.base_commit}..{head}",
     )
-    env = {k: v for k, v in os.environ.items() if k not in _REPO_LOCATING_VARS}
-    proc = subprocess.run(
-        ["git", *args],
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise GitError(args, repo, proc.returncode, proc.stderr.decode(errors="replace"))
-    return proc.stdout
+    return git_bytes(*args, cwd=repo)
