@@ -38,6 +38,19 @@ class Settings:
     base_url: str | None = None
     api_key: str | None = field(default=None, repr=False)
     sandbox: str = "bwrap"
+    # What sandboxed commands may do: read-only, workspace-write or full-access.
+    sandbox_policy: str = "workspace-write"
+    # The image of the docker and podman sandboxes; never pulled by pullsmith.
+    sandbox_image: str = "python:3.11-slim"
+    # Limits on every sandboxed command (0 turns one off); see pullsmith.sandbox.limits.
+    sandbox_memory_mb: int = 4096
+    sandbox_processes: int = 512
+    sandbox_file_size_mb: int = 1024
+    sandbox_cpu_s: int = 600
+    sandbox_output_kb: int = 64
+    # "auto" (a cgroup per command where this machine allows one), "off", or a delegated
+    # cgroup v2 directory to make them in.
+    sandbox_cgroup: str = "auto"
     max_turns: int = 20
     max_time_s: float = 1200.0
     max_tokens: int = 400_000
@@ -80,6 +93,8 @@ _ENV_VARS = {
     "OPENAI_BASE_URL": "base_url",
     "PULLSMITH_MODEL": "model",
     "PULLSMITH_SANDBOX": "sandbox",
+    "PULLSMITH_SANDBOX_POLICY": "sandbox_policy",
+    "PULLSMITH_SANDBOX_IMAGE": "sandbox_image",
     "PULLSMITH_MAX_TURNS": "max_turns",
     "PULLSMITH_TEST_COMMAND": "test_command",
     "PULLSMITH_DATA_DIR": "data_dir",

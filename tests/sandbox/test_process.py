@@ -9,14 +9,16 @@ import uuid
 from pathlib import Path
 
 import pytest
+from sandbox_helpers import processes_with
 
 from pullsmith.errors import UserError
 from pullsmith.sandbox import SANDBOX_NAMES, NoSandbox, make_sandbox
 from pullsmith.sandbox.base import Limits, SandboxPolicy
+from pullsmith.sandbox.limits import cgroup_parents
 from pullsmith.sandbox.process import OutputCapture, run_process, sandbox_env
 
 
-def run(command: str, tmp_path: Path, stdin: str | None = None, **limits: float):
+def run(command: str, tmp_path: Path, stdin: str | None = None, **limits: object):
     return run_process(
         ["bash", "-c", command],
         command=command,
@@ -25,21 +27,6 @@ def run(command: str, tmp_path: Path, stdin: str | None = None, **limits: float)
         limits=Limits(**limits),  # type: ignore[arg-type]
         stdin=stdin,
     )
-
-
-def processes_with(marker: str) -> list[int]:
-    """Pids of live processes whose command line contains `marker`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if marker.encode() in cmdline:
-            found.append(int(entry))
-    return found
 
 
 def test_output_capture_keeps_everything_under_the_limit():
@@ -130,18 +117,32 @@ def test_large_output_keeps_head_and_tail_exactly(tmp_path):
 
 
 def test_file_size_limit_kills_only_the_writer(tmp_path):
+    # With a cgroup, `ulimit` sets it, in 512-byte blocks: a round MiB is exact either way.
     result = run(
-        "head -c 2000000 /dev/zero > big; echo status=$?", tmp_path, file_size_bytes=1_000_000
+        "head -c 2000000 /dev/zero > big; echo status=$?", tmp_path, file_size_bytes=1024**2
     )
     assert "status=153" in result.output  # 128 + SIGXFSZ
-    assert (tmp_path / "big").stat().st_size == 1_000_000
+    assert (tmp_path / "big").stat().st_size == 1024**2
 
 
 def test_memory_limit(tmp_path):
+    command = f"{sys.executable} -c \"b = b'x' * 1024**3; print('survived')\""
+    result = run(command, tmp_path, memory_bytes=256 * 1024**2)
+    assert result.exit_code != 0 and "survived" not in result.output
+    if cgroup_parents("auto") is not None:
+        assert result.exit_code == 137 and result.limit_hit == "memory"
+        assert (
+            "[pullsmith: a process was killed: the command reached its memory limit of 256 MiB]"
+            in result.output
+        )
+    else:
+        assert "MemoryError" in result.output
+
+
+def test_memory_limit_without_a_cgroup_is_rlimit_data(tmp_path):
     command = f"{sys.executable} -c 'bytearray(1024**3)'"
-    result = run(command, tmp_path, memory_bytes=512 * 1024**2)
-    assert result.exit_code != 0
-    assert "MemoryError" in result.output
+    result = run(command, tmp_path, memory_bytes=512 * 1024**2, cgroup="off")
+    assert result.exit_code != 0 and "MemoryError" in result.output
 
 
 def test_cpu_limit(tmp_path):

@@ -1,14 +1,28 @@
 """The bubblewrap backend: the host's filesystem read-only, the workspace writable, no network.
 
 Each command runs as `bash -c COMMAND` in fresh namespaces (user, mount, PID, network, IPC, UTS,
-cgroup) with every capability dropped. The mounts, in order from the outermost path inwards:
-`/` read-only, a private /dev, /proc and /tmp, the workspace and `policy.writable_roots`
-writable, `policy.read_only_roots` read-only, hidden paths covered (an empty tmpfs over a
-directory, /dev/null over a file, so it reads as empty), and the workspace's git directory read-only again.
+cgroup) with every capability dropped, no new privileges (bwrap always sets
+PR_SET_NO_NEW_PRIVS), no further user namespaces (`--disable-userns`, bwrap ≥ 0.8) and, where
+the architecture is known, a seccomp filter (seccomp.py). It dies with pullsmith
+(`--die-with-parent`) and runs in a session of its own (`--new-session`: no TIOCSTI into a
+terminal). The mounts, from the outermost path inwards (a deeper mount covers a shallower one):
+
+- `/` read-only (writable only under `full-access`), a private /dev and a new /proc;
+- an empty tmpfs over /tmp (`private_tmp`), /run (`hide_run`; with the network on, its DNS
+  resolver files are shown again) and $HOME (`hide_home`), each as big as the memory limit;
+- the directories of `home_visible` and `read_only_roots` read-only, and this interpreter's
+  environment read-only wherever it would be hidden (for `apply_patch`);
+- the workspace (writable unless the policy is read-only) and `writable_roots` writable;
+- hidden paths covered (an empty tmpfs over a directory, /dev/null over a file);
+- the workspace's git metadata read-only again (writable only if the policy says so).
+
+Limits (timeout, memory, processes, file size, CPU time, output) come from process.py and
+limits.py, as for every backend.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -17,8 +31,15 @@ import sys
 from pathlib import Path
 
 from pullsmith.errors import UserError
-from pullsmith.sandbox.base import CommandResult, SandboxPolicy, hidden_paths
+from pullsmith.sandbox.base import (
+    CommandResult,
+    OutputCallback,
+    SandboxPolicy,
+    hidden_paths,
+    home_dir,
+)
 from pullsmith.sandbox.process import require_workspace, run_process, sandbox_env
+from pullsmith.sandbox.seccomp import seccomp_program
 
 BWRAP_MISSING = (
     "bubblewrap (bwrap) is not installed; install it with `sudo apt-get install bubblewrap`, "
@@ -28,10 +49,13 @@ BWRAP_MISSING = (
 # Started by root, bwrap keeps every capability unless told otherwise, and a command holding
 # CAP_SYS_ADMIN could unmount what hides a path: drop them all, always.
 NAMESPACE_ARGS = ("--die-with-parent", "--new-session", "--unshare-all", "--cap-drop", "ALL")
-SYSTEM_MOUNT_ARGS = ("--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc")
+# What resolv.conf points into under /run; shown again when the policy allows the network.
+RESOLVER_DIRS = ("/run/systemd/resolve", "/run/resolvconf", "/run/NetworkManager")
+# Under /run but holding programs, not sockets (NixOS keeps its whole system there).
+RUN_PROGRAM_DIRS = ("/run/current-system", "/run/booted-system", "/run/opengl-driver")
 
 # Ranks order mounts of the same depth: later ones cover earlier ones.
-_TMP, _WRITABLE, _READ_ONLY, _HIDDEN, _GIT = range(5)
+_COVER, _READ_ONLY, _WRITABLE, _HIDDEN, _GIT = range(5)
 
 
 def find_bwrap() -> str | None:
@@ -43,12 +67,40 @@ def find_bwrap() -> str | None:
 
 
 @functools.cache
+def bwrap_features(bwrap: str) -> frozenset[str]:
+    """The optional bwrap options this bwrap understands (from its --help)."""
+    try:
+        text = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return frozenset()
+    wanted = ("--disable-userns", "--size", "--seccomp")
+    return frozenset(option for option in wanted if f"{option} " in text)
+
+
+@functools.cache
+def namespace_args(bwrap: str) -> tuple[str, ...]:
+    """NAMESPACE_ARGS, and no further user namespaces where this bwrap can promise that (not
+    a setuid bwrap on a host without unprivileged user namespaces, nor one before 0.8)."""
+    args = NAMESPACE_ARGS
+    if "--disable-userns" not in bwrap_features(bwrap):
+        return args
+    stricter = (*args, "--unshare-user", "--disable-userns")
+    argv = [bwrap, *stricter, "--ro-bind", "/", "/", "true"]
+    try:
+        probe = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return args
+    return stricter if probe.returncode == 0 else args
+
+
+@functools.cache
 def bwrap_available() -> str | None:
     """None when bwrap can make a sandbox here, else why not (checked once per process)."""
     bwrap = find_bwrap()
     if bwrap is None:
         return "bwrap is not installed"
-    argv = [bwrap, *NAMESPACE_ARGS, *SYSTEM_MOUNT_ARGS, "--tmpfs", "/tmp", "true"]
+    argv = [bwrap, *namespace_args(bwrap), "--ro-bind", "/", "/", "--dev", "/dev"]
+    argv += ["--proc", "/proc", "--tmpfs", "/tmp", "true"]
     try:
         probe = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -57,10 +109,6 @@ def bwrap_available() -> str | None:
         lines = probe.stderr.decode("utf-8", errors="replace").strip().splitlines()
         return lines[-1] if lines else f"bwrap exited with status {probe.returncode}"
     return None
-
-
-def _within(path: Path, parents: tuple[Path, ...] | list[Path]) -> bool:
-    return any(path.is_relative_to(parent) for parent in parents)
 
 
 def git_paths(workspace: Path) -> list[Path]:
@@ -86,33 +134,91 @@ def git_paths(workspace: Path) -> list[Path]:
     return paths
 
 
-def mount_args(workspace: Path, policy: SandboxPolicy) -> list[str]:
+class _MountPlan:
+    """Mounts keyed by path; `args()` orders them from the outermost path inwards."""
+
+    def __init__(self, tmpfs_size: int | None) -> None:
+        self.mounts: list[tuple[Path, int, list[str]]] = []
+        self.tmpfs_size = tmpfs_size
+
+    def add(self, path: Path, rank: int, args: list[str]) -> None:
+        self.mounts.append((path, rank, args))
+
+    def cover(self, path: Path) -> None:
+        size = ["--size", str(self.tmpfs_size)] if self.tmpfs_size else []
+        self.add(path, _COVER, [*size, "--tmpfs", str(path)])
+
+    def shown(self, path: Path) -> bool:
+        """Whether `path` is in sight: the deepest mount above it is not a cover."""
+        deepest: tuple[int, int] | None = None
+        covered = False
+        for mount, rank, _ in self.mounts:
+            if path.is_relative_to(mount):
+                key = (len(mount.parts), rank)
+                if deepest is None or key > deepest:
+                    deepest, covered = key, rank in (_COVER, _HIDDEN)
+        return not covered
+
+    def args(self) -> list[str]:
+        ordered = sorted(self.mounts, key=lambda mount: (len(mount[0].parts), mount[1]))
+        return [arg for _, _, args in ordered for arg in args]
+
+
+def mount_args(workspace: Path, policy: SandboxPolicy, tmpfs_size: int | None = None) -> list[str]:
     """bwrap's filesystem arguments for `workspace` under `policy`, outermost paths first."""
     workspace = workspace.resolve()
-    tmp = Path("/tmp")
-    hidden = [path.resolve() for path in hidden_paths(policy, workspace) if path.exists()]
-    mounts: list[tuple[Path, int, list[str]]] = [(tmp, _TMP, ["--tmpfs", str(tmp)])]
-    mounts.append((workspace, _WRITABLE, ["--bind", str(workspace), str(workspace)]))
-    for root in policy.writable_roots:
-        path = root.resolve()
-        mounts.append((path, _WRITABLE, ["--bind-try", str(path), str(path)]))
+    root = Path("/")
+    writable = [path.resolve() for path in policy.writable_roots]
+    args = ["--bind" if root in writable else "--ro-bind", "/", "/"]
+    args += ["--dev", "/dev", "--proc", "/proc"]
+    plan = _MountPlan(tmpfs_size)
+    if policy.private_tmp:
+        plan.cover(Path("/tmp"))
+    if policy.hide_run:
+        for run in (Path("/run"), Path("/var/run")):
+            if run.is_dir() and not run.is_symlink():
+                plan.cover(run)
+        shown = RUN_PROGRAM_DIRS + (RESOLVER_DIRS if policy.network else ())
+        for path in map(Path, shown):
+            if path.is_dir():
+                plan.add(path, _READ_ONLY, ["--ro-bind", str(path), str(path)])
+    home = home_dir()
+    if policy.hide_home and home is not None and home.is_dir():
+        plan.cover(home)
+        for name in policy.home_visible:
+            path = home / name
+            if path.exists():
+                path = path.resolve()
+                plan.add(path, _READ_ONLY, ["--ro-bind", str(path), str(path)])
+    for path in (p.resolve() for p in policy.read_only_roots):
+        plan.add(path, _READ_ONLY, ["--ro-bind-try", str(path), str(path)])
+    workspace_mode = "--bind" if policy.workspace_writable else "--ro-bind"
+    plan.add(workspace, _WRITABLE, [workspace_mode, str(workspace), str(workspace)])
+    for path in writable:
+        if path != root:
+            plan.add(path, _WRITABLE, ["--bind-try", str(path), str(path)])
     # This interpreter's environment has to stay visible for `apply_patch` to run.
-    interpreter = [Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()]
-    revealed = [path for path in interpreter if _within(path, [tmp, *hidden])]
-    for root in (*policy.read_only_roots, *revealed):
-        path = root.resolve()
-        mounts.append((path, _READ_ONLY, ["--ro-bind-try", str(path), str(path)]))
-    for path in hidden:
+    for path in {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}:
+        if not plan.shown(path):
+            plan.add(path, _READ_ONLY, ["--ro-bind-try", str(path), str(path)])
+    # Only paths still in sight need hiding: a mount point made inside a cover would show
+    # that the hidden name exists.
+    for path in hidden_paths(policy, workspace):
+        if not os.path.lexists(path):
+            continue
+        path = path.resolve()
+        if not path.exists() or not plan.shown(path):
+            continue
         if path.is_dir():
-            mounts.append((path, _HIDDEN, ["--tmpfs", str(path)]))
+            plan.add(path, _HIDDEN, ["--tmpfs", str(path)])
         else:
             # A read-only bind is mounted nodev, which would make reads fail with EACCES;
             # a hidden file should read as empty.
-            mounts.append((path, _HIDDEN, ["--dev-bind", "/dev/null", str(path)]))
+            plan.add(path, _HIDDEN, ["--dev-bind", "/dev/null", str(path)])
+    git_mode = "--bind" if policy.git_writable else "--ro-bind"
     for path in git_paths(workspace):
-        mounts.append((path, _GIT, ["--ro-bind", str(path), str(path)]))
-    mounts.sort(key=lambda mount: (len(mount[0].parts), mount[1]))
-    return [arg for _, _, args in mounts for arg in args]
+        plan.add(path, _GIT, [git_mode, str(path), str(path)])
+    return args + plan.args()
 
 
 class BwrapSandbox:
@@ -133,30 +239,52 @@ class BwrapSandbox:
         self.workspace = require_workspace(workspace)
         self.policy = policy or SandboxPolicy()
         self.env = sandbox_env(self.policy)
-        self.argv_prefix = [bwrap, *NAMESPACE_ARGS]
+        features = bwrap_features(bwrap)
+        memory = self.policy.limits.memory_bytes
+        tmpfs_size = memory if memory > 0 and "--size" in features else None
+        self.seccomp = (
+            seccomp_program() if self.policy.seccomp and "--seccomp" in features else None
+        )
+        self.argv_prefix = [bwrap, *namespace_args(bwrap)]
         if self.policy.network:
             self.argv_prefix.append("--share-net")
-        self.argv_prefix += [
-            *SYSTEM_MOUNT_ARGS,
-            *mount_args(self.workspace, self.policy),
-            "--chdir",
-            str(self.workspace),
-            "--",
-        ]
+        self.argv_prefix += mount_args(self.workspace, self.policy, tmpfs_size)
+        self.argv_prefix += ["--chdir", str(self.workspace)]
 
     def run(
-        self, command: str, timeout_s: float | None = None, stdin: str | None = None
+        self,
+        command: str,
+        timeout_s: float | None = None,
+        stdin: str | None = None,
+        on_output: OutputCallback | None = None,
     ) -> CommandResult:
         """Run `command` with bash -c inside the sandbox and return what happened."""
-        return run_process(
-            [*self.argv_prefix, "bash", "-c", command],
-            command=command,
-            cwd=self.workspace,
-            env=self.env,
-            limits=self.policy.limits,
-            timeout_s=timeout_s,
-            stdin=stdin,
-        )
+        argv = list(self.argv_prefix)
+        fds: list[int] = []
+        try:
+            if self.seccomp is not None:
+                # bwrap reads the filter to the end of the descriptor, so each run gets its own.
+                read_end, write_end = os.pipe()
+                fds.append(read_end)
+                with open(write_end, "wb") as pipe:
+                    pipe.write(self.seccomp)
+                argv += ["--seccomp", str(read_end)]
+            argv += ["--", "bash", "-c", command]
+            return run_process(
+                argv,
+                command=command,
+                cwd=self.workspace,
+                env=self.env,
+                limits=self.policy.limits,
+                timeout_s=timeout_s,
+                stdin=stdin,
+                on_output=on_output,
+                pass_fds=fds,
+            )
+        finally:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     def close(self) -> None:
         """Nothing to release: every command's namespaces end with it."""

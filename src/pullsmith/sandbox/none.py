@@ -1,15 +1,15 @@
 """The `none` backend: commands run unconfined, with only the timeout, output cap, resource
-limits and environment scrubbing that every backend applies.
+limits (and cgroup, where there is one) and environment scrubbing that every backend applies.
 
 It ignores the policy's filesystem and network rules: the command can read and write anything
-the user can, and reach the network.
+the user can, and reach the network. It is only ever chosen by name, and warns every time.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pullsmith.sandbox.base import CommandResult, SandboxPolicy
+from pullsmith.sandbox.base import CommandResult, OutputCallback, SandboxPolicy
 from pullsmith.sandbox.process import require_workspace, run_process, sandbox_env
 
 
@@ -28,7 +28,11 @@ class NoSandbox:
         self.env = sandbox_env(self.policy)
 
     def run(
-        self, command: str, timeout_s: float | None = None, stdin: str | None = None
+        self,
+        command: str,
+        timeout_s: float | None = None,
+        stdin: str | None = None,
+        on_output: OutputCallback | None = None,
     ) -> CommandResult:
         """Run `command` with bash -c in the workspace and return what happened."""
         return run_process(
@@ -39,6 +43,7 @@ class NoSandbox:
             limits=self.policy.limits,
             timeout_s=timeout_s,
             stdin=stdin,
+            on_output=on_output,
         )
 
     def close(self) -> None:

@@ -1,5 +1,5 @@
 """Running one process for a sandbox backend: its own process group, a wall-clock timeout,
-merged and capped output, resource limits and a scrubbed environment.
+merged and capped output, resource limits (limits.py) and a scrubbed environment.
 
 Every backend builds an argv (bwrap's wrapper, or plain bash) and hands it to `run_process`, so
 timeouts, output capping and clean-up behave the same whichever backend runs the command.
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import resource
 import selectors
 import signal
 import subprocess
@@ -20,7 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from pullsmith.errors import UserError
-from pullsmith.sandbox.base import CommandResult, Limits, SandboxPolicy
+from pullsmith.sandbox.base import MIB, CommandResult, Limits, OutputCallback, SandboxPolicy
+from pullsmith.sandbox.limits import confine
 
 READ_CHUNK = 64 * 1024
 # After the command ends, output still in the pipe is read for at most this long: a process that
@@ -104,54 +104,6 @@ def sandbox_env(policy: SandboxPolicy) -> dict[str, str]:
     return env
 
 
-def _rlimit_values(limits: Limits) -> list[tuple[int, int, int]]:
-    """(resource, soft, hard) to set in the child, never above the hard limits we have now."""
-
-    def capped(which: int, soft: int, hard: int) -> tuple[int, int, int]:
-        _, current_hard = resource.getrlimit(which)
-        if current_hard != resource.RLIM_INFINITY:
-            soft, hard = min(soft, current_hard), min(hard, current_hard)
-        return which, soft, hard
-
-    values = []
-    if limits.memory_bytes > 0:
-        values.append(capped(resource.RLIMIT_AS, limits.memory_bytes, limits.memory_bytes))
-    if limits.file_size_bytes > 0:
-        size = limits.file_size_bytes
-        values.append(capped(resource.RLIMIT_FSIZE, size, size))
-    if limits.cpu_seconds > 0:
-        # The soft limit sends SIGXCPU; the hard one, a little later, SIGKILL.
-        values.append(capped(resource.RLIMIT_CPU, limits.cpu_seconds, limits.cpu_seconds + 5))
-    if limits.processes > 0 and hasattr(resource, "RLIMIT_NPROC"):
-        # RLIMIT_NPROC counts every process of the real user, not just the command's, so a
-        # user with many processes already running would get none at all: allow `processes`
-        # on top of every task now on the machine. Root (uid 0, also inside bwrap's user
-        # namespace when started by root) is exempt from this limit altogether.
-        nproc = limits.processes + _tasks_on_machine()
-        values.append(capped(resource.RLIMIT_NPROC, nproc, nproc))
-    return values
-
-
-def _tasks_on_machine() -> int:
-    try:
-        with open("/proc/loadavg") as f:
-            return int(f.read().split()[3].split("/")[1])
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def _rlimit_setter(limits: Limits | None) -> Callable[[], None] | None:
-    if limits is None:
-        return None
-    values = _rlimit_values(limits)
-
-    def set_limits() -> None:
-        for which, soft, hard in values:
-            resource.setrlimit(which, (soft, hard))
-
-    return set_limits
-
-
 def _pidfd(pid: int) -> int | None:
     try:
         return os.pidfd_open(pid)
@@ -175,52 +127,90 @@ def run_process(
     limits: Limits,
     timeout_s: float | None = None,
     stdin: str | None = None,
+    on_output: OutputCallback | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> CommandResult:
-    """Run `argv` in a new session and return what it did.
+    """Run `argv` in a new session, under `limits` (see limits.py), and return what it did.
 
-    The whole process group is killed with SIGKILL at the timeout and also when the command
-    ends, so nothing it started in the background outlives it (except processes that made their
-    own session; bwrap's PID namespace catches those too). stdout and stderr are merged; the
-    output keeps its first and last `limits.output_bytes / 2` bytes.
+    At the timeout, and also when the command ends, its process group and its cgroup (if it
+    has one) are killed with SIGKILL, so nothing it started in the background outlives it.
+    Without a cgroup, processes that made their own session escape the group kill; bwrap's PID
+    namespace catches those. stdout and stderr are merged; the result keeps the first and last
+    `limits.output_bytes / 2` bytes, `on_output` sees all of it as it comes. `pass_fds` are
+    inherited by the command; the caller closes them.
     """
     timeout = limits.timeout_s if timeout_s is None else timeout_s
     capture = OutputCapture(limits.output_bytes)
+    confinement = confine(argv, limits)
+    cgroup = confinement.cgroup
     started = time.monotonic()
-    proc = subprocess.Popen(
-        list(argv),
-        cwd=cwd,
-        env=dict(env),
-        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        preexec_fn=_rlimit_setter(limits),
-    )
     try:
-        timed_out = _communicate(proc, capture, stdin, started + timeout)
+        proc = subprocess.Popen(
+            confinement.argv,
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=confinement.preexec_fn,
+            pass_fds=tuple(pass_fds),
+        )
+    except BaseException:
+        if cgroup is not None:
+            cgroup.release()
+        raise
+
+    def kill() -> None:
+        _kill_group(proc)
+        if cgroup is not None:
+            cgroup.kill()
+
+    try:
+        timed_out = _communicate(proc, capture, stdin, started + timeout, kill, on_output)
     finally:
         if proc.returncode is None:
-            _kill_group(proc)
+            kill()
         proc.wait()
         assert proc.stdout is not None
         proc.stdout.close()
         if proc.stdin is not None:
             with contextlib.suppress(OSError):
                 proc.stdin.close()
+        limit_hit = cgroup.limit_hit() if cgroup is not None else None
+        if cgroup is not None:
+            cgroup.release()
     code = proc.returncode
+    output = capture.text()
+    if limit_hit is not None:
+        output += _limit_note(limit_hit, limits)
     return CommandResult(
         command=command,
         exit_code=128 - code if code < 0 else code,
-        output=capture.text(),
+        output=output,
         duration_s=time.monotonic() - started,
         truncated=capture.omitted_bytes > 0,
         timed_out=timed_out,
         omitted_bytes=capture.omitted_bytes,
+        limit_hit="timeout" if timed_out else limit_hit,
     )
 
 
+def _limit_note(limit: str, limits: Limits) -> str:
+    if limit == "memory":
+        what = f"a process was killed: the command reached its memory limit of {limits.memory_bytes // MIB} MiB"
+    else:
+        what = f"the command reached its limit of {limits.processes} processes; forks failed"
+    return f"\n[pullsmith: {what}]\n"
+
+
 def _communicate(
-    proc: subprocess.Popen[bytes], capture: OutputCapture, stdin: str | None, deadline: float
+    proc: subprocess.Popen[bytes],
+    capture: OutputCapture,
+    stdin: str | None,
+    deadline: float,
+    kill: Callable[[], None],
+    on_output: OutputCallback | None,
 ) -> bool:
     """Pump stdin and stdout until the command has ended and its output is read.
 
@@ -242,7 +232,7 @@ def _communicate(
 
     def ended() -> None:
         nonlocal drain_until
-        _kill_group(proc)
+        kill()
         drain_until = time.monotonic() + DRAIN_GRACE_S
         for key in list(sel.get_map().values()):
             if key.data in ("in", "exit"):
@@ -263,7 +253,7 @@ def _communicate(
                     if timed_out:
                         break  # killed, yet not gone: stuck in the kernel; stop waiting
                     timed_out = True
-                    _kill_group(proc)
+                    kill()
                     deadline = now + KILL_WAIT_S
                     continue
                 wait = deadline - now
@@ -276,6 +266,8 @@ def _communicate(
                     data = os.read(out_fd, READ_CHUNK)
                     if data:
                         capture.add(data)
+                        if on_output is not None:
+                            on_output(data)
                     else:
                         sel.unregister(out_fd)
                 elif key.data == "in":
