@@ -65,6 +65,9 @@ class Settings:
     threads: int = 2
     port: int | None = None
     data_dir: Path = field(default_factory=data_dir)
+    database_url: str | None = field(default=None, repr=False)
+    github_api_url: str | None = None
+    github_repo: str | None = None
 
     @property
     def uses_local_model(self) -> bool:
@@ -99,6 +102,9 @@ _ENV_VARS = {
     "PULLSMITH_TEST_COMMAND": "test_command",
     "PULLSMITH_DATA_DIR": "data_dir",
     "PULLSMITH_THREADS": "threads",
+    "PULLSMITH_DATABASE_URL": "database_url",
+    "PULLSMITH_GITHUB_API_URL": "github_api_url",
+    "PULLSMITH_GITHUB_REPO": "github_repo",
 }
 
 

@@ -7,7 +7,6 @@ service) by the `database_url` setting or `PULLSMITH_DATABASE_URL`. Rows are ret
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -139,9 +138,8 @@ class PullRequestRecord(Base):
 
 def database_url(settings: Settings) -> str:
     """The store's URL: the `database_url` setting, $PULLSMITH_DATABASE_URL, or the SQLite file."""
-    url = getattr(settings, "database_url", None) or os.environ.get(DATABASE_URL_ENV)
-    if url:
-        return str(url)
+    if settings.database_url:
+        return settings.database_url
     return f"sqlite:///{Path(settings.data_dir).expanduser() / 'pullsmith.db'}"
 
 

@@ -31,7 +31,6 @@ from pullsmith.workspace import GitError, git
 
 DEFAULT_API_URL = "https://api.github.com"
 API_VERSION = "2022-11-28"
-API_URL_ENV = "PULLSMITH_GITHUB_API_URL"
 REPO_ENV = "PULLSMITH_GITHUB_REPO"
 TOKEN_ENVS = ("GITHUB_TOKEN", "GH_TOKEN")
 ENTERPRISE_TOKEN_ENVS = ("GH_ENTERPRISE_TOKEN", "GITHUB_ENTERPRISE_TOKEN")
@@ -384,19 +383,14 @@ def publish(
     remote = pick_remote(repo, remote)
     remote_url = git("remote", "get-url", remote, cwd=repo).strip()
     parsed = parse_remote_url(remote_url)
-    name = (
-        github_repo
-        or getattr(settings, "github_repo", None)
-        or os.environ.get(REPO_ENV)
-        or (parsed.full_name if parsed else None)
-    )
+    name = github_repo or settings.github_repo or (parsed.full_name if parsed else None)
     if not name:
         raise UserError(
             f"can not tell the GitHub repository from {remote}'s URL ({remote_url}); set it "
             f"with --github-repo owner/name (or {REPO_ENV})."
         )
     owner, repo_name = parse_full_name(name)
-    configured = api_url or getattr(settings, "github_api_url", None) or os.environ.get(API_URL_ENV)
+    configured = api_url or settings.github_api_url
     api = api_url_for(parsed.host if parsed else None, configured)
     base_branch = (base or pr.base).removeprefix("refs/heads/")
     if base_branch == "HEAD" or re.fullmatch(r"[0-9a-f]{7,40}", base_branch):
