@@ -230,7 +230,7 @@ def exec_command(
         )
     run_dir = run_dir_for(settings, task.task_id)
     events = EventLog(task.task_id, run_dir / "events.jsonl")
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     if as_json:
         events.subscribe(lambda e: print(e.to_json(), flush=True))
     else:
@@ -294,7 +294,7 @@ def model_status_command(as_json: bool) -> None:
     if as_json:
         print(json.dumps(status, indent=1, default=str))
         return
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     parts, model, server, engine = (
         status["parts"],
         status["model"],
