@@ -1,0 +1,470 @@
+"""`pullsmith eval`: run a suite, check its scorer, rebuild a report, compare two runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from pullsmith.config import Settings, load_settings
+from pullsmith.errors import UserError
+from pullsmith.eval.harness import (
+    RECORDS_FILE,
+    RUN_FILE,
+    EvalOptions,
+    Listener,
+    TaskRecord,
+    load_records,
+    run_suite,
+)
+from pullsmith.eval.report import (
+    REPORT_JSON,
+    REPORT_MD,
+    build_report,
+    compare,
+    headline,
+    load_report,
+    render_compare_markdown,
+    write_reports,
+)
+from pullsmith.eval.scoring import CheckResult, check_suite
+from pullsmith.eval.tasks import EvalTask, Suite, load_suite
+from pullsmith.sandbox import SANDBOX_NAMES
+
+
+def _settings(**flags: Any) -> Settings:
+    return load_settings({k: v for k, v in flags.items() if v is not None})
+
+
+def _split_ids(values: tuple[str, ...]) -> list[str] | None:
+    if not values:
+        return None
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+def swebench_options(func: Any) -> Any:
+    options = [
+        click.option(
+            "--swebench-repos",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=None,
+            help="For SWE-bench instance files: a directory with a local clone of each "
+            "repository, as DIR/owner__name (or DIR/owner/name, DIR/name).",
+        ),
+        click.option(
+            "--swebench-test-cmd",
+            default=None,
+            help="For SWE-bench: how to run test ids; {tests} becomes the quoted ids "
+            "(default: 'python -m pytest -q {tests}').",
+        ),
+        click.option(
+            "--swebench-setup", default=None, help="For SWE-bench: a setup command per task."
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def selection_options(func: Any) -> Any:
+    options = [
+        click.option(
+            "--tasks",
+            "task_ids",
+            multiple=True,
+            help="Only these task ids (comma-separated, or repeat the option).",
+        ),
+        click.option("--subset", default=None, help="A named subset of the suite, e.g. dev40."),
+        click.option("--limit", type=int, default=None, help="Only the first K chosen tasks."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _load(
+    suite_path: str,
+    swebench_repos: Path | None,
+    swebench_test_cmd: str | None,
+    swebench_setup: str | None,
+    test_timeout: float | None = None,
+) -> Suite:
+    return load_suite(
+        suite_path,
+        swebench_repos,
+        test_cmd=swebench_test_cmd,
+        setup=swebench_setup,
+        timeout_s=test_timeout,
+    )
+
+
+def _select(
+    suite: Suite, task_ids: tuple[str, ...], subset: str | None, limit: int | None
+) -> list[EvalTask]:
+    tasks = suite.select(ids=_split_ids(task_ids), subset=subset, limit=limit)
+    if not tasks:
+        raise UserError(f"no tasks of suite {suite.name} were chosen; check --tasks and --subset.")
+    return tasks
+
+
+@click.group("eval")
+def eval_group() -> None:
+    """Measure resolve rate, time and tokens on task suites (hidden tests decide)."""
+
+
+# --- run ----------------------------------------------------------------------------------
+
+
+class ProgressView(Listener):
+    """A progress bar with the running resolve rate, a line per task in flight, one per result."""
+
+    def __init__(self, console: Console, total: int, done: int, resolved: int) -> None:
+        self.console = console
+        self.resolved = resolved
+        self.done = done
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self.bar = self.progress.add_task("tasks", total=total, completed=done, rate=self._rate())
+        self.rows: dict[str, TaskID] = {}
+        self.lock = threading.Lock()
+
+    def _rate(self) -> str:
+        if not self.done:
+            return "resolved –"
+        return f"resolved {self.resolved}/{self.done} ({100 * self.resolved / self.done:.0f}%)"
+
+    def task_started(self, task_id: str) -> None:
+        with self.lock:
+            self.rows[task_id] = self.progress.add_task(
+                f"  {task_id}: starting", total=None, rate=""
+            )
+
+    def task_turn(self, task_id: str, turn: int) -> None:
+        with self.lock:
+            row = self.rows.get(task_id)
+            if row is not None:
+                self.progress.update(row, description=f"  {task_id}: turn {turn}")
+
+    def task_finished(self, record: TaskRecord) -> None:
+        with self.lock:
+            row = self.rows.pop(record.task_id, None)
+            if row is not None:
+                self.progress.remove_task(row)
+            self.done += 1
+            self.resolved += int(record.resolved)
+            self.progress.update(self.bar, advance=1, rate=self._rate())
+        mark = "[green]✓[/]" if record.resolved else "[red]✗[/]"
+        why = record.exit_reason or record.status
+        if record.error_kind:
+            why = f"[yellow]error ({record.error_kind})[/]: " + escape(
+                (record.error or "").strip().splitlines()[0][:100] if record.error else ""
+            )
+        else:
+            why = escape(why)
+        self.console.print(
+            f"{mark} {escape(record.task_id)} · {record.turns} turns · "
+            f"{record.wall_seconds:.0f} s · {record.total_tokens:,} tokens · {why}"
+        )
+
+
+@eval_group.command("run")
+@click.argument("suite_path", metavar="SUITE")
+@click.option("--model", default=None, help="Model name (default: the bundled local model).")
+@click.option("--base-url", default=None, help="OpenAI-compatible API base URL.")
+@click.option("--sandbox", type=click.Choice(SANDBOX_NAMES), default=None, help="Sandbox.")
+@click.option("--max-turns", type=int, default=None, help="Turn limit per task.")
+@click.option("--seed", type=int, default=None, help="Sampling seed, where the model takes one.")
+@click.option(
+    "--attempts",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Attempts per task (best-of-N); more than 1 only where the runner supports it.",
+)
+@click.option(
+    "--jobs",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Tasks run at once. The bundled model's server has one slot, so with it more jobs "
+    "mostly queue at the model; use them with an API model.",
+)
+@selection_options
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Output directory (default: <data dir>/evals/<suite>-<time>).",
+)
+@click.option(
+    "--resume", is_flag=True, help="Continue the run in --out; recorded tasks are skipped."
+)
+@click.option("--keep", is_flag=True, help="Keep each task's repository (with its branch).")
+@click.option("--test-timeout", type=float, default=None, help="Seconds per hidden test command.")
+@swebench_options
+def run_command(
+    suite_path: str,
+    model: str | None,
+    base_url: str | None,
+    sandbox: str | None,
+    max_turns: int | None,
+    seed: int | None,
+    attempts: int,
+    jobs: int,
+    task_ids: tuple[str, ...],
+    subset: str | None,
+    limit: int | None,
+    out: Path | None,
+    resume: bool,
+    keep: bool,
+    test_timeout: float | None,
+    swebench_repos: Path | None,
+    swebench_test_cmd: str | None,
+    swebench_setup: str | None,
+) -> None:
+    """Run pullsmith on every chosen task of SUITE and score it with the hidden tests.
+
+    SUITE is a directory of task directories (task.toml each), a suite directory with a
+    suite.toml, a JSONL file of tasks, or a SWE-bench instance file (with --swebench-repos).
+    Each finished task is appended to OUT/records.jsonl; OUT/report.md and OUT/report.json
+    hold the totals and a row per task.
+    """
+    settings = _settings(
+        model=model, base_url=base_url, sandbox=sandbox, max_turns=max_turns, seed=seed
+    )
+    suite = _load(suite_path, swebench_repos, swebench_test_cmd, swebench_setup, test_timeout)
+    tasks = _select(suite, task_ids, subset, limit)
+    if out is None:
+        if resume:
+            raise UserError("--resume needs --out with the directory of the run to continue.")
+        out = settings.data_dir / "evals" / f"{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    console = Console(highlight=False)
+    existing = load_records(out / RECORDS_FILE) if resume else {}
+    chosen = {task.id for task in tasks}
+    done = [r for i, r in existing.items() if i in chosen and not r.retried_on_resume]
+    console.print(
+        f"[bold]pullsmith eval[/] · suite {escape(suite.name)} · {len(tasks)} task(s)"
+        + (f", {len(done)} already done" if done else "")
+        + f" · model {escape(settings.model_name)} · sandbox {settings.sandbox} · jobs {jobs}"
+    )
+    console.print(f"results in {escape(str(out))}")
+    view = ProgressView(console, len(tasks), len(done), sum(r.resolved for r in done))
+    description = {
+        "subset": subset,
+        "limit": limit,
+        "command": "pullsmith " + shlex.join(sys.argv[1:]) if sys.argv[1:] else None,
+    }
+    opts = EvalOptions(
+        out=out,
+        jobs=jobs,
+        attempts=attempts,
+        resume=resume,
+        keep=keep,
+        test_timeout_s=test_timeout,
+        description=description,
+    )
+    # `kill PID` (a run in the background ignores Ctrl-C) stops as cleanly as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with view.progress:
+            result = run_suite(suite, tasks, settings, opts, listener=view)
+    except KeyboardInterrupt:
+        console.print(
+            f"[yellow]interrupted[/]; finished tasks are recorded in {escape(str(out))}; "
+            f"continue with --resume --out {escape(str(out))}."
+        )
+        sys.exit(130)
+    _print_totals(console, result.report, out)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _print_totals(console: Console, report: dict[str, Any], out: Path) -> None:
+    t = report["totals"]
+    per, res = t["per_task"], t["per_resolved_task"]
+
+    def num(value: float | None, unit: str = "") -> str:
+        if value is None:
+            return "–"
+        return (f"{value:,.0f}" if value == int(value) or value >= 100 else f"{value:.1f}") + unit
+
+    console.print(f"[bold]{headline(report)}[/]")
+    console.print(
+        f"median per task: {num(per['median_wall_seconds'], ' s')}, "
+        f"{num(per['median_tokens'])} tokens, {num(per['median_turns'])} turns · per resolved "
+        f"task: {num(res['median_wall_seconds'], ' s')}, {num(res['median_tokens'])} tokens"
+    )
+    if report.get("pending"):
+        console.print(f"[yellow]{len(report['pending'])} task(s) not yet run[/]")
+    console.print(f"report: {escape(str(out / REPORT_MD))} · {escape(str(out / REPORT_JSON))}")
+
+
+# --- check --------------------------------------------------------------------------------
+
+
+@eval_group.command("check")
+@click.argument("suite_path", metavar="SUITE")
+@selection_options
+@click.option("--sandbox", type=click.Choice(SANDBOX_NAMES), default=None, help="Sandbox.")
+@click.option(
+    "--jobs",
+    type=int,
+    default=None,
+    help="Tasks checked at once (default: the number of CPUs).",
+)
+@click.option("--test-timeout", type=float, default=None, help="Seconds per hidden test command.")
+@click.option("--json", "as_json", is_flag=True, help="Print every result as JSON.")
+@swebench_options
+def check_command(
+    suite_path: str,
+    task_ids: tuple[str, ...],
+    subset: str | None,
+    limit: int | None,
+    sandbox: str | None,
+    jobs: int | None,
+    test_timeout: float | None,
+    as_json: bool,
+    swebench_repos: Path | None,
+    swebench_test_cmd: str | None,
+    swebench_setup: str | None,
+) -> None:
+    """Prove the scorer: each task's snapshot must fail its hidden tests, its reference pass.
+
+    No model runs; the unchanged snapshot and the reference solution go through the same
+    restore-and-score path as a run's results. Exits 1 when any task is off.
+    """
+    settings = _settings(sandbox=sandbox)
+    suite = _load(suite_path, swebench_repos, swebench_test_cmd, swebench_setup, test_timeout)
+    tasks = _select(suite, task_ids, subset, limit)
+    console = Console(highlight=False, stderr=as_json)
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("checking"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        bar = progress.add_task("check", total=len(tasks))
+        results = check_suite(
+            tasks,
+            settings,
+            jobs=jobs or os.cpu_count() or 1,
+            timeout_s=test_timeout,
+            on_result=lambda _: progress.advance(bar),
+        )
+    if as_json:
+        rows = [
+            {
+                "task_id": r.task_id,
+                "ok": r.ok,
+                "problem": r.problem,
+                "base": r.base.to_dict(),
+                "reference": r.reference.to_dict() if r.reference else None,
+            }
+            for r in results
+        ]
+        print(json.dumps(rows, indent=1))
+    _print_check(console, suite, results)
+    if not all(r.ok for r in results):
+        sys.exit(1)
+
+
+def _print_check(console: Console, suite: Suite, results: list[CheckResult]) -> None:
+    n = len(results)
+    failing = sum(not r.base.resolved for r in results)
+    passing = sum(bool(r.reference and r.reference.resolved) for r in results)
+    console.print(
+        f"suite {escape(suite.name)}: unchanged snapshots failing {failing}/{n} · "
+        f"reference solutions passing {passing}/{n}"
+    )
+    for r in results:
+        if not r.ok:
+            console.print(f"[red]✗[/] {escape(r.task_id)}: {escape(r.problem or '')}")
+    if all(r.ok for r in results):
+        console.print("[green]the scorer tells every reference from its snapshot.[/]")
+
+
+# --- report and compare -------------------------------------------------------------------
+
+
+@eval_group.command("report")
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def report_command(out: Path) -> None:
+    """Rebuild OUT/report.json and OUT/report.md from OUT/records.jsonl."""
+    records = load_records(out / RECORDS_FILE)
+    if not records:
+        raise UserError(f"{out} holds no {RECORDS_FILE}; pass the --out of an eval run.")
+    meta_path = out / RUN_FILE
+    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    report = build_report(meta, list(records.values()))
+    write_reports(out, report)
+    _print_totals(Console(highlight=False), report, out)
+
+
+@eval_group.command("compare")
+@click.argument("a")
+@click.argument("b")
+@click.option("--markdown", is_flag=True, help="Print the comparison as Markdown.")
+def compare_command(a: str, b: str, markdown: bool) -> None:
+    """Put two runs side by side task by task (A and B: report.json files or --out dirs)."""
+    cmp = compare(load_report(a), load_report(b))
+    if markdown:
+        print(render_compare_markdown(cmp), end="")
+        return
+    console = Console(highlight=False)
+    table = Table("task", "A", "B", "flip", "A s", "B s", "A tokens", "B tokens")
+    mark = {True: "[green]✓[/]", False: "[red]✗[/]"}
+    for r in cmp["tasks"]:
+        flip = {"fixed": "[green]fixed[/]", "broken": "[red]broken[/]"}.get(r["flip"], "")
+        table.add_row(
+            escape(r["task_id"]),
+            mark[bool(r["a_resolved"])],
+            mark[bool(r["b_resolved"])],
+            flip,
+            f"{r['a_wall_seconds']:.0f}",
+            f"{r['b_wall_seconds']:.0f}",
+            f"{r['a_tokens']:,}",
+            f"{r['b_tokens']:,}",
+        )
+    console.print(table)
+    console.print(f"on the {cmp['shared']} tasks both ran:")
+    console.print(f"  A ({escape(str(cmp['a']['path']))}): {headline(cmp['a'])}")
+    console.print(f"  B ({escape(str(cmp['b']['path']))}): {headline(cmp['b'])}")
+    console.print(f"  fixed in B: {escape(', '.join(cmp['fixed']) or 'none')}")
+    console.print(f"  broken in B: {escape(', '.join(cmp['broken']) or 'none')}")
+    if cmp["only_a"] or cmp["only_b"]:
+        console.print(f"  only in A: {len(cmp['only_a'])} · only in B: {len(cmp['only_b'])}")

@@ -1,0 +1,468 @@
+"""Running a suite: for each task a fresh repository, pullsmith's own `run_task`, then the score.
+
+Every finished task is one line of `<out>/records.jsonl`, written as soon as it is known, and
+the reports are rewritten after each; `resume` skips the tasks already recorded there (tasks
+that ended in an error that is not the agent's — the model or the sandbox failing, a broken
+task — are run again).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import queue
+import secrets
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pullsmith import __version__
+from pullsmith.config import Settings
+from pullsmith.errors import UserError
+from pullsmith.eval.report import build_report, write_reports
+from pullsmith.eval.scoring import SETUP_TIMEOUT_S, Score, score_tree, scoring_sandbox
+from pullsmith.eval.snapshot import export_commit, init_repo, materialize, remove_tree
+from pullsmith.eval.tasks import EvalTask, Suite
+from pullsmith.events import EventLog
+from pullsmith.models import Model, ModelError, open_model
+from pullsmith.runner import Task, run_dir_for, run_task
+
+RECORDS_FILE = "records.jsonl"
+RUN_FILE = "run.json"
+# Errors that are not the agent's doing; such tasks run again on resume, and this many in a
+# row stop the run (the model server is gone, the sandbox can not start, ...).
+RETRIED_ERRORS = ("model", "run", "setup", "task", "internal")
+MAX_ERRORS_IN_A_ROW = 3
+
+
+def runner_supports_attempts() -> bool:
+    """Whether `run_task` can run best-of-N (a Task with an `attempts` field)."""
+    return "attempts" in {f.name for f in dataclasses.fields(Task)}
+
+
+@dataclass
+class TaskRecord:
+    """What happened to one task of a suite run."""
+
+    task_id: str
+    resolved: bool
+    attempts: int = 1
+    turns: int = 0
+    wall_seconds: float = 0.0
+    model_seconds: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    status: str = ""
+    exit_reason: str = ""
+    error: str | None = None
+    error_kind: str | None = None
+    summary: str = ""
+    diff: str = ""
+    diff_stat: str = ""
+    run_id: str = ""
+    run_log: str = ""
+    branch: str = ""
+    commit: str | None = None
+    base_commit: str = ""
+    score: dict[str, Any] = field(default_factory=dict)
+    score_seconds: float = 0.0
+    total_seconds: float = 0.0
+    model: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    finished_at: str = ""
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def retried_on_resume(self) -> bool:
+        return self.error_kind in RETRIED_ERRORS
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaskRecord:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def load_records(path: Path) -> dict[str, TaskRecord]:
+    """The records in `path`, the last one of each task winning; a torn last line is skipped."""
+    records: dict[str, TaskRecord] = {}
+    if not path.is_file():
+        return records
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = TaskRecord.from_dict(json.loads(line))
+        except (json.JSONDecodeError, TypeError):
+            continue
+        records[record.task_id] = record
+    return records
+
+
+class Listener:
+    """What a progress display hears; every method may be called from a worker thread."""
+
+    def task_started(self, task_id: str) -> None:
+        pass
+
+    def task_turn(self, task_id: str, turn: int) -> None:
+        pass
+
+    def task_finished(self, record: TaskRecord) -> None:
+        pass
+
+
+@dataclass
+class EvalOptions:
+    out: Path
+    jobs: int = 1
+    attempts: int = 1
+    resume: bool = False
+    keep: bool = False
+    test_timeout_s: float | None = None
+    description: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EvalRun:
+    out: Path
+    records: list[TaskRecord]
+    report: dict[str, Any]
+    skipped: int = 0
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _run_meta(suite: Suite, tasks: list[EvalTask], settings: Settings, opts: EvalOptions) -> dict:
+    return {
+        "suite": suite.name,
+        "suite_path": str(suite.path),
+        "selection": [task.id for task in tasks],
+        "model": settings.model_name,
+        "base_url": settings.base_url,
+        "sandbox": settings.sandbox,
+        "max_turns": settings.max_turns,
+        "temperature": settings.temperature,
+        "seed": settings.seed,
+        "attempts": opts.attempts,
+        "jobs": opts.jobs,
+        "pullsmith_version": __version__,
+        "started_at": _now(),
+        **opts.description,
+    }
+
+
+def _check_resume(out: Path, meta: dict, existing: dict[str, TaskRecord], resume: bool) -> dict:
+    previous_path = out / RUN_FILE
+    previous = json.loads(previous_path.read_text()) if previous_path.is_file() else None
+    if not resume:
+        if existing or previous:
+            raise UserError(
+                f"{out} already holds an evaluation run; pass --resume to continue it, or --out "
+                "with a new directory."
+            )
+        return meta
+    if previous is None:
+        return meta
+    for key in ("suite", "model"):
+        if previous.get(key) != meta.get(key):
+            raise UserError(
+                f"{out} holds a run with {key} '{previous.get(key)}', not '{meta.get(key)}'; "
+                f"resume it with the same {key}, or pass --out with a new directory."
+            )
+    merged = dict(meta)
+    for key in ("started_at", "command", "subset", "limit"):
+        if previous.get(key) is not None:
+            merged[key] = previous[key]
+    if meta.get("command") and meta.get("command") != previous.get("command"):
+        merged["resumed_with"] = meta["command"]
+    seen = set(meta["selection"])
+    merged["selection"] = meta["selection"] + [
+        i for i in previous.get("selection", []) if i not in seen
+    ]
+    merged["resumed_at"] = _now()
+    return merged
+
+
+def run_suite(
+    suite: Suite,
+    tasks: list[EvalTask],
+    settings: Settings,
+    opts: EvalOptions,
+    model: Model | None = None,
+    listener: Listener | None = None,
+    model_opener: Callable[..., Model] = open_model,
+) -> EvalRun:
+    """Run `tasks` of `suite` and score them; one model (`model`, or opened here) for all."""
+    listener = listener or Listener()
+    if opts.attempts < 1:
+        raise UserError("--attempts must be at least 1.")
+    if opts.attempts > 1 and not runner_supports_attempts():
+        raise UserError(
+            f"--attempts {opts.attempts} needs best-of-N attempts in the runner, which this "
+            "pullsmith does not have yet; run with --attempts 1."
+        )
+    if opts.jobs < 1:
+        raise UserError("--jobs must be at least 1.")
+    out = opts.out.expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    records_path = out / RECORDS_FILE
+    existing = load_records(records_path)
+    meta = _check_resume(out, _run_meta(suite, tasks, settings, opts), existing, opts.resume)
+    (out / RUN_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    done = {i for i, r in existing.items() if not r.retried_on_resume}
+    todo = [task for task in tasks if task.id not in done]
+    skipped = len(tasks) - len(todo)
+    records = dict(existing)
+
+    def report() -> dict[str, Any]:
+        data = build_report(meta, list(records.values()))
+        write_reports(out, data)
+        return data
+
+    if not todo:
+        return EvalRun(out, list(records.values()), report(), skipped)
+    owns_model = model is None
+    if model is None:
+        model = model_opener(settings, log_path=out / "model-server.log")
+    try:
+        with records_path.open("a+", encoding="utf-8") as sink:
+            if sink.tell() > 0:
+                sink.seek(sink.tell() - 1)
+                if sink.read(1) != "\n":
+                    # A run killed mid-write left a torn line; the next record starts afresh.
+                    sink.write("\n")
+
+            def record_done(record: TaskRecord) -> None:
+                records[record.task_id] = record
+                sink.write(json.dumps(record.to_dict(), ensure_ascii=False, default=str) + "\n")
+                sink.flush()
+                os.fsync(sink.fileno())
+                report()
+                listener.task_finished(record)
+
+            _run_pool(todo, settings, opts, out, model, listener, record_done)
+    finally:
+        if owns_model:
+            model.close()
+    return EvalRun(out, list(records.values()), report(), skipped)
+
+
+def _run_pool(
+    todo: list[EvalTask],
+    settings: Settings,
+    opts: EvalOptions,
+    out: Path,
+    model: Model,
+    listener: Listener,
+    record_done: Callable[[TaskRecord], None],
+) -> None:
+    """Run `todo` on `opts.jobs` worker threads; records are handled on this thread."""
+    pending: queue.Queue[EvalTask] = queue.Queue()
+    for task in todo:
+        pending.put(task)
+    finished: queue.Queue[TaskRecord | None] = queue.Queue()
+    stop = threading.Event()
+    lock = threading.Lock()
+    errors: list[str] = []  # the current streak of errors that are not the agent's
+    stopped_by: list[str] = []
+
+    def count(record: TaskRecord) -> None:
+        # Counted on the worker, before it takes another task, so a streak stops it at once.
+        with lock:
+            if record.retried_on_resume:
+                errors.append((record.error or "").strip().splitlines()[0] if record.error else "")
+            else:
+                errors.clear()
+            if len(errors) >= MAX_ERRORS_IN_A_ROW and not stop.is_set():
+                stopped_by.append(errors[-1])
+                stop.set()
+
+    def worker() -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    task = pending.get_nowait()
+                except queue.Empty:
+                    return
+                listener.task_started(task.id)
+                try:
+                    record = run_one(task, settings, opts, out, model, listener)
+                except Exception as exc:  # one broken task must not end the whole run
+                    record = TaskRecord(
+                        task_id=task.id,
+                        resolved=False,
+                        error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}",
+                        error_kind="internal",
+                        metadata=task.metadata,
+                        finished_at=_now(),
+                    )
+                count(record)
+                finished.put(record)
+        finally:
+            finished.put(None)
+
+    # Daemon threads: an interrupt ends the run without waiting for tasks in flight (their
+    # sandboxes die with this process; resume runs them again).
+    workers = [
+        threading.Thread(target=worker, name=f"eval-{n}", daemon=True)
+        for n in range(min(opts.jobs, len(todo)))
+    ]
+    for thread in workers:
+        thread.start()
+    alive = len(workers)
+    while alive:
+        try:
+            record = finished.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        if record is None:
+            alive -= 1
+            continue
+        record_done(record)
+    if stop.is_set():
+        raise UserError(
+            f"{MAX_ERRORS_IN_A_ROW} tasks in a row failed outside the agent's control (last: "
+            f"{stopped_by[0]}); fix that and rerun with --resume --out {out}."
+        )
+
+
+def _setup_snapshot(task: EvalTask, repo: Path, settings: Settings) -> str | None:
+    """Run the task's setup in its snapshot; None when it worked, else what went wrong."""
+    if not task.setup:
+        return None
+    sandbox = scoring_sandbox(settings, repo, SETUP_TIMEOUT_S)
+    try:
+        res = sandbox.run(task.setup)
+    finally:
+        sandbox.close()
+    if res.exit_code == 0 and not res.timed_out:
+        return None
+    tail = res.output.strip().splitlines()[-1:] or ["no output"]
+    return f"the setup command failed (exit {res.exit_code}): {tail[0]}"
+
+
+def run_one(
+    task: EvalTask,
+    settings: Settings,
+    opts: EvalOptions,
+    out: Path,
+    model: Model,
+    listener: Listener | None = None,
+) -> TaskRecord:
+    """One task: fresh repository, `run_task` as a user would run it, then the hidden tests."""
+    started = time.monotonic()
+    listener = listener or Listener()
+    record = TaskRecord(task_id=task.id, resolved=False, model=settings.model_name)
+    record.metadata = dict(task.metadata)
+    work = out / "work" / task.safe_id
+    remove_tree(work)
+    repo = work / "repo"
+    try:
+        materialize(task, repo, settings.data_dir / "clones")
+        setup_error = _setup_snapshot(task, repo, settings)
+        record.base_commit = init_repo(repo)
+    except UserError as exc:
+        record.error, record.error_kind = exc.message, "task"
+        return _finish(record, work, None, opts, started)
+    if setup_error:
+        record.error, record.error_kind = setup_error, "setup"
+        return _finish(record, work, None, opts, started)
+
+    task_settings = settings
+    if task.test_command:
+        task_settings = dataclasses.replace(settings, test_command=task.test_command)
+    run_id = f"eval-{task.safe_id}-{secrets.token_hex(3)}"
+    extra: dict[str, Any] = {"attempts": opts.attempts} if runner_supports_attempts() else {}
+    user_task = Task(instruction=task.statement, repo=str(repo), task_id=run_id, **extra)
+    run_dir = run_dir_for(task_settings, run_id)
+    record.run_id = run_id
+    record.run_log = str(run_dir / "events.jsonl")
+    events = EventLog(run_id, run_dir / "events.jsonl")
+    events.subscribe(
+        lambda event: (
+            listener.task_turn(task.id, event.data.get("turn", 0))
+            if event.type == "model.reply"
+            else None
+        )
+    )
+    result: dict[str, Any] = {}
+    try:
+        result = run_task(user_task, task_settings, events, model=model).to_dict()
+    except ModelError as exc:
+        record.error, record.error_kind = exc.message, "model"
+    except UserError as exc:
+        record.error, record.error_kind = exc.message, "run"
+    except Exception as exc:
+        record.error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+        record.error_kind = "internal"
+    finally:
+        events.close()
+    if not result and (run_dir / "result.json").is_file():
+        result = json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
+    _copy_result(record, result)
+
+    rev = record.commit or record.base_commit
+    tree = work / "score"
+    export_commit(repo, rev, tree)
+    score = score_tree(task, tree, repo, settings, opts.test_timeout_s)
+    record.resolved = score.resolved
+    record.score = score.to_dict()
+    record.score_seconds = score.seconds
+    return _finish(record, work, result.get("worktree") or None, opts, started)
+
+
+def _copy_result(record: TaskRecord, result: dict[str, Any]) -> None:
+    if not result:
+        return
+    usage = result.get("usage") or {}
+    record.attempts = int(result.get("attempts") or 1)
+    record.turns = int(result.get("turns") or 0)
+    record.wall_seconds = float(result.get("wall_seconds") or 0.0)
+    record.model_seconds = float(result.get("model_seconds") or 0.0)
+    record.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+    record.completion_tokens = int(usage.get("completion_tokens") or 0)
+    record.cached_tokens = int(usage.get("cached_tokens") or 0)
+    record.status = str(result.get("status") or "")
+    record.exit_reason = str(result.get("exit_reason") or "")
+    record.summary = str(result.get("summary") or "")
+    record.diff = str(result.get("diff") or "")
+    record.diff_stat = str(result.get("diff_stat") or "")
+    record.branch = str(result.get("branch") or "")
+    record.commit = result.get("commit")
+    if result.get("model"):
+        record.model = str(result["model"])
+    if record.error is None and result.get("error"):
+        record.error = str(result["error"])
+
+
+def _finish(
+    record: TaskRecord,
+    work: Path,
+    worktree: str | None,
+    opts: EvalOptions,
+    started: float,
+) -> TaskRecord:
+    if not record.score:
+        record.score = Score(False, error=record.error).to_dict()
+    if not opts.keep:
+        remove_tree(work)
+        if worktree:
+            # Kept by the runner after an error; its repository is gone with `work`.
+            remove_tree(Path(worktree))
+    record.total_seconds = round(time.monotonic() - started, 3)
+    record.finished_at = _now()
+    return record

@@ -1,0 +1,327 @@
+"""Reports: totals with a confidence interval, a table per task, and two runs side by side."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pullsmith.errors import UserError
+
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+GROUP_KEYS = ("bug_type", "category", "repo")
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval for a proportion (95% for z = 1.96); (0, 1) when n = 0."""
+    if n <= 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def _median(values: Iterable[float]) -> float | None:
+    values = list(values)
+    return statistics.median(values) if values else None
+
+
+def _records(records: Iterable[Any]) -> list[dict[str, Any]]:
+    rows = []
+    for record in records:
+        row = record.to_dict() if hasattr(record, "to_dict") else dict(record)
+        row.setdefault(
+            "total_tokens", row.get("prompt_tokens", 0) + row.get("completion_tokens", 0)
+        )
+        rows.append(row)
+    return rows
+
+
+def _stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "count": len(rows),
+        "median_wall_seconds": _median(r["wall_seconds"] for r in rows),
+        "median_model_seconds": _median(r["model_seconds"] for r in rows),
+        "median_tokens": _median(r["total_tokens"] for r in rows),
+        "median_prompt_tokens": _median(r["prompt_tokens"] for r in rows),
+        "median_completion_tokens": _median(r["completion_tokens"] for r in rows),
+        "median_turns": _median(r["turns"] for r in rows),
+    }
+
+
+def totals(records: Iterable[Any], selected: int | None = None) -> dict[str, Any]:
+    rows = _records(records)
+    n = len(rows)
+    resolved = sum(1 for r in rows if r["resolved"])
+    low, high = wilson_interval(resolved, n)
+    return {
+        "selected": max(selected or 0, n),
+        "done": n,
+        "resolved": resolved,
+        "resolve_rate": resolved / n if n else None,
+        "ci95": [low, high],
+        "errors": sum(1 for r in rows if r.get("error_kind")),
+        "per_task": _stats(rows),
+        "per_resolved_task": _stats([r for r in rows if r["resolved"]]),
+        "sum_wall_seconds": round(sum(r["wall_seconds"] for r in rows), 3),
+        "sum_model_seconds": round(sum(r["model_seconds"] for r in rows), 3),
+        "sum_prompt_tokens": sum(r["prompt_tokens"] for r in rows),
+        "sum_completion_tokens": sum(r["completion_tokens"] for r in rows),
+        "sum_cached_tokens": sum(r["cached_tokens"] for r in rows),
+    }
+
+
+def _groups(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, int]]]:
+    groups: dict[str, dict[str, dict[str, int]]] = {}
+    for key in GROUP_KEYS:
+        values = [r.get("metadata", {}).get(key) for r in rows]
+        if not any(isinstance(v, str) for v in values):
+            continue
+        table: dict[str, dict[str, int]] = {}
+        for row, value in zip(rows, values, strict=True):
+            cell = table.setdefault(str(value), {"done": 0, "resolved": 0})
+            cell["done"] += 1
+            cell["resolved"] += int(bool(row["resolved"]))
+        groups[key] = dict(sorted(table.items()))
+    return groups
+
+
+def build_report(meta: Mapping[str, Any], records: Iterable[Any]) -> dict[str, Any]:
+    """A run's report: its description, totals, groups, and a row per task in selection order."""
+    rows = _records(records)
+    order = {task_id: n for n, task_id in enumerate(meta.get("selection", []))}
+    rows.sort(key=lambda r: (order.get(r["task_id"], len(order)), r["task_id"]))
+    done = {r["task_id"] for r in rows}
+    pending = [i for i in meta.get("selection", []) if i not in done]
+    return {
+        "run": dict(meta),
+        "totals": totals(rows, selected=len(meta.get("selection", []))),
+        "groups": _groups(rows),
+        "pending": pending,
+        "tasks": rows,
+    }
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}%"
+
+
+def _num(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "–"
+    text = f"{value:,.0f}" if abs(value) >= 10 or value == int(value) else f"{value:.1f}"
+    return text + unit
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def headline(report: Mapping[str, Any]) -> str:
+    t = report["totals"]
+    low, high = t["ci95"]
+    return (
+        f"{t['resolved']} / {t['done']} resolved ({_pct(t['resolve_rate'])}, "
+        f"95% CI {_pct(low)}–{_pct(high)})"
+    )
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    run, t = report["run"], report["totals"]
+    title = run.get("suite", "suite") + (f" ({run['subset']})" if run.get("subset") else "")
+    lines = [f"# Evaluation: {title}", ""]
+    facts = [
+        f"model `{run.get('model')}`",
+        f"sandbox {run.get('sandbox')}",
+        f"max {run.get('max_turns')} turns",
+        f"attempts {run.get('attempts', 1)}",
+        f"pullsmith {run.get('pullsmith_version')}",
+        f"started {run.get('started_at')}",
+    ]
+    lines += [" · ".join(facts), ""]
+    if run.get("command"):
+        lines += [f"Command: `{run['command']}`", ""]
+    lines += [f"**{headline(report)}**", ""]
+    if report.get("pending"):
+        lines += [
+            f"Partial: {t['done']} of {t['selected']} tasks done, {len(report['pending'])} "
+            "not yet run.",
+            "",
+        ]
+    if t["errors"]:
+        lines += [
+            f"{t['errors']} task(s) ended in an error outside the agent's control "
+            "(counted as unresolved).",
+            "",
+        ]
+    per, res = t["per_task"], t["per_resolved_task"]
+    lines += [
+        "| median | per task | per resolved task |",
+        "|---|---:|---:|",
+        f"| wall time | {_num(per['median_wall_seconds'], ' s')} | "
+        f"{_num(res['median_wall_seconds'], ' s')} |",
+        f"| model time | {_num(per['median_model_seconds'], ' s')} | "
+        f"{_num(res['median_model_seconds'], ' s')} |",
+        f"| tokens (prompt + completion) | {_num(per['median_tokens'])} | "
+        f"{_num(res['median_tokens'])} |",
+        f"| turns | {_num(per['median_turns'])} | {_num(res['median_turns'])} |",
+        "",
+        f"Totals: {_num(t['sum_wall_seconds'], ' s')} wall, "
+        f"{_num(t['sum_model_seconds'], ' s')} in the model, "
+        f"{t['sum_prompt_tokens']:,} prompt + {t['sum_completion_tokens']:,} completion tokens "
+        f"({t['sum_cached_tokens']:,} prompt tokens cached).",
+        "",
+    ]
+    for key, table in report.get("groups", {}).items():
+        lines += [
+            f"## By {key.replace('_', ' ')}",
+            "",
+            f"| {key} | resolved | rate |",
+            "|---|---:|---:|",
+        ]
+        for value, cell in table.items():
+            rate = cell["resolved"] / cell["done"] if cell["done"] else None
+            lines.append(f"| {_cell(value)} | {cell['resolved']} / {cell['done']} | {_pct(rate)} |")
+        lines.append("")
+    lines += [
+        "## Tasks",
+        "",
+        "| task | resolved | turns | wall s | model s | prompt | completion | cached | exit reason |",
+        "|---|:---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in report["tasks"]:
+        reason = r.get("exit_reason") or r.get("status") or ""
+        if r.get("error_kind"):
+            first = (r.get("error") or "").strip().splitlines()[:1]
+            reason = f"error ({r['error_kind']}): {first[0] if first else ''}"[:120]
+        lines.append(
+            f"| {_cell(r['task_id'])} | {'✅' if r['resolved'] else '❌'} | {r['turns']} | "
+            f"{r['wall_seconds']:.0f} | {r['model_seconds']:.0f} | {r['prompt_tokens']:,} | "
+            f"{r['completion_tokens']:,} | {r['cached_tokens']:,} | {_cell(reason)} |"
+        )
+    if report.get("pending"):
+        lines += ["", "Not yet run: " + ", ".join(report["pending"])]
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(out: Path, report: Mapping[str, Any]) -> tuple[Path, Path]:
+    json_path, md_path = out / REPORT_JSON, out / REPORT_MD
+    for path, text in (
+        (json_path, json.dumps(report, indent=1, ensure_ascii=False, default=str)),
+        (md_path, render_markdown(report)),
+    ):
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    return json_path, md_path
+
+
+def load_report(path: str | Path) -> dict[str, Any]:
+    """A report from its report.json, or from the output directory that holds it."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / REPORT_JSON
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; pass a report.json or the --out of an eval run.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}); pass a report.json.") from None
+    if not isinstance(data, dict) or "tasks" not in data or "totals" not in data:
+        raise UserError(f"{path} is not a pullsmith eval report; pass a report.json.")
+    data["_path"] = str(path)
+    return data
+
+
+# --- comparing two runs -------------------------------------------------------------------
+
+
+def compare(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    """Two reports task by task: which tasks flipped, and the totals over the shared tasks."""
+    rows_a = {r["task_id"]: r for r in a["tasks"]}
+    rows_b = {r["task_id"]: r for r in b["tasks"]}
+    shared = [i for i in rows_a if i in rows_b]
+    rows = []
+    for task_id in shared:
+        ra, rb = rows_a[task_id], rows_b[task_id]
+        flip = ""
+        if ra["resolved"] != rb["resolved"]:
+            flip = "fixed" if rb["resolved"] else "broken"
+        rows.append(
+            {
+                "task_id": task_id,
+                "a_resolved": ra["resolved"],
+                "b_resolved": rb["resolved"],
+                "flip": flip,
+                "a_wall_seconds": ra["wall_seconds"],
+                "b_wall_seconds": rb["wall_seconds"],
+                "a_tokens": ra.get("total_tokens", ra["prompt_tokens"] + ra["completion_tokens"]),
+                "b_tokens": rb.get("total_tokens", rb["prompt_tokens"] + rb["completion_tokens"]),
+            }
+        )
+    return {
+        "a": {
+            "path": a.get("_path"),
+            "run": a.get("run", {}),
+            "totals": totals(rows_a[i] for i in shared),
+        },
+        "b": {
+            "path": b.get("_path"),
+            "run": b.get("run", {}),
+            "totals": totals(rows_b[i] for i in shared),
+        },
+        "shared": len(shared),
+        "only_a": [i for i in rows_a if i not in rows_b],
+        "only_b": [i for i in rows_b if i not in rows_a],
+        "fixed": [r["task_id"] for r in rows if r["flip"] == "fixed"],
+        "broken": [r["task_id"] for r in rows if r["flip"] == "broken"],
+        "tasks": rows,
+    }
+
+
+def render_compare_markdown(cmp: Mapping[str, Any]) -> str:
+    a, b = cmp["a"], cmp["b"]
+
+    def label(side: Mapping[str, Any], name: str) -> str:
+        run = side["run"]
+        return f"{name}: `{side.get('path')}` (model `{run.get('model')}`)"
+
+    def line(side: Mapping[str, Any]) -> str:
+        return headline({"totals": side["totals"]})
+
+    lines = [
+        "# Evaluation compared",
+        "",
+        f"- {label(a, 'A')}",
+        f"- {label(b, 'B')}",
+        "",
+        f"On the {cmp['shared']} tasks both ran:",
+        "",
+        f"- A: {line(a)}",
+        f"- B: {line(b)}",
+        f"- fixed in B (unresolved in A): {', '.join(cmp['fixed']) or 'none'}",
+        f"- broken in B (resolved in A): {', '.join(cmp['broken']) or 'none'}",
+    ]
+    if cmp["only_a"] or cmp["only_b"]:
+        lines.append(
+            f"- only in A: {len(cmp['only_a'])} task(s); only in B: {len(cmp['only_b'])} task(s)"
+        )
+    mark = {True: "✅", False: "❌"}
+    lines += [
+        "",
+        "| task | A | B | flip | A wall s | B wall s | A tokens | B tokens |",
+        "|---|:---:|:---:|---|---:|---:|---:|---:|",
+    ]
+    for r in cmp["tasks"]:
+        lines.append(
+            f"| {_cell(r['task_id'])} | {mark[bool(r['a_resolved'])]} | "
+            f"{mark[bool(r['b_resolved'])]} | {r['flip']} | {r['a_wall_seconds']:.0f} | "
+            f"{r['b_wall_seconds']:.0f} | {r['a_tokens']:,} | {r['b_tokens']:,} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,165 @@
+"""Running a suite: one shared model, records as JSONL, resume, reports, refusing fake best-of-N."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from conftest import bwrap_works
+from eval_helpers import FIX_PLANS, PlanModel, make_mini_suite
+
+from pullsmith.config import load_settings
+from pullsmith.errors import UserError
+from pullsmith.eval.harness import (
+    EvalOptions,
+    Listener,
+    TaskRecord,
+    load_records,
+    run_suite,
+    runner_supports_attempts,
+)
+from pullsmith.eval.tasks import load_suite
+from pullsmith.models import ModelError
+
+SANDBOX = "bwrap" if bwrap_works() else "none"
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return load_settings({"sandbox": SANDBOX}, cwd=tmp_path)
+
+
+@pytest.fixture
+def suite(tmp_path):
+    return load_suite(make_mini_suite(tmp_path))
+
+
+class Recorder(Listener):
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.turns: list[tuple[str, int]] = []
+        self.finished: list[str] = []
+
+    def task_started(self, task_id):
+        self.started.append(task_id)
+
+    def task_turn(self, task_id, turn):
+        self.turns.append((task_id, turn))
+
+    def task_finished(self, record):
+        self.finished.append(record.task_id)
+
+
+def test_run_records_every_task_and_writes_reports(suite, settings, tmp_path):
+    out = tmp_path / "out"
+    model = PlanModel({"calc.py": FIX_PLANS["calc.py"]})  # mul gets "finish" right away
+    listener = Recorder()
+    run = run_suite(suite, suite.tasks, settings, EvalOptions(out=out), model, listener)
+    assert not model.closed  # a model passed in belongs to the caller
+    records = load_records(out / "records.jsonl")
+    assert set(records) == {"add", "mul"}
+    assert records["add"].resolved and not records["mul"].resolved
+    assert records["mul"].status == "failed" and records["mul"].exit_reason
+    assert sorted(listener.finished) == ["add", "mul"] and ("add", 1) in listener.turns
+    report = json.loads((out / "report.json").read_text())
+    assert report == json.loads(json.dumps(run.report))
+    totals = report["totals"]
+    assert totals["done"] == 2 and totals["resolved"] == 1 and totals["resolve_rate"] == 0.5
+    assert totals["per_resolved_task"]["count"] == 1
+    assert report["groups"]["bug_type"]["operator misuse"] == {"done": 1, "resolved": 1}
+    markdown = (out / "report.md").read_text()
+    assert "1 / 2 resolved (50.0%, 95% CI 9.5%–90.5%)" in markdown
+    assert "| add | ✅ |" in markdown and "| mul | ❌ |" in markdown
+    assert json.loads((out / "run.json").read_text())["selection"] == ["add", "mul"]
+
+
+def test_resume_skips_recorded_tasks(suite, settings, tmp_path):
+    out = tmp_path / "out"
+    first = PlanModel(FIX_PLANS)
+    run_suite(suite, suite.tasks[:1], settings, EvalOptions(out=out), first)
+    assert first.calls == 2
+    # A run that stopped half-way through writing a line leaves a torn line behind.
+    with (out / "records.jsonl").open("a") as sink:
+        sink.write('{"task_id": "mul", "resol')
+    with pytest.raises(UserError, match="pass --resume"):
+        run_suite(suite, suite.tasks, settings, EvalOptions(out=out), PlanModel(FIX_PLANS))
+    second = PlanModel(FIX_PLANS)
+    run = run_suite(suite, suite.tasks, settings, EvalOptions(out=out, resume=True), second)
+    assert second.calls == 2  # only mul ran
+    assert run.skipped == 1
+    assert {r.task_id: r.resolved for r in run.records} == {"add": True, "mul": True}
+    again = PlanModel(FIX_PLANS)
+    run = run_suite(suite, suite.tasks, settings, EvalOptions(out=out, resume=True), again)
+    assert again.calls == 0 and run.skipped == 2 and run.report["totals"]["resolved"] == 2
+
+
+def test_resume_refuses_another_model(suite, settings, tmp_path):
+    out = tmp_path / "out"
+    run_suite(suite, suite.tasks[:1], settings, EvalOptions(out=out), PlanModel(FIX_PLANS))
+    other = load_settings({"sandbox": SANDBOX, "model": "other-model"}, cwd=tmp_path)
+    with pytest.raises(UserError, match="with model"):
+        run_suite(suite, suite.tasks, other, EvalOptions(out=out, resume=True), PlanModel({}))
+
+
+def test_model_errors_are_retried_on_resume_and_stop_a_run(tmp_path, settings):
+    class DeadModel(PlanModel):
+        def complete(self, messages, temperature=None):
+            self.calls += 1
+            raise ModelError("the model server could not be reached; check that it is running.")
+
+    suite_dir = make_mini_suite(tmp_path)
+    for n in range(3):
+        clone = suite_dir / f"add{n}"
+        clone.mkdir()
+        for item in (suite_dir / "add").iterdir():
+            target = clone / item.name
+            if item.is_dir():
+                shutil.copytree(item, target)
+            else:
+                target.write_bytes(item.read_bytes())
+    suite = load_suite(suite_dir)
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match="3 tasks in a row failed outside the agent's control"):
+        run_suite(suite, suite.tasks, settings, EvalOptions(out=out), DeadModel({}))
+    records = load_records(out / "records.jsonl")
+    assert len(records) == 3  # the run stopped; the other tasks were not started
+    assert all(r.error_kind == "model" and not r.resolved for r in records.values())
+    model = PlanModel(FIX_PLANS)
+    run = run_suite(suite, suite.tasks, settings, EvalOptions(out=out, resume=True), model)
+    assert run.skipped == 0 and run.report["totals"]["done"] == 5
+    assert run.report["totals"]["errors"] == 0
+
+
+def test_jobs_run_tasks_concurrently_with_one_model(suite, settings, tmp_path):
+    model = PlanModel(FIX_PLANS)
+    run = run_suite(suite, suite.tasks, settings, EvalOptions(out=tmp_path / "o", jobs=2), model)
+    assert sorted(r.task_id for r in run.records if r.resolved) == ["add", "mul"]
+    assert [r["task_id"] for r in run.report["tasks"]] == ["add", "mul"]  # suite order
+
+
+def test_model_is_opened_once_and_closed(suite, settings, tmp_path):
+    opened: list[PlanModel] = []
+
+    def opener(settings, log_path=None):
+        opened.append(PlanModel(FIX_PLANS))
+        return opened[-1]
+
+    run_suite(suite, suite.tasks, settings, EvalOptions(out=tmp_path / "o"), model_opener=opener)
+    assert len(opened) == 1 and opened[0].closed and opened[0].calls == 4
+
+
+def test_attempts_beyond_one_are_refused_not_faked(suite, settings, tmp_path):
+    if runner_supports_attempts():
+        pytest.skip("the runner runs best-of-N now")
+    with pytest.raises(UserError, match="best-of-N attempts in the runner"):
+        run_suite(
+            suite, suite.tasks, settings, EvalOptions(out=tmp_path / "o", attempts=3), PlanModel({})
+        )
+    assert not (tmp_path / "o").exists()
+
+
+def test_record_round_trip():
+    record = TaskRecord(task_id="x", resolved=True, prompt_tokens=3, completion_tokens=4)
+    again = TaskRecord.from_dict({**record.to_dict(), "unknown_future_field": 1})
+    assert again == record and again.total_tokens == 7
