@@ -409,6 +409,11 @@ class ChangeReporter:
                     f"\nAfter this change `{run.command}` exits with code {run.exit_code}:"
                     f"\n```\n{output}\n```"
                 )
+                if run.passed:
+                    note += (
+                        "\nThe tests pass now. If the task is done, reply with a ```bash block "
+                        'holding only: finish "one sentence saying what you changed"'
+                    )
         return note
 
 

@@ -487,7 +487,9 @@ class Workspace:
             if index.exists():
                 # Starting from the real index keeps git's stat cache: unchanged files are
                 # not hashed again.
-                shutil.copyfile(index, scratch)
+                # copy2 keeps the mtime: with a fresh mtime git would trust stat data of
+                # files changed in the same second as the index and miss their edits.
+                shutil.copy2(index, scratch)
             env = {"GIT_INDEX_FILE": str(scratch)}
             git("add", "--all", "--", ".", cwd=self.path, env=env)
             return git("write-tree", cwd=self.path, env=env).strip()
