@@ -300,3 +300,15 @@ def test_missing_bwrap_is_a_user_error(workspace, monkeypatch):
         BwrapSandbox(workspace)
     assert "apt-get install bubblewrap" in excinfo.value.message
     assert "--sandbox none" in excinfo.value.message
+
+
+@needs_bwrap
+def test_apply_patch_runs_inside_the_sandbox(tmp_path):
+    # pullsmith's own code must stay importable inside, even from an editable install under
+    # /tmp or $HOME (both covered there); CI clones may live in either.
+    box = make_sandbox("bwrap", tmp_path)
+    (tmp_path / "a.txt").write_text("one\n")
+    patch = "*** Begin Patch\n*** Update File: a.txt\n@@\n-one\n+two\n*** End Patch\n"
+    result = box.run(f"{sys.executable} -m pullsmith.tools.apply_patch", stdin=patch)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "a.txt").read_text() == "two\n"

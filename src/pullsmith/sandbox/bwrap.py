@@ -197,8 +197,10 @@ def mount_args(workspace: Path, policy: SandboxPolicy, tmpfs_size: int | None = 
     for path in writable:
         if path != root:
             plan.add(path, _WRITABLE, ["--bind-try", str(path), str(path)])
-    # This interpreter's environment has to stay visible for `apply_patch` to run.
-    for path in {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}:
+    # This interpreter's environment, and pullsmith's own code (outside it in an editable
+    # install, perhaps under the hidden /tmp or $HOME), stay visible for `apply_patch` to run.
+    package_root = Path(__file__).resolve().parents[2]
+    for path in {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), package_root}:
         if not plan.shown(path):
             plan.add(path, _READ_ONLY, ["--ro-bind-try", str(path), str(path)])
     # Only paths still in sight need hiding: a mount point made inside a cover would show
