@@ -71,3 +71,9 @@ def test_closed_heredocs_are_left_alone():
 def test_heredoc_terminator_with_trailing_space_counts():
     body = "cat > a.py <<'EOF'\nx = 1\nEOF  \nls"
     assert parse_action(f"```bash\n{body}\n```").command == body
+
+
+def test_a_bare_finish_line_without_a_fence_still_finishes():
+    action = parse_action('All tests pass.\nfinish "to_csv now exports every row"')
+    assert action.finish and action.command == ""
+    assert action.summary == "to_csv now exports every row"

@@ -80,6 +80,10 @@ def parse_action(text: str) -> Action:
     """Turn a model reply into an Action, or raise FormatError saying what was wrong."""
     blocks = _shell_blocks(text)
     if not blocks:
+        # A bare `finish "..."` line is unambiguous; small models often leave out the fence.
+        for line in text.splitlines():
+            if FINISH_LINE.match(line):
+                return Action(command="", finish=True, summary=_parse_summary(line.strip()[6:]))
         raise FormatError(
             "Your reply had no ```bash block. Reply with exactly one ```bash block holding the "
             'command to run next, or `finish "summary"` when the task is done.'
