@@ -52,7 +52,6 @@ __all__ = [
     "MODEL_FILENAME",
     "MODEL_SHA256",
     "LocalServer",
-    "acquire_local_server",
     "ensure_model",
     "find_running_server",
     "model_cache_dir",
@@ -573,26 +572,6 @@ def serve_forever(
             _remove_state_if(sf, written)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def acquire_local_server(
-    n_ctx: int = DEFAULT_N_CTX,
-    threads: int = DEFAULT_THREADS,
-    parallel: int = DEFAULT_PARALLEL,
-    port: int | None = None,
-    progress: bool = True,
-) -> tuple[str, LocalServer | None]:
-    """Base URL of a long-lived server if one runs, else of a newly started managed one.
-
-    The second item is the managed server to `stop()` when done (None when reusing).
-    """
-    url = find_running_server()
-    if url is not None:
-        return url, None
-    server = start_local_server(
-        ensure_model(progress=progress), port=port, n_ctx=n_ctx, threads=threads, parallel=parallel
-    )
-    return server.base_url, server
 
 
 # --------------------------------------------------------------------------------------------
