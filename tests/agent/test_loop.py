@@ -184,3 +184,15 @@ def test_repeats_raise_the_temperature_until_the_model_changes_course(tmp_path):
     assert outcome.finished
     assert sandbox.commands == ["ls", "pwd"]
     assert model.temperatures == [None, None, 0.7, 0.9, None]
+
+
+def test_a_finish_refused_earlier_is_accepted_when_repeated_after_a_fix(tmp_path):
+    verdicts = ["tests still fail", None]
+    agent, _, sandbox, _ = make_agent(
+        tmp_path,
+        ["```bash\nfinish done\n```", "```bash\nfix\n```", "```bash\nfinish done\n```"],
+        verify=lambda: verdicts.pop(0),
+    )
+    outcome = agent.run("system", "task")
+    assert outcome.finished and outcome.summary == "done" and outcome.turns == 3
+    assert sandbox.commands == ["fix"]

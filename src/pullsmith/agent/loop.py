@@ -135,13 +135,16 @@ class Agent:
             completion_tokens=reply.usage.completion_tokens,
             cached_tokens=reply.usage.cached_tokens,
         )
+        action = parse_action(reply.text)
+        # A finish that was refused earlier may be right now that the code changed: the
+        # verifier, not the repeat check, decides it.
+        repeated = repeated and not action.finish
         self.repeats = self.repeats + 1 if repeated else 0
         if repeated:
             raise FormatError(
                 "You sent exactly this reply before, and it did not finish the task. "
                 "Look at the last output again and try something different."
             )
-        action = parse_action(reply.text)
         result = self.execute(action.command) if action.command else None
         note = None
         if result is not None and self.after_command and not action.finish:
