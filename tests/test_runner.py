@@ -176,3 +176,100 @@ def test_a_repeated_reply_is_not_run_again(example_repo, tmp_path):
     )
     assert result.status == "passed"
     assert "You sent exactly this reply before" in model.seen[2][-1]["content"]
+
+
+GIVE_UP = '```bash\nfinish "nothing to change"\n```'
+
+
+def run_attempts(repo, tmp_path, replies, attempts, until_pass=False, **extra):
+    settings = settings_for(tmp_path, **extra)
+    task = Task(
+        instruction="The CSV export drops the last row; fix it.",
+        repo=str(repo),
+        attempts=attempts,
+        until_pass=until_pass,
+    )
+    events = EventLog(task.task_id, run_dir_for(settings, task.task_id) / "events.jsonl")
+    model = ScriptedModel(replies)
+    result = run_task(task, settings, events, model=model)
+    events.close()
+    return result, model, settings, task
+
+
+def test_best_of_n_keeps_the_attempt_whose_tests_pass(example_repo, tmp_path):
+    done = '```bash\nfinish "to_csv exports every row"\n```'
+    replies = [GIVE_UP, GIVE_UP, GIVE_UP, rewrite_reply(example_repo), done]
+    result, model, settings, task = run_attempts(example_repo, tmp_path, replies, attempts=2)
+    assert not model.replies
+    assert result.attempt == 2 and result.status == "passed" and result.tests_pass
+    assert result.branch == f"pullsmith/{task.task_id}-2"
+    assert [a["tests_pass"] for a in result.attempts] == [False, True]
+    assert result.attempts[0]["failing_tests"] == 1
+    # The attempt that lost is still there to inspect: its branch and its run log.
+    branches = git("branch", "--list", "pullsmith/*", cwd=example_repo).split()
+    assert f"pullsmith/{task.task_id}-2" in branches
+    assert (run_dir_for(settings, f"{task.task_id}-1") / "events.jsonl").is_file()
+    shown = git("show", f"{result.branch}:inventory/export.py", cwd=example_repo)
+    assert "for row in rows:" in shown
+    # The second attempt samples hotter than the first.
+    assert model.temperatures[0] is None and model.temperatures[3] == 0.7
+    parent = read_events(run_dir_for(settings, task.task_id) / "events.jsonl")
+    types = [e.type for e in parent]
+    assert types[0] == "attempts.started" and "attempts.selected" in types
+    selected = next(e for e in parent if e.type == "attempts.selected")
+    assert selected.data["attempt"] == 2 and selected.data["of"] == 2
+    assert {e.data.get("attempt") for e in parent if e.type == "model.reply"} == {1, 2}
+
+
+def test_until_pass_stops_at_the_first_passing_attempt(example_repo, tmp_path):
+    done = '```bash\nfinish "fixed"\n```'
+    replies = [rewrite_reply(example_repo), done, "never sent"]
+    result, model, _, _ = run_attempts(example_repo, tmp_path, replies, attempts=3, until_pass=True)
+    assert result.attempt == 1 and result.tests_pass
+    assert len(result.attempts) == 1 and model.replies == ["never sent"]
+
+
+def test_among_passing_attempts_the_smallest_diff_wins(example_repo, tmp_path):
+    noisy = fixed_source(example_repo) + "\n\n# a comment nobody asked for\n# and another\n"
+    noisy_reply = "```bash\ncat > inventory/export.py <<'EOF'\n" + noisy + "EOF\n```"
+    done = '```bash\nfinish "fixed"\n```'
+    replies = [noisy_reply, done, PATCH_REPLY, done]
+    result, _, _, _ = run_attempts(example_repo, tmp_path, replies, attempts=2)
+    assert [a["tests_pass"] for a in result.attempts] == [True, True]
+    assert result.attempt == 2
+    assert result.attempts[1]["changed_lines"] < result.attempts[0]["changed_lines"]
+
+
+def test_a_model_failure_keeps_the_attempts_already_made(example_repo, tmp_path):
+    class Breaks(ScriptedModel):
+        def complete(self, messages, temperature=None, **kw):
+            if not self.replies:
+                raise ModelError("the model server stopped answering; restart it.")
+            return super().complete(messages, temperature)
+
+    settings = settings_for(tmp_path)
+    task = Task(instruction="fix the export", repo=str(example_repo), attempts=3)
+    events = EventLog(task.task_id, run_dir_for(settings, task.task_id) / "events.jsonl")
+    result = run_task(task, settings, events, model=Breaks([GIVE_UP] * 3))
+    events.close()
+    assert result.attempt == 1 and len(result.attempts) == 1
+    assert any(
+        e.type == "error" and "stopped answering" in e.data["message"]
+        for e in read_events(run_dir_for(settings, task.task_id) / "events.jsonl")
+    )
+
+
+def test_attempts_are_refused_for_follow_ups_and_below_one(example_repo, tmp_path):
+    from pullsmith.runner import FollowUp
+
+    settings = settings_for(tmp_path)
+    events = EventLog("x")
+    with pytest.raises(UserError, match="at least 1"):
+        run_task(Task(instruction="x", repo=str(example_repo), attempts=0), settings, events)
+    follow = FollowUp(branch="b", start_commit="c", worktree="w", briefing="")
+    with pytest.raises(UserError, match="one attempt"):
+        run_task(
+            Task(instruction="x", repo=str(example_repo), attempts=2, follow_up=follow),
+            settings,
+            events,
+        )

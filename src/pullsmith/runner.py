@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -15,10 +16,10 @@ from typing import Any
 from pullsmith.agent.context import (
     collect_agents_md,
     detect_test_command,
+    evidence_sources,
     file_listing,
-    relevant_sources,
-    source_excerpt,
 )
+from pullsmith.agent.failures import failure_count, parse_test_output, summarize
 from pullsmith.agent.loop import Agent, AgentLimits, Outcome, clip
 from pullsmith.agent.prompts import SYSTEM_PROMPT, TaskContext, first_message, tests_still_fail
 from pullsmith.config import Settings, user_config_path
@@ -26,6 +27,7 @@ from pullsmith.errors import UserError
 from pullsmith.events import EventLog
 from pullsmith.models import Model, open_model
 from pullsmith.models.base import Usage
+from pullsmith.models.openai_compat import ModelError
 from pullsmith.sandbox import make_sandbox
 from pullsmith.sandbox.base import MIB, CommandResult, Limits, Sandbox, SandboxPolicy, policy_preset
 from pullsmith.workspace import Workspace, resolve_repo
@@ -66,6 +68,8 @@ class Task:
     subdir: str | None = None
     keep_worktree: bool = False
     follow_up: FollowUp | None = None
+    attempts: int = 1
+    until_pass: bool = False
 
 
 @dataclass
@@ -110,10 +114,18 @@ class AttemptResult:
     model_seconds: float = 0.0
     wall_seconds: float = 0.0
     error: str | None = None
+    # Best-of-N: which attempt this is (1-based), and every attempt's scores when it was chosen.
+    attempt: int = 1
+    attempts: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def succeeded(self) -> bool:
         return self.status == "passed"
+
+    @property
+    def tests_pass(self) -> bool:
+        """Whether pullsmith's own run of the visible tests passed after the agent stopped."""
+        return self.tests_after is not None and self.tests_after.passed
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -165,6 +177,7 @@ class Runner:
         self.model = model
         self.run_dir = run_dir_for(settings, task.task_id)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.result: AttemptResult | None = None
 
     def run(self) -> AttemptResult:
         started = time.monotonic()
@@ -199,6 +212,7 @@ class Runner:
             base_ref=workspace.base_ref,
             model=settings.model_name,
         )
+        self.result = result
         sandbox = make_sandbox(
             settings.sandbox,
             workspace.path,
@@ -251,9 +265,10 @@ class Runner:
         before = self._run_tests(sandbox, test_command, "before")
         result.tests_before = before
         sources: tuple[str, ...] = ()
+        failures = ""
         if before and not before.passed:
-            paths = relevant_sources(workspace.path, before.output)
-            sources = tuple(source_excerpt(workspace.path, path) for path in paths)
+            sources = tuple(evidence_sources(workspace.path, before.output))
+            failures = summarize(parse_test_output(workspace.path, before.output))
         context = TaskContext(
             instruction=self._instruction(),
             files=file_listing(workspace.path),
@@ -261,6 +276,8 @@ class Runner:
             test_command=test_command,
             test_exit_code=before.exit_code if before else None,
             test_output=clip(before.output, TEST_OUTPUT_CHARS) if before else "",
+            test_timed_out=bool(before and before.timed_out),
+            failures=failures,
             sources=sources,
         )
         if self.model is None:
@@ -434,5 +451,173 @@ def commit_message(result: AttemptResult) -> str:
 def run_task(
     task: Task, settings: Settings, events: EventLog, model: Model | None = None
 ) -> AttemptResult:
-    """Run one task from start to end; the one code path `exec`, the service and `eval` share."""
-    return Runner(task, settings, events, model).run()
+    """Run one task from start to end; the one code path `exec`, the service and `eval` share.
+
+    With `task.attempts` > 1 the task runs as independent attempts and the one the tests
+    like best is returned (see `BestOfN`).
+    """
+    if task.attempts < 1:
+        raise UserError(f"--attempts must be at least 1 (got {task.attempts}).")
+    if task.attempts == 1:
+        return Runner(task, settings, events, model).run()
+    if task.follow_up is not None:
+        raise UserError(
+            "a follow-up continues one branch, so it runs as one attempt; drop --attempts."
+        )
+    return BestOfN(task, settings, events, model).run()
+
+
+# Attempt 1 samples at the configured temperature (the model's best guess); the others
+# sample hotter so that they explore different fixes instead of repeating the first.
+RETRY_TEMPERATURE = 0.7
+
+
+class _Sampling:
+    """The shared model, sampled at one attempt's temperature (and seed, when one is set)."""
+
+    def __init__(self, model: Model, temperature: float | None, seed: int | None) -> None:
+        self.model = model
+        self.name = model.name
+        self.temperature = temperature
+        self.seed = seed
+
+    def complete(self, messages: list[Any], *, temperature: float | None = None, **kw: Any) -> Any:
+        if self.seed is not None:
+            kw["seed"] = self.seed
+        chosen = temperature if temperature is not None else self.temperature
+        return self.model.complete(messages, temperature=chosen, **kw)
+
+    def close(self) -> None:
+        """The model belongs to the whole task; the attempts leave it open."""
+
+
+def attempt_rank(result: AttemptResult, root: Path | None = None) -> tuple[int, int, int, int]:
+    """Sort key, best first: visible tests pass; then fewest failing tests; then an attempt
+    that changed something; then the smallest diff."""
+    after = result.tests_after
+    if after is None:
+        failing = 0 if result.status == "untested" and result.exit_reason == "finished" else 1
+    else:
+        failing = failure_count(root or Path(result.repo), after.output, after.exit_code)
+    changed = sum(
+        1
+        for line in result.diff.splitlines()
+        if line[:1] in "+-" and line[:3] not in ("+++", "---")
+    )
+    return (0 if result.tests_pass else 1, failing, 0 if changed else 1, changed)
+
+
+def attempt_summary(result: AttemptResult, rank: tuple[int, int, int, int]) -> dict[str, Any]:
+    return {
+        "attempt": result.attempt,
+        "task_id": result.task_id,
+        "branch": result.branch,
+        "commit": result.commit,
+        "status": result.status,
+        "exit_reason": result.exit_reason,
+        "tests_pass": result.tests_pass,
+        "failing_tests": rank[1],
+        "changed_lines": rank[3],
+        "turns": result.turns,
+        "tokens": result.usage.total_tokens,
+        "wall_seconds": result.wall_seconds,
+        "run_dir": result.run_dir,
+        "error": result.error,
+    }
+
+
+class BestOfN:
+    """N independent attempts at one task, each in its own worktree and on its own branch
+    (`pullsmith/<task-id>-<n>`), scored by the repository's visible tests; the best is chosen.
+
+    Every attempt keeps its branch and its run log, so the ones not chosen stay inspectable.
+    Attempts share one model (and its prompt cache: they all start from the same prompt).
+    """
+
+    def __init__(
+        self, task: Task, settings: Settings, events: EventLog, model: Model | None = None
+    ) -> None:
+        self.task = task
+        self.settings = settings
+        self.events = events
+        self.model = model
+        self.run_dir = run_dir_for(settings, task.task_id)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def run(self) -> AttemptResult:
+        task, settings = self.task, self.settings
+        self.events.emit("attempts.started", attempts=task.attempts, until_pass=task.until_pass)
+        owns_model = self.model is None
+        results: list[tuple[tuple[int, int, int, int], AttemptResult]] = []
+        stopped: UserError | None = None
+        try:
+            if self.model is None:
+                self.model = open_model(settings, log_path=self.run_dir / "model-server.log")
+            for number in range(1, task.attempts + 1):
+                try:
+                    result = self._attempt(number)
+                except ModelError as exc:
+                    # The model is gone: the attempts already made still count.
+                    stopped = exc
+                    break
+                rank = attempt_rank(result)
+                results.append((rank, result))
+                self.events.emit("attempt.scored", **attempt_summary(result, rank))
+                if task.until_pass and result.tests_pass:
+                    break
+        finally:
+            if owns_model and self.model is not None:
+                self.model.close()
+        if not results:
+            raise stopped or UserError("no attempt ran; see the run log.")
+        ranked = sorted(results, key=lambda pair: (pair[0], pair[1].attempt))
+        chosen = ranked[0][1]
+        chosen.attempts = [attempt_summary(r, k) for k, r in results]
+        if stopped is not None:
+            self.events.emit("error", message=stopped.message)
+        self.events.emit(
+            "attempts.selected",
+            attempt=chosen.attempt,
+            of=len(results),
+            branch=chosen.branch,
+            status=chosen.status,
+            reason=_selection_reason(chosen, [r for _, r in results]),
+        )
+        (self.run_dir / "result.json").write_text(
+            json.dumps(chosen.to_dict(), indent=1, default=str), encoding="utf-8"
+        )
+        return chosen
+
+    def _attempt(self, number: int) -> AttemptResult:
+        task, settings = self.task, self.settings
+        sub = dataclasses.replace(
+            task, task_id=f"{task.task_id}-{number}", attempts=1, until_pass=False
+        )
+        log = EventLog(sub.task_id, run_dir_for(settings, sub.task_id) / "events.jsonl")
+        log.subscribe(lambda event: self.events.emit(event.type, attempt=number, **event.data))
+        temperature = None if number == 1 else max(settings.temperature, RETRY_TEMPERATURE)
+        seed = None if settings.seed is None else settings.seed + number - 1
+        assert self.model is not None
+        runner = Runner(sub, settings, log, _Sampling(self.model, temperature, seed))
+        try:
+            result = runner.run()
+        except ModelError:
+            raise
+        except UserError as exc:
+            if runner.result is None:
+                raise
+            result = runner.result
+            result.error = result.error or exc.message
+        finally:
+            log.close()
+        result.attempt = number
+        return result
+
+
+def _selection_reason(chosen: AttemptResult, results: list[AttemptResult]) -> str:
+    if len(results) == 1:
+        return "the only attempt"
+    if chosen.tests_pass:
+        passing = sum(1 for r in results if r.tests_pass)
+        return f"its tests pass ({passing} of {len(results)} attempts pass)"
+    return "no attempt passes the tests; it has the fewest failing tests, then the smallest diff"

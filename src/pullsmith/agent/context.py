@@ -8,6 +8,8 @@ import re
 import subprocess
 from pathlib import Path
 
+from pullsmith.agent.failures import called_names, function_source, parse_test_output
+
 AGENTS_MD_CAP = 32 * 1024
 LISTING_CAP = 200
 SOURCE_FILE_CAP = 12 * 1024
@@ -160,3 +162,54 @@ def source_excerpt(root: Path, path: Path, cap: int = SOURCE_FILE_CAP) -> str:
     if len(text) > cap:
         text = text[:cap] + "\n[... file continues ...]"
     return f"{path.relative_to(root.resolve())}:\n```\n{text.rstrip()}\n```"
+
+
+def _is_test_file(path: Path) -> bool:
+    name = path.name
+    return name.startswith("test_") or name.endswith("_test.py") or "tests" in path.parts
+
+
+def evidence_sources(root: Path, output: str, limit: int = 4) -> list[str]:
+    """The code a failing test run points to, ready to show: small files whole (a small model
+    edits best when it sees the whole file), big ones cut to the functions that the traceback
+    frames and the failing tests' calls name."""
+    root = root.resolve()
+    report = parse_test_output(root, output)
+    paths = relevant_sources(root, output, limit=limit)
+    wanted: dict[Path, set[str]] = {}
+    called: set[str] = set()
+    for failure in report.failures:
+        for frame in failure.frames:
+            path = (root / frame.path).resolve()
+            if frame.function:
+                wanted.setdefault(path, set()).add(frame.function)
+            if _is_test_file(path) and frame.function:
+                called |= called_names(path, frame.function)
+        if "::" in failure.test:
+            test_path = (root / failure.test.split("::")[0]).resolve()
+            test_name = failure.test.split("::")[-1].split("[")[0]
+            wanted.setdefault(test_path, set()).add(test_name)
+            called |= called_names(test_path, test_name)
+            if test_path.is_file() and test_path not in paths:
+                paths.append(test_path)
+    # Code first, then the tests: the fix belongs in the code.
+    paths = sorted(dict.fromkeys(paths), key=_is_test_file)
+    shown: list[str] = []
+    for path in paths[:limit]:
+        if path.stat().st_size <= SOURCE_FILE_CAP:
+            shown.append(source_excerpt(root, path))
+            continue
+        names = sorted(wanted.get(path, set()) | {n for n in called if function_source(path, n)})
+        pieces = []
+        for name in names:
+            found = function_source(path, name)
+            if found:
+                start, end, text = found
+                pieces.append(f"# lines {start}-{end}\n{text}")
+        if pieces:
+            rel = path.relative_to(root)
+            body = "\n\n".join(pieces)
+            shown.append(f"{rel} (only the functions the failure points to):\n```\n{body}\n```")
+        else:
+            shown.append(source_excerpt(root, path))
+    return shown

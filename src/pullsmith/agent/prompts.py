@@ -53,6 +53,8 @@ class TaskContext:
     test_command: str | None = None
     test_exit_code: int | None = None
     test_output: str = ""
+    test_timed_out: bool = False
+    failures: str = ""
     sources: tuple[str, ...] = ()
 
 
@@ -61,12 +63,17 @@ def first_message(ctx: TaskContext) -> str:
     if ctx.agents_md:
         parts.append(ctx.agents_md)
     if ctx.test_command:
+        if ctx.failures:
+            parts.append(f"Failing tests (from `{ctx.test_command}`):\n{ctx.failures}")
+        verdict = f"exit with code {ctx.test_exit_code}"
+        if ctx.test_timed_out:
+            verdict = "time out (the code may loop forever or wait for input)"
         parts.append(
-            f"The tests run with `{ctx.test_command}`. Before any change they exit with code "
-            f"{ctx.test_exit_code}:\n```\n{ctx.test_output.rstrip()}\n```"
+            f"The tests run with `{ctx.test_command}`. Before any change they {verdict}:"
+            f"\n```\n{ctx.test_output.rstrip()}\n```"
         )
     if ctx.sources:
-        parts.append("Source files the test output points to:\n\n" + "\n\n".join(ctx.sources))
+        parts.append("Source the failing tests point to:\n\n" + "\n\n".join(ctx.sources))
     parts.append("Reply with one ```bash block.")
     return "\n\n".join(parts)
 
