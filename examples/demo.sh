@@ -12,11 +12,12 @@ git -C "$demo" -c user.name="pullsmith demo" -c user.email=demo@localhost commit
 echo "demo repository: $demo"
 echo
 status=0
-"$pullsmith" exec --repo "$demo" "The CSV export drops the last row of the inventory. Fix to_csv so every row is exported." || status=$?
+"$pullsmith" exec --attempts 3 --until-pass --repo "$demo" "The CSV export drops the last row of the inventory. Fix to_csv so every row is exported." || status=$?
 echo
 echo "branches in $demo:"
 git -C "$demo" branch --list 'pullsmith/*' -v
-branch=$(git -C "$demo" branch --list 'pullsmith/*' --format='%(refname:short)' | tail -n 1)
+# The pull request's branch: the chosen attempt's (the newest commit, with --until-pass).
+branch=$("$pullsmith" pr list --repo "$demo" --json 2>/dev/null | python3 -c 'import json,sys; prs=json.load(sys.stdin); print(prs[0]["head"] if prs else "")' 2>/dev/null || true)
 if [ -n "$branch" ]; then
   echo
   git -C "$demo" --no-pager log -1 --stat "$branch"

@@ -13,23 +13,38 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 class ScriptedModel:
-    """Replays canned replies in order; records what it was shown."""
+    """Replays canned replies in order; records what it was shown.
+
+    A reply is its text, a Reply, or a dict {"text": ..., "tool_calls": [{"id", "name",
+    "arguments"}, ...]} for the tools protocol.
+    """
 
     name = "scripted"
 
-    def __init__(self, replies: list[str]) -> None:
+    def __init__(self, replies: list[str | dict | Reply]) -> None:
         self.replies = list(replies)
         self.seen: list[list[dict]] = []
         self.temperatures: list[float | None] = []
+        self.tools: list[list[dict] | None] = []
         self.closed = False
 
-    def complete(self, messages, temperature=None):
+    def complete(self, messages, temperature=None, tools=None):
         self.seen.append([dict(m) for m in messages])
         self.temperatures.append(temperature)
+        self.tools.append(tools)
         if not self.replies:
             raise AssertionError("the scripted model ran out of replies")
-        text = self.replies.pop(0)
-        return Reply(text=text, usage=Usage(prompt_tokens=100, completion_tokens=10))
+        reply = self.replies.pop(0)
+        if isinstance(reply, Reply):
+            return reply
+        usage = Usage(prompt_tokens=100, completion_tokens=10)
+        if isinstance(reply, dict):
+            return Reply(
+                text=reply.get("text", ""),
+                usage=usage,
+                tool_calls=list(reply.get("tool_calls", [])),
+            )
+        return Reply(text=reply, usage=usage)
 
     def close(self) -> None:
         self.closed = True

@@ -12,6 +12,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 from rich.syntax import Syntax
+from rich.table import Table
 
 from pullsmith import __version__
 from pullsmith.config import Settings, load_settings
@@ -31,6 +32,7 @@ class TerminalView:
     def __init__(self, console: Console, verbose: bool = False) -> None:
         self.console = console
         self.verbose = verbose
+        self.attempts = 1
 
     def __call__(self, event: Event) -> None:
         handler = getattr(self, "on_" + event.type.replace(".", "_"), None)
@@ -45,7 +47,32 @@ class TerminalView:
         for row in rows:
             self.console.print("    " + escape(row), style="dim", highlight=False)
 
+    def on_attempts_started(self, d: dict[str, Any]) -> None:
+        self.attempts = d["attempts"]
+        until = ", stopping at the first whose tests pass" if d.get("until_pass") else ""
+        self.console.print(
+            f"[bold]best of {d['attempts']}:[/] independent attempts, the tests pick one{until}"
+        )
+
+    def on_attempt_scored(self, d: dict[str, Any]) -> None:
+        verdict = (
+            "[green]tests pass[/]" if d["tests_pass"] else f"[red]{d['failing_tests']} failing[/]"
+        )
+        self.console.print(
+            f"[bold]attempt {d['attempt']}:[/] {verdict} · {d['changed_lines']} changed lines · "
+            f"{d['turns']} turns · {d['wall_seconds']:.0f} s"
+        )
+
+    def on_attempts_selected(self, d: dict[str, Any]) -> None:
+        self.console.print(
+            f"[bold]chose attempt {d['attempt']} of {d['of']}[/]: {escape(d['reason'])}"
+        )
+
     def on_task_started(self, d: dict[str, Any]) -> None:
+        if d.get("attempt"):
+            self.console.rule(f"attempt {d['attempt']} of {self.attempts}")
+            if d["attempt"] > 1:
+                return
         self.console.print(
             f"[bold]pullsmith[/] · {escape(d['repo'])} @ {escape(d['base'])} · "
             f"model {escape(d['model'])} · sandbox {d['sandbox']}"
@@ -148,6 +175,22 @@ def _print_result(console: Console, result: AttemptResult) -> None:
         f"{usage.completion_tokens} completion tokens ({usage.cached_tokens} cached)"
     )
     console.print(f"run log: {escape(str(Path(result.run_dir) / 'events.jsonl'))}")
+    if len(result.attempts) > 1:
+        table = Table(title=f"attempts (chose {result.attempt})", title_justify="left")
+        for column in ("#", "status", "tests", "changed", "turns", "seconds", "branch"):
+            table.add_column(column)
+        for a in result.attempts:
+            tests = "pass" if a["tests_pass"] else f"{a['failing_tests']} failing"
+            table.add_row(
+                ("→ " if a["attempt"] == result.attempt else "") + str(a["attempt"]),
+                a["status"],
+                tests,
+                str(a["changed_lines"]),
+                str(a["turns"]),
+                f"{a['wall_seconds']:.0f}",
+                escape(a["branch"]),
+            )
+        console.print(table)
 
 
 def _settings(**flags: Any) -> Settings:
@@ -167,6 +210,19 @@ def main_group() -> None:
 @click.option("--model", default=None, help="Model name (default: the bundled local model).")
 @click.option("--base-url", default=None, help="OpenAI-compatible API base URL.")
 @click.option(
+    "--protocol",
+    type=click.Choice(["auto", "text", "tools"]),
+    default=None,
+    help="How the model sends commands: ```bash blocks or tool calls (default auto: by model).",
+)
+@click.option(
+    "--edit-forms",
+    default=None,
+    metavar="FORMS",
+    help="Edit forms the prompt teaches, preferred first, comma-separated: whole-file, "
+    "replace-function, search-replace, apply-patch (default auto: by model).",
+)
+@click.option(
     "--sandbox",
     type=click.Choice(SANDBOX_CHOICES),
     default=None,
@@ -180,6 +236,18 @@ def main_group() -> None:
 )
 @click.option("--max-turns", type=int, default=None, help="Stop after this many model turns.")
 @click.option("--test-command", default=None, help="Command that runs the repository's tests.")
+@click.option(
+    "--attempts",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Independent attempts, each on its own branch; the tests pick the best.",
+)
+@click.option(
+    "--until-pass",
+    is_flag=True,
+    help="With --attempts, stop at the first attempt whose tests pass.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Stream events as JSON lines to stdout.")
 @click.option("--keep", is_flag=True, help="Keep the worktree after committing.")
 @click.option(
@@ -197,10 +265,14 @@ def exec_command(
     base: str | None,
     model: str | None,
     base_url: str | None,
+    protocol: str | None,
+    edit_forms: str | None,
     sandbox: str | None,
     sandbox_policy: str | None,
     max_turns: int | None,
     test_command: str | None,
+    attempts: int,
+    until_pass: bool,
     as_json: bool,
     keep: bool,
     continue_from: str | None,
@@ -211,6 +283,8 @@ def exec_command(
     settings = _settings(
         model=model,
         base_url=base_url,
+        protocol=protocol,
+        edit_forms=edit_forms,
         sandbox=sandbox,
         sandbox_policy=sandbox_policy,
         max_turns=max_turns,
@@ -219,6 +293,10 @@ def exec_command(
     if not instruction.strip():
         raise UserError('the task is empty; say what you want done, e.g. pullsmith exec "fix X".')
     pr_number: int | None = None
+    if continue_from is not None and attempts > 1:
+        raise UserError(
+            "a follow-up continues one branch, so it runs as one attempt; drop --attempts."
+        )
     if continue_from is not None:
         task, pr_number = pr_commands.follow_up_task(
             settings, continue_from, instruction, keep, repo, base
@@ -226,7 +304,13 @@ def exec_command(
     else:
         subdir = _subdir_of(repo)
         task = Task(
-            instruction=instruction, repo=repo, base=base, subdir=subdir, keep_worktree=keep
+            instruction=instruction,
+            repo=repo,
+            base=base,
+            subdir=subdir,
+            keep_worktree=keep,
+            attempts=attempts,
+            until_pass=until_pass,
         )
     run_dir = run_dir_for(settings, task.task_id)
     events = EventLog(task.task_id, run_dir / "events.jsonl")

@@ -11,6 +11,8 @@ from typing import Any
 from pullsmith.errors import UserError
 
 LOCAL_MODEL_NAME = "qwen2.5-coder-1.5b-instruct"
+PROTOCOLS = ("auto", "text", "tools")
+EDIT_FORMS = ("whole-file", "replace-function", "search-replace", "apply-patch")
 
 
 def _xdg(var: str, fallback: str) -> Path:
@@ -37,6 +39,12 @@ class Settings:
     model: str | None = None
     base_url: str | None = None
     api_key: str | None = field(default=None, repr=False)
+    # How the model sends commands: "text" (```bash blocks), "tools" (native tool calls) or
+    # "auto" (the model's profile in pullsmith.models.profiles decides).
+    protocol: str = "auto"
+    # The edit forms the prompt teaches, preferred first, comma-separated (see EDIT_FORMS), or
+    # "auto" for the model's profile.
+    edit_forms: str = "auto"
     sandbox: str = "bwrap"
     # What sandboxed commands may do: read-only, workspace-write or full-access.
     sandbox_policy: str = "workspace-write"
@@ -95,6 +103,8 @@ _ENV_VARS = {
     "OPENAI_API_KEY": "api_key",
     "OPENAI_BASE_URL": "base_url",
     "PULLSMITH_MODEL": "model",
+    "PULLSMITH_PROTOCOL": "protocol",
+    "PULLSMITH_EDIT_FORMS": "edit_forms",
     "PULLSMITH_SANDBOX": "sandbox",
     "PULLSMITH_SANDBOX_POLICY": "sandbox_policy",
     "PULLSMITH_SANDBOX_IMAGE": "sandbox_image",
@@ -110,6 +120,19 @@ _ENV_VARS = {
 
 def _coerce(name: str, value: Any, source: str) -> Any:
     kind = str(_FIELD_TYPES[name])
+    if name == "protocol" and value not in PROTOCOLS:
+        raise UserError(
+            f"setting 'protocol' in {source} must be auto, text or tools, not {value!r}; fix it there."
+        )
+    if name == "edit_forms" and value != "auto":
+        forms = [form.strip() for form in str(value).split(",") if form.strip()]
+        unknown = [form for form in forms if form not in EDIT_FORMS]
+        if unknown or not forms:
+            raise UserError(
+                f"setting 'edit_forms' in {source} must be auto or a comma-separated list of "
+                f"{', '.join(EDIT_FORMS)}, not {value!r}; fix it there."
+            )
+        return ",".join(forms)
     try:
         if "int" in kind:
             return int(value)

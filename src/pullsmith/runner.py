@@ -21,20 +21,24 @@ from pullsmith.agent.context import (
 )
 from pullsmith.agent.failures import failure_count, parse_test_output, summarize
 from pullsmith.agent.loop import Agent, AgentLimits, Outcome, clip
-from pullsmith.agent.prompts import SYSTEM_PROMPT, TaskContext, first_message, tests_still_fail
+from pullsmith.agent.prompts import TaskContext, prompts_for, tests_still_fail
 from pullsmith.config import Settings, user_config_path
 from pullsmith.errors import UserError
 from pullsmith.events import EventLog
 from pullsmith.models import Model, open_model
 from pullsmith.models.base import Usage
 from pullsmith.models.openai_compat import ModelError
+from pullsmith.models.profiles import resolve_edit_forms, resolve_protocol
 from pullsmith.sandbox import make_sandbox
 from pullsmith.sandbox.base import MIB, CommandResult, Limits, Sandbox, SandboxPolicy, policy_preset
+from pullsmith.tools.edit_forms import classify as classify_edits
 from pullsmith.workspace import Workspace, resolve_repo
 
 TEST_OUTPUT_CHARS = 3000
 EDIT_FEEDBACK_CHARS = 2000
-WRITES_FILES = re.compile(r">|\bapply_patch\b|\bsed\s+-i|\btee\b|\bmv\b|\bcp\b|\brm\b|\bpatch\b")
+WRITES_FILES = re.compile(
+    r">|\bapply_patch\b|\breplace_function\b|\bsearch_replace\b|\bsed\s+-i|\btee\b|\bmv\b|\bcp\b|\brm\b|\bpatch\b"
+)
 TRAILER = "Co-authored-by: pullsmith <pullsmith@users.noreply.local>"
 
 
@@ -189,6 +193,8 @@ class Runner:
             repo=str(repo),
             base=task.base or "HEAD",
             model=settings.model_name,
+            protocol=resolve_protocol(settings.protocol, settings.model_name),
+            edit_forms=list(resolve_edit_forms(settings.edit_forms, settings.model_name)),
             sandbox=settings.sandbox,
         )
         workspace = self._workspace(repo)
@@ -297,9 +303,11 @@ class Runner:
             verify=verify,
             history_path=self.run_dir / "history.json",
             after_command=ChangeReporter(self, workspace, sandbox, test_command),
+            protocol=resolve_protocol(self.settings.protocol, self.settings.model_name),
         )
         try:
-            outcome = agent.run(SYSTEM_PROMPT, first_message(context))
+            edit_forms = resolve_edit_forms(self.settings.edit_forms, self.settings.model_name)
+            outcome = agent.run(*prompts_for(agent.protocol, context, edit_forms))
         finally:
             result.turns = agent.turns
             result.usage = agent.usage
@@ -408,6 +416,8 @@ class ChangeReporter:
         self.last_diff = workspace.diff()
 
     def __call__(self, command: str, result: CommandResult) -> str | None:
+        for use in classify_edits(command, result.exit_code, result.output):
+            self.runner.events.emit("edit", form=use.form, ok=use.ok, detail=use.detail)
         diff = self.workspace.diff()
         if diff == self.last_diff:
             if WRITES_FILES.search(command):

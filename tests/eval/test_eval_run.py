@@ -1,4 +1,4 @@
-"""Running a suite: one shared model, records as JSONL, resume, reports, refusing fake best-of-N."""
+"""Running a suite: one shared model, records as JSONL, resume, reports, best-of-N."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 from conftest import bwrap_works
-from eval_helpers import FIX_PLANS, PlanModel, make_mini_suite
+from eval_helpers import FINISH, FIX_PLANS, PlanModel, make_mini_suite
 
 from pullsmith.config import load_settings
 from pullsmith.errors import UserError
@@ -17,7 +17,6 @@ from pullsmith.eval.harness import (
     TaskRecord,
     load_records,
     run_suite,
-    runner_supports_attempts,
 )
 from pullsmith.eval.tasks import load_suite
 from pullsmith.models import ModelError
@@ -149,14 +148,33 @@ def test_model_is_opened_once_and_closed(suite, settings, tmp_path):
     assert len(opened) == 1 and opened[0].closed and opened[0].calls == 4
 
 
-def test_attempts_beyond_one_are_refused_not_faked(suite, settings, tmp_path):
-    if runner_supports_attempts():
-        pytest.skip("the runner runs best-of-N now")
-    with pytest.raises(UserError, match="best-of-N attempts in the runner"):
-        run_suite(
-            suite, suite.tasks, settings, EvalOptions(out=tmp_path / "o", attempts=3), PlanModel({})
-        )
-    assert not (tmp_path / "o").exists()
+class HotterFixes(PlanModel):
+    """Gives up at the first attempt's temperature; fixes when sampled hotter."""
+
+    def complete(self, messages, temperature=None, **kw):
+        reply = super().complete(messages, temperature)
+        if temperature is None:
+            reply.text = FINISH
+        return reply
+
+
+def test_best_of_n_scores_every_attempt_with_the_hidden_tests(suite, settings, tmp_path):
+    out = tmp_path / "o"
+    add = [t for t in suite.tasks if t.id == "add"]
+    opts = EvalOptions(out=out, attempts=3, until_pass=True)
+    run_suite(suite, add, settings, opts, HotterFixes({"calc.py": FIX_PLANS["calc.py"]}))
+    record = load_records(out / "records.jsonl")["add"]
+    assert record.resolved and record.attempt == 2 and record.attempts == 2
+    assert [a["resolved"] for a in record.attempt_results] == [False, True]
+    assert [a["tests_pass"] for a in record.attempt_results] == [False, True]
+    assert record.edits  # the fix was an edit the log recorded
+    report = json.loads((out / "report.json").read_text())
+    attempts = report["totals"]["attempts"]
+    assert (attempts["first_resolved"], attempts["any_resolved"]) == (0, 1)
+    assert attempts["chosen_not_first"] == 1
+    markdown = (out / "report.md").read_text()
+    assert "| first attempt alone | 0 / 1 |" in markdown
+    assert "| chosen by the visible tests (the result) | 1 / 1 |" in markdown
 
 
 def test_record_round_trip():

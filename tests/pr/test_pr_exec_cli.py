@@ -198,3 +198,27 @@ def test_a_store_that_can_not_be_written_does_not_fail_the_run(ledger_repo, tmp_
     assert "warning: the run was not recorded as a pull request" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert git("branch", "--list", "pullsmith/*", cwd=ledger_repo).strip()
+
+
+def test_exec_best_of_n_opens_the_pr_from_the_passing_attempt(ledger_repo, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with ScriptedServer([*failing_replies(), *good_replies()]) as model:
+        proc = pullsmith(
+            *exec_args(
+                model, "--repo", str(ledger_repo), "--attempts", "3", "--until-pass", INSTRUCTION
+            ),
+        )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "best of 3" in out and "attempt 1: " in out and "attempt 2: tests pass" in out
+    assert "chose attempt 2 of 2" in out
+    assert "pull request #1 opened (tests passing)" in out
+    branches = git("branch", "--list", "pullsmith/*", cwd=ledger_repo).split()
+    assert len(branches) == 2 and all(b.startswith("pullsmith/") for b in branches)
+    shown = json.loads(pullsmith("pr", "show", "1", "--json", cwd=ledger_repo).stdout)
+    assert shown["head"].endswith("-2") and shown["head"] in branches
+
+
+def test_exec_refuses_attempts_with_a_follow_up(ledger_repo):
+    proc = pullsmith("exec", "--continue", "1", "--attempts", "2", "more", cwd=ledger_repo)
+    assert_refused(proc, "runs as one attempt")

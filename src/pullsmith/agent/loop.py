@@ -1,4 +1,11 @@
-"""The agent loop: ask the model, run the one command it wrote, show it the result, repeat."""
+"""The agent loop: ask the model, run the one command it wrote, show it the result, repeat.
+
+Two protocols carry the commands (see protocol.py): "text", a fenced ```bash block per reply
+answered by a user message, and "tools", a native `shell` or `finish` tool call answered by a
+`tool` message (a format error answers the bad call, or is a user message when the reply made
+no call). Limits, repeat detection, verification on finish and the after-command hook behave the
+same in both; the history is append-only in both (llama.cpp reuses its prompt cache).
+"""
 
 from __future__ import annotations
 
@@ -7,11 +14,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pullsmith.agent.prompts import observation
-from pullsmith.agent.protocol import FormatError, parse_action
+from pullsmith.agent.protocol import (
+    NOT_RUN,
+    TOOLS,
+    Action,
+    FormatError,
+    assistant_message,
+    parse_action,
+    parse_tool_calls,
+    tool_message,
+)
 from pullsmith.events import EventLog
-from pullsmith.models.base import Message, Model, Usage
+from pullsmith.models.base import Message, Model, Reply, Usage
 from pullsmith.sandbox.base import CommandResult, Sandbox
 
 # Checks the work when the model says it is done: None means accepted, a string is what the
@@ -74,7 +91,11 @@ class Agent:
         verify: Verifier | None = None,
         history_path: Path | None = None,
         after_command: AfterCommand | None = None,
+        protocol: str = "text",
     ) -> None:
+        if protocol not in ("text", "tools"):
+            raise ValueError(f"protocol must be 'text' or 'tools', not {protocol!r}.")
+        self.protocol = protocol
         self.model = model
         self.sandbox = sandbox
         self.events = events
@@ -91,6 +112,8 @@ class Agent:
         self.finish_rejections = 0
         self._started = 0.0
         self._last_prompt_tokens = 0
+        # Tool calls of the last reply that still need a `tool` message answering them.
+        self._unanswered: list[dict[str, Any]] = []
 
     def run(self, system: str, first: str) -> Outcome:
         self._started = time.monotonic()
@@ -105,7 +128,7 @@ class Agent:
                 self.events.emit("format.error", turn=self.turns, message=str(exc))
                 if self.format_errors > self.limits.format_errors:
                     return self._outcome(False, "too many malformed replies")
-                self.add("user", str(exc))
+                self.answer(str(exc))
             except Finished as exc:
                 return self._outcome(True, "finished", exc.summary)
             except LimitReached as exc:
@@ -117,15 +140,19 @@ class Agent:
         # After a repeated reply, sample hotter: at low temperature a small model that
         # repeated itself once tends to repeat itself forever.
         temperature = min(1.0, 0.5 + 0.2 * self.repeats) if self.repeats else None
-        reply = self.model.complete(self.messages, temperature=temperature)
+        if self.protocol == "tools":
+            reply = self.model.complete(self.messages, temperature=temperature, tools=TOOLS)
+        else:
+            reply = self.model.complete(self.messages, temperature=temperature)
         self.turns += 1
         self.usage.add(reply.usage)
         self.model_seconds += reply.duration_s
         self._last_prompt_tokens = reply.usage.prompt_tokens + reply.usage.completion_tokens
-        repeated = any(
-            m["role"] == "assistant" and m["content"] == reply.text for m in self.messages
-        )
-        self.add("assistant", reply.text)
+        message = assistant_message(reply)
+        repeated = any(_same_reply(m, message) for m in self.messages)
+        self._append(message)
+        self._unanswered = list(reply.tool_calls)
+        calls = {"tool_calls": reply.tool_calls} if reply.tool_calls else {}
         self.events.emit(
             "model.reply",
             turn=self.turns,
@@ -134,8 +161,9 @@ class Agent:
             prompt_tokens=reply.usage.prompt_tokens,
             completion_tokens=reply.usage.completion_tokens,
             cached_tokens=reply.usage.cached_tokens,
+            **calls,
         )
-        action = parse_action(reply.text)
+        action = self._parse(reply)
         # A finish that was refused earlier may be right now that the code changed: the
         # verifier, not the repeat check, decides it.
         repeated = repeated and not action.finish
@@ -151,20 +179,19 @@ class Agent:
             note = self.after_command(action.command, result)
         if not action.finish:
             assert result is not None
-            self.add("user", self._observe(result, note, action.note))
+            self.answer(self._observe(result, note, action.note))
             return
         if result is not None and result.exit_code != 0:
-            self.add(
-                "user",
+            self.answer(
                 self._observe(result, note)
-                + "\nThat command failed, so the task is not finished yet.",
+                + "\nThat command failed, so the task is not finished yet."
             )
             return
         problem = self.verify() if self.verify else None
         if problem and self.finish_rejections < self.limits.finish_retries:
             self.finish_rejections += 1
             self.events.emit("finish.rejected", turn=self.turns, reason=problem)
-            self.add("user", clip(problem, self.limits.observation_chars))
+            self.answer(clip(problem, self.limits.observation_chars))
             return
         self.events.emit("agent.finished", turn=self.turns, summary=action.summary)
         raise Finished(action.summary)
@@ -184,8 +211,32 @@ class Agent:
         )
         return result
 
+    def _parse(self, reply: Reply) -> Action:
+        if self.protocol == "tools":
+            return parse_tool_calls(reply)
+        return parse_action(reply.text)
+
     def add(self, role: str, content: str) -> None:
-        self.messages.append({"role": role, "content": content})
+        self._append({"role": role, "content": content})
+
+    def answer(self, text: str) -> None:
+        """Tell the model `text` about its last reply.
+
+        When the reply made tool calls, `text` is the `tool` message answering the first one and
+        every other call is answered NOT_RUN (the API needs every call answered); otherwise
+        `text` is a user message. Format errors take the same way.
+        """
+        calls, self._unanswered = self._unanswered, []
+        if not calls:
+            self.add("user", text)
+            return
+        self._append(
+            tool_message(calls[0]["id"], text),
+            *(tool_message(call["id"], NOT_RUN) for call in calls[1:]),
+        )
+
+    def _append(self, *messages: Message) -> None:
+        self.messages.extend(messages)
         self._save()
 
     def _observe(self, result: CommandResult, *notes: str | None) -> str:
@@ -203,7 +254,7 @@ class Agent:
             raise LimitReached(f"token limit reached ({limits.max_tokens} tokens)")
         if limits.context_tokens:
             # Characters past the last counted prompt are estimated at ~3 per token.
-            counted = sum(len(m["content"]) for m in self.messages)
+            counted = sum(_chars(m) for m in self.messages)
             estimate = self._last_prompt_tokens + (counted - self._counted_chars()) // 3
             if estimate + limits.reply_tokens > limits.context_tokens:
                 raise LimitReached(f"context window full ({limits.context_tokens} tokens)")
@@ -212,7 +263,7 @@ class Agent:
         # Everything up to and including the last assistant reply was counted by the model.
         for index in range(len(self.messages) - 1, -1, -1):
             if self.messages[index]["role"] == "assistant":
-                return sum(len(m["content"]) for m in self.messages[: index + 1])
+                return sum(_chars(m) for m in self.messages[: index + 1])
         return 0
 
     def _outcome(self, finished: bool, reason: str, summary: str = "") -> Outcome:
@@ -231,3 +282,27 @@ class Agent:
         tmp = self.history_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.messages, ensure_ascii=False, indent=1), encoding="utf-8")
         tmp.replace(self.history_path)
+
+
+def _chars(message: Message) -> int:
+    """The characters of a message the model reads: its content and its tool calls."""
+    calls = message.get("tool_calls") or []
+    return len(message.get("content") or "") + sum(
+        len(c["function"]["name"]) + len(c["function"]["arguments"]) for c in calls
+    )
+
+
+def _same_reply(earlier: Message, reply: Message) -> bool:
+    """Whether an earlier message is the assistant saying `reply` again (call ids aside)."""
+
+    def calls(message: Message) -> list[tuple[str, str]]:
+        return [
+            (c["function"]["name"], c["function"]["arguments"])
+            for c in message.get("tool_calls") or []
+        ]
+
+    return (
+        earlier["role"] == "assistant"
+        and (earlier.get("content") or "") == (reply.get("content") or "")
+        and calls(earlier) == calls(reply)
+    )

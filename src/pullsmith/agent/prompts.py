@@ -4,19 +4,45 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SYSTEM_PROMPT = """\
+TEXT_INTRO = """\
 You are pullsmith, a careful software engineer. You work in a git repository by running shell \
 commands. Every reply you write must contain exactly ONE fenced ```bash block. I run that block \
 in a sandbox (the current directory is the repository root; there is no network) and show you \
 its exit code and output. Then you write your next reply.
+"""
 
+# How to change files, one paragraph per edit form; a model's profile picks which are taught.
+EDIT_FORM_HELP = {
+    "whole-file": """\
 To change a file, rewrite the whole file with a heredoc:
 ```bash
 cat > path/to/file.py <<'EOF'
 <the complete new content of the file>
 EOF
-```
-or, for a small change in a big file, use apply_patch:
+```""",
+    "replace-function": """\
+To replace one Python function or method, give its file and name and write the complete new \
+function (for a method, name it `Class.method`):
+```bash
+replace_function path/to/file.py area <<'EOF'
+def area(width, height):
+    return width * height
+EOF
+```""",
+    "search-replace": """\
+To change a few lines, give the exact old lines and their replacement (copy the old lines \
+exactly, with enough of them to be unique in the file):
+```bash
+search_replace path/to/file.py <<'EOF'
+<<<<<<< SEARCH
+    return width + height
+=======
+    return width * height
+>>>>>>> REPLACE
+EOF
+```""",
+    "apply-patch": """\
+For a small change in a big file, use apply_patch:
 ```bash
 apply_patch <<'EOF'
 *** Begin Patch
@@ -28,8 +54,10 @@ apply_patch <<'EOF'
 EOF
 ```
 (apply_patch also takes `*** Add File: p` with every line starting with `+`, and \
-`*** Delete File: p`. Lines starting with a space are unchanged context and must match the file.)
+`*** Delete File: p`. Lines starting with a space are unchanged context and must match the file.)""",
+}
 
+TEXT_RULES = """\
 Rules:
 - Think in one or two short sentences, then give the ```bash block.
 - Do not edit the tests to make them pass; fix the code.
@@ -41,6 +69,26 @@ Rules:
 finish "one sentence saying what you changed"
 ```
 """
+
+DEFAULT_EDIT_FORMS = ("whole-file", "replace-function", "apply-patch")
+
+
+def edit_help(edit_forms: tuple[str, ...] | list[str]) -> str:
+    """The paragraphs teaching `edit_forms`, the preferred one first."""
+    forms = [form for form in edit_forms if form in EDIT_FORM_HELP] or list(DEFAULT_EDIT_FORMS)
+    paragraphs = [EDIT_FORM_HELP[forms[0]]]
+    for form in forms[1:]:
+        text = EDIT_FORM_HELP[form]
+        paragraphs.append("Or, " + text[0].lower() + text[1:])
+    return "\n\n".join(paragraphs)
+
+
+def system_prompt(edit_forms: tuple[str, ...] | list[str] = DEFAULT_EDIT_FORMS) -> str:
+    """The text protocol's system prompt, teaching `edit_forms`."""
+    return f"{TEXT_INTRO}\n{edit_help(edit_forms)}\n\n{TEXT_RULES}"
+
+
+SYSTEM_PROMPT = system_prompt()
 
 
 @dataclass(frozen=True)
@@ -91,3 +139,52 @@ def tests_still_fail(command: str, exit_code: int, output: str) -> str:
         f"You finished, but `{command}` still fails (exit code {exit_code}):\n```\n"
         f"{output.rstrip()}\n```\nFix the code so the tests pass, then finish again."
     )
+
+
+# The tools protocol (native `shell` and `finish` tool calls) --------------------------------
+
+TOOLS_INTRO = """\
+You are pullsmith, a careful software engineer. You work in a git repository through two tools. \
+Call `shell` to run a bash command: I run it in a sandbox (the current directory is the \
+repository root; there is no network) and answer with its exit code and output. Make one tool \
+call per reply, then wait for its result. Do not write commands in ```bash blocks; call `shell`.
+"""
+
+TOOLS_RULES = """\
+Rules:
+- Think in one or two short sentences, then make the call.
+- Do not edit the tests to make them pass; fix the code.
+- Do not run git commands that change the repository (git is read-only here); pullsmith
+  commits your changes when you finish.
+- After changing code, run the tests to check your change.
+- When the task is done and the tests pass, call `finish` with one sentence saying what you
+  changed.
+"""
+
+TOOLS_EDIT_FORMS = ("apply-patch", "search-replace", "whole-file")
+
+# The closing line of first_message, which the tools protocol replaces.
+TEXT_CLOSING = "Reply with one ```bash block."
+TOOLS_CLOSING = "Call the `shell` tool with your first command."
+
+
+def tools_system_prompt(edit_forms: tuple[str, ...] | list[str] = TOOLS_EDIT_FORMS) -> str:
+    """The system prompt of the tools protocol: `shell` and `finish` calls, no ```bash blocks.
+
+    The edit forms are taught as in the text protocol, as commands to pass to `shell`.
+    """
+    edits = edit_help(edit_forms).replace("```bash\n", "").replace("\n```", "")
+    return (
+        f"{TOOLS_INTRO}\nTo change files, call `shell` with one of these commands.\n\n"
+        f"{edits}\n\n{TOOLS_RULES}"
+    )
+
+
+def prompts_for(
+    protocol: str, ctx: TaskContext, edit_forms: tuple[str, ...] = DEFAULT_EDIT_FORMS
+) -> tuple[str, str]:
+    """The system prompt and the first message of a task under `protocol` ("text" or "tools")."""
+    if protocol != "tools":
+        return system_prompt(edit_forms), first_message(ctx)
+    first = first_message(ctx).removesuffix(TEXT_CLOSING).rstrip("\n")
+    return tools_system_prompt(edit_forms), f"{first}\n\n{TOOLS_CLOSING}"

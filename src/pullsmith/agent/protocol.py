@@ -1,10 +1,18 @@
-"""The text protocol: one fenced shell block per reply, and the finish command."""
+"""The two protocols a model can speak.
+
+text: one fenced shell block per reply, and the finish command.
+tools: native tool calls of two functions, `shell(command)` and `finish(summary)`.
+"""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from dataclasses import dataclass
+from typing import Any
+
+from pullsmith.models.base import Message, Reply
 
 SHELL_LANGS = {"", "bash", "sh", "shell", "console", "zsh"}
 FENCE = re.compile(r"^```[ \t]*([\w+-]*)[^\n]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
@@ -13,7 +21,7 @@ HEREDOC = re.compile(r"<<-?\s*(['\"]?)([A-Za-z_][A-Za-z0-9_]*)\1")
 
 
 class FormatError(Exception):
-    """The reply did not hold exactly one shell block; the message tells the model how to fix it."""
+    """The reply did not hold a usable command; the message tells the model how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -24,16 +32,31 @@ class Action:
     finish: bool = False
     summary: str = ""
     ignored_blocks: int = 0
+    # Tools protocol: calls after the first, which are not run.
+    ignored_calls: int = 0
+    # Tools protocol: the command came from a ```bash block, not from a tool call.
+    via_text: bool = False
 
     @property
     def note(self) -> str:
-        """The correction owed to the model when it wrote more than one block."""
-        if not self.ignored_blocks:
-            return ""
-        return (
-            f"Note: your reply had {self.ignored_blocks + 1} ```bash blocks; I ran only the first. "
-            "Send exactly one block per reply and wait for its output."
-        )
+        """The correction owed to the model when it wrote more than one block or call."""
+        notes = []
+        if self.via_text:
+            notes.append(
+                "Note: I ran the ```bash block of your reply, but please call the `shell` "
+                "tool instead of writing ```bash blocks."
+            )
+        if self.ignored_blocks:
+            notes.append(
+                f"Note: your reply had {self.ignored_blocks + 1} ```bash blocks; I ran only the "
+                "first. Send exactly one block per reply and wait for its output."
+            )
+        if self.ignored_calls:
+            notes.append(
+                f"Note: your reply had {self.ignored_calls + 1} tool calls; I ran only the "
+                "first. Make one call per reply and wait for its result."
+            )
+        return "\n".join(notes)
 
 
 def _shell_blocks(text: str) -> list[str]:
@@ -106,3 +129,130 @@ def parse_action(text: str) -> Action:
     if not body.strip():
         raise FormatError("Your ```bash block was empty. Put the command to run inside it.")
     return Action(command=body, ignored_blocks=ignored)
+
+
+# The tools protocol -------------------------------------------------------------------------
+
+TOOLS: list[dict[str, Any]] = [
+    {
+        "type": "function",
+        "function": {
+            "name": "shell",
+            "description": (
+                "Run a bash command in the repository root inside a sandbox with no network, "
+                "and get back its exit code and output."
+            ),
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "command": {"type": "string", "description": "The bash command to run."}
+                },
+                "required": ["command"],
+                "additionalProperties": False,
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "finish",
+            "description": "End the task once the change is made and the tests pass.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "summary": {
+                        "type": "string",
+                        "description": "One sentence saying what you changed.",
+                    }
+                },
+                "required": ["summary"],
+                "additionalProperties": False,
+            },
+        },
+    },
+]
+TOOL_ARGUMENTS = {"shell": "command", "finish": "summary"}
+# What answers each tool call of a reply after the first: the API needs every call answered.
+NOT_RUN = "not run: one call per turn"
+USE_THE_TOOLS = (
+    "Call the `shell` tool with the command to run next, or the `finish` tool with a "
+    "one-sentence summary when the task is done."
+)
+
+
+def parse_tool_calls(reply: Reply) -> Action:
+    """Turn a tools-protocol reply into an Action (its first call), or raise FormatError.
+
+    A reply without a tool call but with a ```bash block (or a bare finish line) is accepted
+    as in the text protocol, with a note asking for a tool call next time.
+    """
+    if not reply.tool_calls:
+        try:
+            action = parse_action(reply.text)
+        except FormatError:
+            raise FormatError(f"Your reply had no tool call. {USE_THE_TOOLS}") from None
+        return Action(
+            command=action.command,
+            finish=action.finish,
+            summary=action.summary,
+            ignored_blocks=action.ignored_blocks,
+            via_text=True,
+        )
+    call, ignored = reply.tool_calls[0], len(reply.tool_calls) - 1
+    name = str(call.get("name") or "")
+    if name not in TOOL_ARGUMENTS:
+        raise FormatError(
+            f"There is no tool called {name!r}; the tools are `shell` (run a command) and "
+            "`finish` (end the task)."
+        )
+    key = TOOL_ARGUMENTS[name]
+    raw = call.get("arguments")
+    arguments: Any = raw  # some servers hand over arguments already decoded
+    if isinstance(raw, str) or raw is None:
+        try:
+            arguments = json.loads(raw or "{}")
+        except json.JSONDecodeError as exc:
+            raise FormatError(
+                f"The arguments of your `{name}` call are not valid JSON ({exc.msg}); send a "
+                f'JSON object such as {{"{key}": "..."}}.'
+            ) from None
+    if not isinstance(arguments, dict) or not isinstance(arguments.get(key), str):
+        raise FormatError(
+            f'Your `{name}` call needs a string argument "{key}"; send a JSON object such as '
+            f'{{"{key}": "..."}}.'
+        )
+    if name == "finish":
+        return Action(
+            command="", finish=True, summary=arguments[key].strip(), ignored_calls=ignored
+        )
+    command = close_heredocs(arguments[key].strip("\n"))
+    if not command.strip():
+        raise FormatError("Your `shell` call had an empty command. Put the command to run in it.")
+    return Action(command=command, ignored_calls=ignored)
+
+
+def assistant_message(reply: Reply) -> Message:
+    """The reply as an assistant message in the OpenAI wire format, tool calls included."""
+    if not reply.tool_calls:
+        return {"role": "assistant", "content": reply.text}
+    return {
+        "role": "assistant",
+        "content": reply.text or None,
+        "tool_calls": [
+            {
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": call["name"], "arguments": _raw(call.get("arguments"))},
+            }
+            for call in reply.tool_calls
+        ],
+    }
+
+
+def tool_message(call_id: str, content: str) -> Message:
+    """The answer to one tool call."""
+    return {"role": "tool", "tool_call_id": call_id, "content": content}
+
+
+def _raw(arguments: Any) -> str:
+    return arguments if isinstance(arguments, str) else json.dumps(arguments)

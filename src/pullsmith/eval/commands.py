@@ -202,14 +202,32 @@ class ProgressView(Listener):
 @click.option("--model", default=None, help="Model name (default: the bundled local model).")
 @click.option("--base-url", default=None, help="OpenAI-compatible API base URL.")
 @click.option("--sandbox", type=click.Choice(SANDBOX_NAMES), default=None, help="Sandbox.")
+@click.option(
+    "--protocol",
+    type=click.Choice(["auto", "text", "tools"]),
+    default=None,
+    help="How the model sends commands (default auto: by model).",
+)
+@click.option(
+    "--edit-forms",
+    default=None,
+    metavar="FORMS",
+    help="Edit forms the prompt teaches, preferred first, comma-separated: whole-file, "
+    "replace-function, search-replace, apply-patch (default auto: by model).",
+)
 @click.option("--max-turns", type=int, default=None, help="Turn limit per task.")
 @click.option("--seed", type=int, default=None, help="Sampling seed, where the model takes one.")
 @click.option(
     "--attempts",
-    type=int,
+    type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Attempts per task (best-of-N); more than 1 only where the runner supports it.",
+    help="Attempts per task (best-of-N); the visible tests pick one, the hidden tests score it.",
+)
+@click.option(
+    "--until-pass",
+    is_flag=True,
+    help="With --attempts, stop at the first attempt whose tests pass.",
 )
 @click.option(
     "--jobs",
@@ -237,9 +255,12 @@ def run_command(
     model: str | None,
     base_url: str | None,
     sandbox: str | None,
+    protocol: str | None,
+    edit_forms: str | None,
     max_turns: int | None,
     seed: int | None,
     attempts: int,
+    until_pass: bool,
     jobs: int,
     task_ids: tuple[str, ...],
     subset: str | None,
@@ -260,7 +281,13 @@ def run_command(
     hold the totals and a row per task.
     """
     settings = _settings(
-        model=model, base_url=base_url, sandbox=sandbox, max_turns=max_turns, seed=seed
+        model=model,
+        base_url=base_url,
+        sandbox=sandbox,
+        protocol=protocol,
+        edit_forms=edit_forms,
+        max_turns=max_turns,
+        seed=seed,
     )
     suite = _load(suite_path, swebench_repos, swebench_test_cmd, swebench_setup, test_timeout)
     tasks = _select(suite, task_ids, subset, limit)
@@ -288,6 +315,7 @@ def run_command(
         out=out,
         jobs=jobs,
         attempts=attempts,
+        until_pass=until_pass,
         resume=resume,
         keep=keep,
         test_timeout_s=test_timeout,

@@ -28,8 +28,9 @@ from pullsmith.eval.report import build_report, write_reports
 from pullsmith.eval.scoring import SETUP_TIMEOUT_S, Score, score_tree, scoring_sandbox
 from pullsmith.eval.snapshot import export_commit, init_repo, materialize, remove_tree
 from pullsmith.eval.tasks import EvalTask, Suite
-from pullsmith.events import EventLog
+from pullsmith.events import EventLog, read_events
 from pullsmith.models import Model, ModelError, open_model
+from pullsmith.models.profiles import resolve_edit_forms, resolve_protocol
 from pullsmith.runner import Task, run_dir_for, run_task
 
 RECORDS_FILE = "records.jsonl"
@@ -40,11 +41,6 @@ RETRIED_ERRORS = ("model", "run", "setup", "task", "internal")
 MAX_ERRORS_IN_A_ROW = 3
 
 
-def runner_supports_attempts() -> bool:
-    """Whether `run_task` can run best-of-N (a Task with an `attempts` field)."""
-    return "attempts" in {f.name for f in dataclasses.fields(Task)}
-
-
 @dataclass
 class TaskRecord:
     """What happened to one task of a suite run."""
@@ -52,6 +48,12 @@ class TaskRecord:
     task_id: str
     resolved: bool
     attempts: int = 1
+    # Best-of-N: the attempt chosen by the visible tests, and every attempt's own outcome
+    # (each scored with the hidden tests too, so single-attempt and oracle rates can be read).
+    attempt: int = 1
+    attempt_results: list[dict[str, Any]] = field(default_factory=list)
+    format_errors: int = 0
+    edits: dict[str, list[int]] = field(default_factory=dict)
     turns: int = 0
     wall_seconds: float = 0.0
     model_seconds: float = 0.0
@@ -128,6 +130,7 @@ class EvalOptions:
     out: Path
     jobs: int = 1
     attempts: int = 1
+    until_pass: bool = False
     resume: bool = False
     keep: bool = False
     test_timeout_s: float | None = None
@@ -154,10 +157,13 @@ def _run_meta(suite: Suite, tasks: list[EvalTask], settings: Settings, opts: Eva
         "model": settings.model_name,
         "base_url": settings.base_url,
         "sandbox": settings.sandbox,
+        "protocol": resolve_protocol(settings.protocol, settings.model_name),
+        "edit_forms": list(resolve_edit_forms(settings.edit_forms, settings.model_name)),
         "max_turns": settings.max_turns,
         "temperature": settings.temperature,
         "seed": settings.seed,
         "attempts": opts.attempts,
+        "until_pass": opts.until_pass,
         "jobs": opts.jobs,
         "pullsmith_version": __version__,
         "started_at": _now(),
@@ -210,11 +216,6 @@ def run_suite(
     listener = listener or Listener()
     if opts.attempts < 1:
         raise UserError("--attempts must be at least 1.")
-    if opts.attempts > 1 and not runner_supports_attempts():
-        raise UserError(
-            f"--attempts {opts.attempts} needs best-of-N attempts in the runner, which this "
-            "pullsmith does not have yet; run with --attempts 1."
-        )
     if opts.jobs < 1:
         raise UserError("--jobs must be at least 1.")
     out = opts.out.expanduser().resolve()
@@ -386,8 +387,13 @@ def run_one(
     if task.test_command:
         task_settings = dataclasses.replace(settings, test_command=task.test_command)
     run_id = f"eval-{task.safe_id}-{secrets.token_hex(3)}"
-    extra: dict[str, Any] = {"attempts": opts.attempts} if runner_supports_attempts() else {}
-    user_task = Task(instruction=task.statement, repo=str(repo), task_id=run_id, **extra)
+    user_task = Task(
+        instruction=task.statement,
+        repo=str(repo),
+        task_id=run_id,
+        attempts=opts.attempts,
+        until_pass=opts.until_pass,
+    )
     run_dir = run_dir_for(task_settings, run_id)
     record.run_id = run_id
     record.run_log = str(run_dir / "events.jsonl")
@@ -415,21 +421,58 @@ def run_one(
         result = json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
     _copy_result(record, result)
 
-    rev = record.commit or record.base_commit
-    tree = work / "score"
-    export_commit(repo, rev, tree)
-    score = score_tree(task, tree, repo, settings, opts.test_timeout_s)
+    def hidden_score(commit: str | None) -> Score:
+        tree = work / "score"
+        remove_tree(tree)
+        export_commit(repo, commit or record.base_commit, tree)
+        return score_tree(task, tree, repo, settings, opts.test_timeout_s)
+
+    score = hidden_score(record.commit)
     record.resolved = score.resolved
     record.score = score.to_dict()
     record.score_seconds = score.seconds
+    _score_attempts(record, result, hidden_score)
     return _finish(record, work, result.get("worktree") or None, opts, started)
+
+
+def _score_attempts(
+    record: TaskRecord, result: dict[str, Any], hidden_score: Callable[[str | None], Score]
+) -> None:
+    """Each attempt's own outcome, its hidden-test verdict, and what its log says about edits."""
+    attempts = result.get("attempts") or []
+    run_dirs = [a.get("run_dir") for a in attempts] or [result.get("run_dir")]
+    for run_dir in run_dirs:
+        if run_dir:
+            _count_edits(record, Path(run_dir) / "events.jsonl")
+    for entry in attempts:
+        chosen = entry.get("attempt") == record.attempt
+        resolved = record.resolved if chosen else hidden_score(entry.get("commit")).resolved
+        record.attempt_results.append({**_attempt_fields(entry), "resolved": resolved})
+
+
+def _attempt_fields(entry: dict[str, Any]) -> dict[str, Any]:
+    keys = ("attempt", "status", "exit_reason", "tests_pass", "turns", "tokens", "wall_seconds")
+    return {k: entry.get(k) for k in keys}
+
+
+def _count_edits(record: TaskRecord, log: Path) -> None:
+    if not log.is_file():
+        return
+    for event in read_events(log):
+        if event.type == "format.error":
+            record.format_errors += 1
+        elif event.type == "edit":
+            counts = record.edits.setdefault(str(event.data.get("form")), [0, 0])
+            counts[0] += 1
+            counts[1] += 0 if event.data.get("ok") else 1
 
 
 def _copy_result(record: TaskRecord, result: dict[str, Any]) -> None:
     if not result:
         return
     usage = result.get("usage") or {}
-    record.attempts = int(result.get("attempts") or 1)
+    record.attempts = len(result.get("attempts") or []) or 1
+    record.attempt = int(result.get("attempt") or 1)
     record.turns = int(result.get("turns") or 0)
     record.wall_seconds = float(result.get("wall_seconds") or 0.0)
     record.model_seconds = float(result.get("model_seconds") or 0.0)

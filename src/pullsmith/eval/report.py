@@ -74,6 +74,49 @@ def totals(records: Iterable[Any], selected: int | None = None) -> dict[str, Any
         "sum_prompt_tokens": sum(r["prompt_tokens"] for r in rows),
         "sum_completion_tokens": sum(r["completion_tokens"] for r in rows),
         "sum_cached_tokens": sum(r["cached_tokens"] for r in rows),
+        "attempts": _attempt_totals(rows),
+        "edits": _edit_totals(rows),
+    }
+
+
+def _attempt_totals(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Best-of-N: the first attempt alone, any attempt (an oracle), and what the tests chose."""
+    if not any(len(r.get("attempt_results") or []) > 1 for r in rows):
+        return None
+    n = len(rows)
+    firsts = [(r.get("attempt_results") or [r])[0] for r in rows]
+    first = sum(1 for a in firsts if a.get("resolved"))
+    anyone = sum(
+        1
+        for r in rows
+        if r["resolved"] or any(a.get("resolved") for a in r.get("attempt_results") or [])
+    )
+    return {
+        "first_resolved": first,
+        "first_rate": first / n if n else None,
+        "first_ci95": list(wilson_interval(first, n)),
+        "first_median_wall_seconds": _median(float(a.get("wall_seconds") or 0) for a in firsts),
+        "any_resolved": anyone,
+        "any_rate": anyone / n if n else None,
+        "median_attempts": _median(len(r.get("attempt_results") or [1]) for r in rows),
+        "chosen_not_first": sum(1 for r in rows if int(r.get("attempt") or 1) != 1),
+    }
+
+
+def _edit_totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """How often each edit form was used and failed, and the replies the protocol refused."""
+    forms: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        for form, (uses, errors) in (r.get("edits") or {}).items():
+            cell = forms.setdefault(form, {"uses": 0, "errors": 0})
+            cell["uses"] += uses
+            cell["errors"] += errors
+    for cell in forms.values():
+        cell["error_rate"] = cell["errors"] / cell["uses"] if cell["uses"] else None
+    return {
+        "forms": dict(sorted(forms.items())),
+        "format_errors": sum(int(r.get("format_errors") or 0) for r in rows),
+        "tasks_with_format_errors": sum(1 for r in rows if r.get("format_errors")),
     }
 
 
@@ -140,7 +183,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"model `{run.get('model')}`",
         f"sandbox {run.get('sandbox')}",
         f"max {run.get('max_turns')} turns",
-        f"attempts {run.get('attempts', 1)}",
+        f"attempts {run.get('attempts', 1)}" + (" until pass" if run.get("until_pass") else ""),
+        f"protocol {run.get('protocol', 'text')}",
+        f"edit forms {', '.join(run.get('edit_forms') or []) or '–'}",
         f"pullsmith {run.get('pullsmith_version')}",
         f"started {run.get('started_at')}",
     ]
@@ -178,6 +223,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"({t['sum_cached_tokens']:,} prompt tokens cached).",
         "",
     ]
+    lines += _attempt_lines(t)
+    lines += _edit_lines(t.get("edits"))
     for key, table in report.get("groups", {}).items():
         lines += [
             f"## By {key.replace('_', ' ')}",
@@ -208,6 +255,47 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     if report.get("pending"):
         lines += ["", "Not yet run: " + ", ".join(report["pending"])]
     return "\n".join(lines) + "\n"
+
+
+def _attempt_lines(t: Mapping[str, Any]) -> list[str]:
+    a, n = t.get("attempts"), t["done"]
+    if not a:
+        return []
+    low, high = a["first_ci95"]
+    return [
+        "## Attempts",
+        "",
+        "| | resolved | rate |",
+        "|---|---:|---:|",
+        f"| first attempt alone | {a['first_resolved']} / {n} | {_pct(a['first_rate'])} "
+        f"(95% CI {_pct(low)}–{_pct(high)}) |",
+        f"| chosen by the visible tests (the result) | {t['resolved']} / {n} | "
+        f"{_pct(t['resolve_rate'])} |",
+        f"| any attempt (an oracle picking with the hidden tests) | {a['any_resolved']} / {n} | "
+        f"{_pct(a['any_rate'])} |",
+        "",
+        f"Median wall time of the first attempt: {_num(a['first_median_wall_seconds'], ' s')}; "
+        f"median attempts run: {_num(a['median_attempts'])}; a later attempt was chosen in "
+        f"{a['chosen_not_first']} task(s).",
+        "",
+    ]
+
+
+def _edit_lines(e: Mapping[str, Any] | None) -> list[str]:
+    if not e or (not e["forms"] and not e["format_errors"]):
+        return []
+    lines = ["## Edit forms", "", "| form | uses | failed | failure rate |", "|---|---:|---:|---:|"]
+    for form, cell in e["forms"].items():
+        lines.append(
+            f"| {_cell(form)} | {cell['uses']} | {cell['errors']} | {_pct(cell['error_rate'])} |"
+        )
+    lines += [
+        "",
+        f"Replies refused by the protocol (no command block, repeats): {e['format_errors']} "
+        f"in {e['tasks_with_format_errors']} task(s).",
+        "",
+    ]
+    return lines
 
 
 def write_reports(out: Path, report: Mapping[str, Any]) -> tuple[Path, Path]:

@@ -28,6 +28,7 @@ class Usage:
 class Reply:
     text: str
     usage: Usage = field(default_factory=Usage)
+    # Native tool calls, each {"id", "name", "arguments"} with the arguments as raw JSON text.
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     duration_s: float = 0.0
 
@@ -37,8 +38,19 @@ class Model(Protocol):
 
     name: str
 
-    def complete(self, messages: list[Message], *, temperature: float | None = None) -> Reply:
-        """Return the next assistant reply for `messages` (at `temperature`, if given)."""
+    def complete(
+        self,
+        messages: list[Message],
+        *,
+        temperature: float | None = None,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> Reply:
+        """Return the next assistant reply for `messages` (at `temperature`, if given).
+
+        `messages` are in the OpenAI wire format, including assistant messages with
+        `tool_calls` and `tool` messages answering them. With `tools` (OpenAI function schemas)
+        the model may answer with native tool calls, returned in `Reply.tool_calls`.
+        """
         ...
 
     def close(self) -> None:

@@ -52,7 +52,13 @@ class OpenAIModel:
             max_retries=2,
         )
 
-    def complete(self, messages: list[Message], *, temperature: float | None = None) -> Reply:
+    def complete(
+        self,
+        messages: list[Message],
+        *,
+        temperature: float | None = None,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> Reply:
         where = self.base_url or "the OpenAI API"
         started = time.monotonic()
         kwargs: dict[str, Any] = {
@@ -65,6 +71,9 @@ class OpenAIModel:
             kwargs["seed"] = self.seed
         if self.extra_body:
             kwargs["extra_body"] = self.extra_body
+        if tools:
+            kwargs["tools"] = list(tools)
+            kwargs["tool_choice"] = "auto"
         try:
             raw = self._client.chat.completions.create(**kwargs)
         except openai.AuthenticationError:
@@ -81,11 +90,17 @@ class OpenAIModel:
                 "check that it is running and retry."
             ) from None
         except openai.APIStatusError as exc:
+            advice = (
+                "if it does not support tool calls, rerun with --protocol text"
+                if tools
+                else "retry later or pick another model"
+            )
             raise ModelError(
-                f"{where} answered HTTP {exc.status_code}: {_short(exc.message)}; retry later or pick another model."
+                f"{where} answered HTTP {exc.status_code}: {_short(exc.message)}; {advice}."
             ) from None
         choice = raw.choices[0] if raw.choices else None
-        text = (choice.message.content if choice and choice.message else None) or ""
+        message = choice.message if choice else None
+        text = (message.content if message else None) or ""
         usage = Usage()
         if raw.usage is not None:
             usage = Usage(
@@ -93,10 +108,33 @@ class OpenAIModel:
                 completion_tokens=raw.usage.completion_tokens or 0,
                 cached_tokens=_cached_tokens(raw.usage, raw),
             )
-        return Reply(text=text, usage=usage, duration_s=time.monotonic() - started)
+        return Reply(
+            text=text,
+            usage=usage,
+            tool_calls=_tool_calls(message),
+            duration_s=time.monotonic() - started,
+        )
 
     def close(self) -> None:
         self._client.close()
+
+
+def _tool_calls(message: Any) -> list[dict[str, Any]]:
+    """The function calls of a response message as {"id", "name", "arguments"} dicts."""
+    calls = []
+    for index, call in enumerate(getattr(message, "tool_calls", None) or []):
+        function = getattr(call, "function", None)
+        if function is None:  # a custom (non-function) tool call; pullsmith declares none
+            continue
+        calls.append(
+            {
+                # Some servers leave the id out; every call needs one to be answered.
+                "id": getattr(call, "id", None) or f"call_{index}",
+                "name": function.name or "",
+                "arguments": function.arguments or "",
+            }
+        )
+    return calls
 
 
 def _short(message: str, limit: int = 200) -> str:

@@ -54,9 +54,9 @@ COMMAND_WRAPPER = (
     '{{ {ulimits}; }} 2>/dev/null; bash -c "$1"; status=$?; kill -9 -1 2>/dev/null; exit $status'
 )
 CLEANUP = "kill -9 -1 2>/dev/null; true"
-APPLY_PATCH_SHIM = (
-    f'#!/bin/sh\nPYTHONPATH={TOOLS_DIR}/lib exec python3 -m pullsmith.tools.apply_patch "$@"\n'
-)
+# The edit tools on the container's PATH, run from this package's copy (standard library only).
+EDIT_TOOLS = ("apply_patch", "replace_function", "search_replace")
+TOOL_SHIM = '#!/bin/sh\nPYTHONPATH={lib} exec python3 -m pullsmith.tools.{name} "$@"\n'
 
 
 def engine_error(engine: str) -> str | None:
@@ -168,9 +168,10 @@ class ContainerSandbox:
         package = Path(__file__).resolve().parent.parent
         bin_dir = self.tools / "bin"
         bin_dir.mkdir()
-        shim = bin_dir / "apply_patch"
-        shim.write_text(APPLY_PATCH_SHIM)
-        shim.chmod(0o755)
+        for name in EDIT_TOOLS:
+            shim = bin_dir / name
+            shim.write_text(TOOL_SHIM.format(lib=f"{TOOLS_DIR}/lib", name=name))
+            shim.chmod(0o755)
         self.package = package
         self.tools.chmod(0o755)
 
