@@ -74,6 +74,9 @@ class Task:
     follow_up: FollowUp | None = None
     attempts: int = 1
     until_pass: bool = False
+    # Paths the agent's commands must not see (an eval hides its suite, which holds the
+    # hidden tests and reference solutions).
+    hidden_paths: tuple[str, ...] = ()
 
 
 @dataclass
@@ -139,7 +142,7 @@ def run_dir_for(settings: Settings, task_id: str) -> Path:
     return settings.runs_dir / task_id
 
 
-def sandbox_policy(settings: Settings) -> SandboxPolicy:
+def sandbox_policy(settings: Settings, hidden: tuple[str, ...] = ()) -> SandboxPolicy:
     """The policy for the agent's commands: the `sandbox_policy` preset and limits of
     `settings`, our own tools on PATH, no caches left in the diff, and pullsmith's own
     configuration (which may hold API keys) and run logs out of sight."""
@@ -156,6 +159,7 @@ def sandbox_policy(settings: Settings) -> SandboxPolicy:
             user_config_path().parent,
             Path.cwd() / "pullsmith.toml",
             settings.runs_dir,
+            *(Path(path) for path in hidden),
         ),
         limits=Limits(
             timeout_s=settings.command_timeout_s,
@@ -222,7 +226,7 @@ class Runner:
         sandbox = make_sandbox(
             settings.sandbox,
             workspace.path,
-            sandbox_policy(settings),
+            sandbox_policy(settings, task.hidden_paths),
             image=settings.sandbox_image,
         )
         owns_model = self.model is None
@@ -591,7 +595,7 @@ class BestOfN:
             of=len(results),
             branch=chosen.branch,
             status=chosen.status,
-            reason=_selection_reason(chosen, [r for _, r in results]),
+            reason=_selection_reason(chosen, [r for _, r in results], task.attempts),
         )
         (self.run_dir / "result.json").write_text(
             json.dumps(chosen.to_dict(), indent=1, default=str), encoding="utf-8"
@@ -624,9 +628,11 @@ class BestOfN:
         return result
 
 
-def _selection_reason(chosen: AttemptResult, results: list[AttemptResult]) -> str:
+def _selection_reason(chosen: AttemptResult, results: list[AttemptResult], asked: int) -> str:
+    if len(results) < asked and chosen.tests_pass:
+        return f"its tests pass, so --until-pass stopped after {len(results)} of {asked}"
     if len(results) == 1:
-        return "the only attempt"
+        return "the only attempt that ran"
     if chosen.tests_pass:
         passing = sum(1 for r in results if r.tests_pass)
         return f"its tests pass ({passing} of {len(results)} attempts pass)"

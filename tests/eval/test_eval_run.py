@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from conftest import bwrap_works
@@ -19,6 +20,7 @@ from pullsmith.eval.harness import (
     run_suite,
 )
 from pullsmith.eval.tasks import load_suite
+from pullsmith.events import read_events
 from pullsmith.models import ModelError
 
 SANDBOX = "bwrap" if bwrap_works() else "none"
@@ -181,3 +183,17 @@ def test_record_round_trip():
     record = TaskRecord(task_id="x", resolved=True, prompt_tokens=3, completion_tokens=4)
     again = TaskRecord.from_dict({**record.to_dict(), "unknown_future_field": 1})
     assert again == record and again.total_tokens == 7
+
+
+@pytest.mark.skipif(SANDBOX != "bwrap", reason="hiding paths needs the bwrap sandbox")
+def test_the_agent_cannot_read_the_suite(suite, settings, tmp_path):
+    out = tmp_path / "o"
+    peek = f"```bash\ncat {suite.path}/add/hidden/hidden_test_calc.py; ls {suite.path}\n```"
+    add = [t for t in suite.tasks if t.id == "add"]
+    run_suite(suite, add, settings, EvalOptions(out=out), PlanModel({"calc.py": [peek, FINISH]}))
+    record = load_records(out / "records.jsonl")["add"]
+
+    logs = [e for e in read_events(Path(record.run_log)) if e.type == "command.finished"]
+    assert logs and "hidden_test_calc" in logs[0].data["command"]
+    assert logs[0].data["exit_code"] != 0
+    assert "assert" not in logs[0].data["output"] and "task.toml" not in logs[0].data["output"]

@@ -135,6 +135,8 @@ class EvalOptions:
     keep: bool = False
     test_timeout_s: float | None = None
     description: dict[str, Any] = field(default_factory=dict)
+    # Kept out of the agent's sight: the suite's files (run_suite fills it in).
+    hide: tuple[str, ...] = ()
 
 
 @dataclass
@@ -222,6 +224,8 @@ def run_suite(
     out.mkdir(parents=True, exist_ok=True)
     records_path = out / RECORDS_FILE
     existing = load_records(records_path)
+    if not opts.hide and suite.path is not None:
+        opts = dataclasses.replace(opts, hide=(str(suite.path),))
     meta = _check_resume(out, _run_meta(suite, tasks, settings, opts), existing, opts.resume)
     (out / RUN_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
     done = {i for i, r in existing.items() if not r.retried_on_resume}
@@ -393,6 +397,7 @@ def run_one(
         task_id=run_id,
         attempts=opts.attempts,
         until_pass=opts.until_pass,
+        hidden_paths=_hidden_from_agent(opts.hide, repo),
     )
     run_dir = run_dir_for(task_settings, run_id)
     record.run_id = run_id
@@ -465,6 +470,12 @@ def _count_edits(record: TaskRecord, log: Path) -> None:
             counts = record.edits.setdefault(str(event.data.get("form")), [0, 0])
             counts[0] += 1
             counts[1] += 0 if event.data.get("ok") else 1
+
+
+def _hidden_from_agent(paths: tuple[str, ...], repo: Path) -> tuple[str, ...]:
+    """The suite (its hidden tests and reference solutions), except a path holding the task's
+    own repository (hiding it would hide the workspace too)."""
+    return tuple(p for p in paths if not repo.resolve().is_relative_to(Path(p).resolve()))
 
 
 def _copy_result(record: TaskRecord, result: dict[str, Any]) -> None:
