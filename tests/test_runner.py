@@ -273,3 +273,31 @@ def test_attempts_are_refused_for_follow_ups_and_below_one(example_repo, tmp_pat
             settings,
             events,
         )
+
+
+def test_the_first_message_starts_from_the_failing_tests(example_repo, tmp_path):
+    # A helper between the test and the bug puts a frame of the code in the traceback.
+    (example_repo / "inventory" / "report.py").write_text(
+        "from inventory.export import to_csv\n\n\ndef report(rows):\n"
+        "    return to_csv(['sku', 'name', 'stock'], rows).splitlines()[3]\n"
+    )
+    (example_repo / "tests" / "test_report.py").write_text(
+        "from inventory.report import report\n\n\ndef test_third_row():\n"
+        "    assert report([['a', 'b', 1], ['c', 'd', 2], ['e', 'f', 3]]) == 'e,f,3'\n"
+    )
+    git("add", "-A", cwd=example_repo)
+    git("commit", "-q", "-m", "report", cwd=example_repo)
+    result, model, _ = run(example_repo, tmp_path, ['```bash\nfinish "no"\n```'] * 3)
+    first = model.seen[0][1]["content"]
+    assert "Failing tests (from `python -m pytest -q`):" in first
+    assert "tests/test_export.py::test_csv_has_every_row" in first
+    assert "tests/test_report.py::test_third_row" in first
+    assert "IndexError: list index out of range" in first
+    assert "at inventory/report.py:5 in report" in first
+    # The code the failures point to comes whole (it is small), before the tests.
+    assert first.index("inventory/export.py:\n```") < first.index("tests/test_export.py:\n```")
+    assert "for i in range(len(rows) - 1):" in first
+    # The edit forms of the model's profile are taught in the system prompt.
+    system = model.seen[0][0]["content"]
+    assert "replace_function path/to/file.py area" in system and "apply_patch" in system
+    assert result.status == "failed"
