@@ -285,7 +285,10 @@ class Runner:
             agents_md=agents_md,
             test_command=test_command,
             test_exit_code=before.exit_code if before else None,
-            test_output=clip(before.output, TEST_OUTPUT_CHARS) if before else "",
+            # With the failures summed up above it, the raw output needs less room.
+            test_output=clip(before.output, 1500 if failures else TEST_OUTPUT_CHARS)
+            if before
+            else "",
             test_timed_out=bool(before and before.timed_out),
             failures=failures,
             sources=sources,

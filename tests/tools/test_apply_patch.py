@@ -353,3 +353,34 @@ def test_symlink_leading_outside_root_rejected(tmp_path):
     with pytest.raises(PatchError, match="outside the root"):
         apply_patch(patch("*** Update File: link.py", "-x", "+y"), root)
     assert outside.read_text() == "x\n"
+
+
+def test_added_lines_follow_the_file_when_the_patch_quotes_at_the_wrong_depth(tmp_path):
+    source = (
+        "def outer(s):\n"
+        "    def inner(c):\n"
+        "        depth = 0\n"
+        "        return depth\n"
+        "    return inner(s)\n"
+    )
+    (tmp_path / "m.py").write_text(source)
+    patch = (
+        "*** Begin Patch\n*** Update File: m.py\n"
+        "@@ def inner(c):\n"
+        "-    depth = 0\n"
+        "+    depth = 1\n"
+        "+    depth += 1\n"
+        "     return depth\n"
+        "*** End Patch\n"
+    )
+    apply_patch(patch, tmp_path)
+    assert (tmp_path / "m.py").read_text() == source.replace(
+        "        depth = 0\n", "        depth = 1\n        depth += 1\n"
+    )
+
+
+def test_a_patch_indented_deeper_than_the_file_is_shifted_back(tmp_path):
+    (tmp_path / "m.py").write_text("def f():\n    return 1\n")
+    patch = "*** Begin Patch\n*** Update File: m.py\n-        return 1\n+        return 2\n*** End Patch\n"
+    apply_patch(patch, tmp_path)
+    assert (tmp_path / "m.py").read_text() == "def f():\n    return 2\n"

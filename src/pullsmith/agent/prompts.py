@@ -14,15 +14,15 @@ its exit code and output. Then you write your next reply.
 # How to change files, one paragraph per edit form; a model's profile picks which are taught.
 EDIT_FORM_HELP = {
     "whole-file": """\
-To change a file, rewrite the whole file with a heredoc:
+Rewrite the whole file with a heredoc (best for a short file):
 ```bash
 cat > path/to/file.py <<'EOF'
 <the complete new content of the file>
 EOF
 ```""",
     "replace-function": """\
-To replace one Python function or method, give its file and name and write the complete new \
-function (for a method, name it `Class.method`):
+Replace one Python function or method by its name (`Class.method` for a method), writing \
+the complete new function:
 ```bash
 replace_function path/to/file.py area <<'EOF'
 def area(width, height):
@@ -30,8 +30,8 @@ def area(width, height):
 EOF
 ```""",
     "search-replace": """\
-To change a few lines, give the exact old lines and their replacement (copy the old lines \
-exactly, with enough of them to be unique in the file):
+Replace a few lines: copy the old lines exactly (enough of them to be unique in the file), \
+then write their replacement:
 ```bash
 search_replace path/to/file.py <<'EOF'
 <<<<<<< SEARCH
@@ -42,7 +42,9 @@ search_replace path/to/file.py <<'EOF'
 EOF
 ```""",
     "apply-patch": """\
-For a small change in a big file, use apply_patch:
+Patch a few lines of a big file with apply_patch (lines starting with a space are unchanged \
+context and must match the file; `*** Add File: p` with every line starting with `+` creates \
+a file, `*** Delete File: p` deletes one):
 ```bash
 apply_patch <<'EOF'
 *** Begin Patch
@@ -52,9 +54,7 @@ apply_patch <<'EOF'
 +    return width * height
 *** End Patch
 EOF
-```
-(apply_patch also takes `*** Add File: p` with every line starting with `+`, and \
-`*** Delete File: p`. Lines starting with a space are unchanged context and must match the file.)""",
+```""",
 }
 
 TEXT_RULES = """\
@@ -74,13 +74,16 @@ DEFAULT_EDIT_FORMS = ("whole-file", "replace-function", "apply-patch")
 
 
 def edit_help(edit_forms: tuple[str, ...] | list[str]) -> str:
-    """The paragraphs teaching `edit_forms`, the preferred one first."""
+    """How to change files: the ways `edit_forms` names, preferred first, as numbered
+    alternatives (a small model shown them as a sequence tends to do them all in one reply)."""
     forms = [form for form in edit_forms if form in EDIT_FORM_HELP] or list(DEFAULT_EDIT_FORMS)
-    paragraphs = [EDIT_FORM_HELP[forms[0]]]
-    for form in forms[1:]:
-        text = EDIT_FORM_HELP[form]
-        paragraphs.append("Or, " + text[0].lower() + text[1:])
-    return "\n\n".join(paragraphs)
+    if len(forms) == 1:
+        return "Change files this way:\n\n" + EDIT_FORM_HELP[forms[0]]
+    ways = "\n\n".join(f"{n}. {EDIT_FORM_HELP[form]}" for n, form in enumerate(forms, 1))
+    return (
+        f"Change files in ONE of these {len(forms)} ways per reply (never two ways at once, "
+        f"never two edits of the same file in one reply):\n\n{ways}"
+    )
 
 
 def system_prompt(edit_forms: tuple[str, ...] | list[str] = DEFAULT_EDIT_FORMS) -> str:
@@ -174,10 +177,7 @@ def tools_system_prompt(edit_forms: tuple[str, ...] | list[str] = TOOLS_EDIT_FOR
     The edit forms are taught as in the text protocol, as commands to pass to `shell`.
     """
     edits = edit_help(edit_forms).replace("```bash\n", "").replace("\n```", "")
-    return (
-        f"{TOOLS_INTRO}\nTo change files, call `shell` with one of these commands.\n\n"
-        f"{edits}\n\n{TOOLS_RULES}"
-    )
+    return f"{TOOLS_INTRO}\nTo change files, call `shell` with a command.\n{edits}\n\n{TOOLS_RULES}"
 
 
 def prompts_for(

@@ -314,17 +314,44 @@ def _replacement(hunk: Hunk, matched: list[str]) -> list[str]:
     """The hunk's new lines, keeping context lines as the file has them.
 
     A tolerant match may have ignored whitespace in context lines; the patch must not
-    change lines it only quotes.
+    change lines it only quotes. When the patch's old lines are all indented by the same
+    amount more or less than the file's (a small model quoting a nested block at the wrong
+    depth), its added lines are shifted by that amount too, so they land where they belong.
     """
+    remove, add = _indent_shift(hunk.old, matched)
     new, k = [], 0
     for line in hunk.lines:
         if line[0] == "+":
-            new.append(line[1:])
+            text = line[1:]
+            if text.strip():
+                text = add + (text[len(remove) :] if text.startswith(remove) else text)
+            new.append(text)
         else:
             if line[0] == " ":
                 new.append(matched[k])
             k += 1
     return new
+
+
+def _leading(line: str) -> str:
+    return line[: len(line) - len(line.lstrip())]
+
+
+def _indent_shift(old: list[str], matched: list[str]) -> tuple[str, str]:
+    """(prefix to remove, prefix to add) turning the patch's indentation into the file's,
+    when every non-blank old line differs from the file by the same prefix; else no shift."""
+    shifts = set()
+    for quoted, actual in zip(old, matched, strict=False):
+        if not quoted.strip():
+            continue
+        q, a = _leading(quoted), _leading(actual)
+        if a.endswith(q):
+            shifts.add(("", a[: len(a) - len(q)]))
+        elif q.endswith(a):
+            shifts.add((q[: len(q) - len(a)], ""))
+        else:
+            return "", ""
+    return shifts.pop() if len(shifts) == 1 else ("", "")
 
 
 def _hunk_label(path: str, number: int, total: int, hunk: Hunk) -> str:
