@@ -63,6 +63,8 @@ class Settings:
     max_time_s: float = 1200.0
     max_tokens: int = 400_000
     command_timeout_s: float = 120.0
+    # pullsmith's own runs of the repository's tests (before, after each edit, after).
+    test_timeout_s: float = 300.0
     temperature: float = 0.2
     seed: int | None = None
     max_reply_tokens: int = 2048

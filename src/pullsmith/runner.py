@@ -349,7 +349,7 @@ class Runner:
         if not command:
             return None
         self.events.emit("tests.started", phase=phase, command=command)
-        res = sandbox.run(command, timeout_s=max(self.settings.command_timeout_s, 300.0))
+        res = sandbox.run(command, timeout_s=self.settings.test_timeout_s)
         event = self.events.emit(
             "tests.ran",
             phase=phase,

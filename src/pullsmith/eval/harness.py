@@ -390,6 +390,12 @@ def run_one(
     task_settings = settings
     if task.test_command:
         task_settings = dataclasses.replace(settings, test_command=task.test_command)
+    if task.tests.timeout_s:
+        # The suite says how long its tests may take; a bug that loops forever should cost
+        # that, not the default five minutes, on every test run of the agent's.
+        task_settings = dataclasses.replace(
+            task_settings, test_timeout_s=max(30.0, 3 * task.tests.timeout_s)
+        )
     run_id = f"eval-{task.safe_id}-{secrets.token_hex(3)}"
     user_task = Task(
         instruction=task.statement,
