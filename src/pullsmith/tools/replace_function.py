@@ -20,7 +20,6 @@ what exists, what is closest and how to go on.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import difflib
 import io
@@ -31,7 +30,14 @@ import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pullsmith.tools.search_replace import TextFile, python_error, read_file, write_atomic
+from pullsmith.tools.search_replace import (
+    TextFile,
+    ToolParser,
+    UsageError,
+    python_error,
+    read_file,
+    write_atomic,
+)
 
 PREFIX = "replace_function: "
 USAGE = "replace_function FILE NAME <<'EOF' ... EOF"
@@ -605,18 +611,9 @@ def _add(
 # --------------------------------------------------------------------------- command line
 
 
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise _UsageError(message)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Console script: replace NAME in FILE with the definition on stdin."""
-    parser = _Parser(
+    parser = ToolParser(
         prog="replace_function",
         description="Replace a Python function, method or class with the definition on stdin.",
     )
@@ -629,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
         if not path.exists() and Path(name).is_file():  # FILE and NAME swapped
             path, name = Path(name), args.file
         result = replace_function(path, name, sys.stdin.read(), add=args.add, shown=str(path))
-    except _UsageError as exc:
+    except UsageError as exc:
         print(f"{PREFIX}{exc}; usage: {USAGE}", file=sys.stderr)
         return 1
     except ReplaceFunctionError as exc:

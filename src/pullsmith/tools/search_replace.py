@@ -577,18 +577,20 @@ def _commit(states: dict[str, tuple[Path, TextFile, bytes | None]]) -> None:
 # --------------------------------------------------------------------------- command line
 
 
-class _UsageError(Exception):
-    pass
+class UsageError(Exception):
+    """A wrong command line; the edit tools report it in one line instead of exiting."""
 
 
-class _Parser(argparse.ArgumentParser):
+class ToolParser(argparse.ArgumentParser):
+    """argparse that raises UsageError (shared by the edit tools' command lines)."""
+
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise _UsageError(message)
+        raise UsageError(message)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console script: apply SEARCH/REPLACE blocks from stdin; 'Done. ...' or one error."""
-    parser = _Parser(
+    parser = ToolParser(
         prog="search_replace",
         description="Apply <<<<<<< SEARCH / ======= / >>>>>>> REPLACE blocks read from stdin.",
     )
@@ -601,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{PREFIX}no blocks on stdin; send them with a heredoc: {USAGE}\n{SHAPE}"
             )
         result = search_replace(text, args.file)
-    except _UsageError as exc:
+    except UsageError as exc:
         print(f"{PREFIX}{exc}; usage: {USAGE}", file=sys.stderr)
         return 1
     except SearchReplaceError as exc:
