@@ -15,7 +15,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from pullsmith import __version__
-from pullsmith.config import Settings, load_settings
+from pullsmith.cli_options import attempt_options, model_options, settings_from_flags
 from pullsmith.errors import UserError
 from pullsmith.eval.commands import eval_group
 from pullsmith.events import Event, EventLog
@@ -193,10 +193,6 @@ def _print_result(console: Console, result: AttemptResult) -> None:
         console.print(table)
 
 
-def _settings(**flags: Any) -> Settings:
-    return load_settings({k: v for k, v in flags.items() if v is not None})
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="pullsmith")
 def main_group() -> None:
@@ -207,21 +203,7 @@ def main_group() -> None:
 @click.argument("instruction")
 @click.option("--repo", default=".", show_default=True, help="Repository path or git URL.")
 @click.option("--base", default=None, help="Branch, tag or commit to start from (default HEAD).")
-@click.option("--model", default=None, help="Model name (default: the bundled local model).")
-@click.option("--base-url", default=None, help="OpenAI-compatible API base URL.")
-@click.option(
-    "--protocol",
-    type=click.Choice(["auto", "text", "tools"]),
-    default=None,
-    help="How the model sends commands: ```bash blocks or tool calls (default auto: by model).",
-)
-@click.option(
-    "--edit-forms",
-    default=None,
-    metavar="FORMS",
-    help="Edit forms the prompt teaches, preferred first, comma-separated: whole-file, "
-    "replace-function, search-replace, apply-patch (default auto: by model).",
-)
+@model_options
 @click.option(
     "--sandbox",
     type=click.Choice(SANDBOX_CHOICES),
@@ -236,18 +218,7 @@ def main_group() -> None:
 )
 @click.option("--max-turns", type=int, default=None, help="Stop after this many model turns.")
 @click.option("--test-command", default=None, help="Command that runs the repository's tests.")
-@click.option(
-    "--attempts",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Independent attempts, each on its own branch; the tests pick the best.",
-)
-@click.option(
-    "--until-pass",
-    is_flag=True,
-    help="With --attempts, stop at the first attempt whose tests pass.",
-)
+@attempt_options
 @click.option("--json", "as_json", is_flag=True, help="Stream events as JSON lines to stdout.")
 @click.option("--keep", is_flag=True, help="Keep the worktree after committing.")
 @click.option(
@@ -280,7 +251,7 @@ def exec_command(
     verbose: bool,
 ) -> None:
     """Work on INSTRUCTION in a new worktree and commit the result on a new branch."""
-    settings = _settings(
+    settings = settings_from_flags(
         model=model,
         base_url=base_url,
         protocol=protocol,
@@ -418,7 +389,7 @@ def model_serve_command(port: int | None, threads: int | None, parallel: int) ->
     """Serve the bundled model until interrupted; runs started meanwhile reuse it."""
     from pullsmith.models.local import serve_forever
 
-    settings = _settings(threads=threads)
+    settings = settings_from_flags(threads=threads)
 
     def announce(server: Any) -> None:
         print(
@@ -443,7 +414,7 @@ def cleanup_command(repo: str) -> None:
     """Remove worktrees pullsmith left for REPO (branches stay)."""
     from pullsmith.workspace import cleanup_worktrees, resolve_repo
 
-    settings = _settings()
+    settings = settings_from_flags()
     path = resolve_repo(repo, settings.data_dir / "clones")
     removed = cleanup_worktrees(path, settings.worktrees_dir)
     for item in removed:
@@ -487,7 +458,9 @@ def sandbox_command(
     from pullsmith.runner import sandbox_policy
     from pullsmith.sandbox import describe, make_sandbox
 
-    settings = _settings(sandbox=backend, sandbox_policy=policy, command_timeout_s=timeout)
+    settings = settings_from_flags(
+        sandbox=backend, sandbox_policy=policy, command_timeout_s=timeout
+    )
     line = command[0] if len(command) == 1 else shlex.join(command)
     box_policy = sandbox_policy(settings)
     box = make_sandbox(settings.sandbox, workspace, box_policy, image=settings.sandbox_image)

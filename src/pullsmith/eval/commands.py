@@ -27,7 +27,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from pullsmith.config import Settings, load_settings
+from pullsmith.cli_options import attempt_options, model_options, settings_from_flags
 from pullsmith.errors import UserError
 from pullsmith.eval.harness import (
     RECORDS_FILE,
@@ -51,10 +51,6 @@ from pullsmith.eval.report import (
 from pullsmith.eval.scoring import CheckResult, check_suite
 from pullsmith.eval.tasks import EvalTask, Suite, load_suite
 from pullsmith.sandbox import SANDBOX_NAMES
-
-
-def _settings(**flags: Any) -> Settings:
-    return load_settings({k: v for k, v in flags.items() if v is not None})
 
 
 def _split_ids(values: tuple[str, ...]) -> list[str] | None:
@@ -199,36 +195,11 @@ class ProgressView(Listener):
 
 @eval_group.command("run")
 @click.argument("suite_path", metavar="SUITE")
-@click.option("--model", default=None, help="Model name (default: the bundled local model).")
-@click.option("--base-url", default=None, help="OpenAI-compatible API base URL.")
+@model_options
 @click.option("--sandbox", type=click.Choice(SANDBOX_NAMES), default=None, help="Sandbox.")
-@click.option(
-    "--protocol",
-    type=click.Choice(["auto", "text", "tools"]),
-    default=None,
-    help="How the model sends commands (default auto: by model).",
-)
-@click.option(
-    "--edit-forms",
-    default=None,
-    metavar="FORMS",
-    help="Edit forms the prompt teaches, preferred first, comma-separated: whole-file, "
-    "replace-function, search-replace, apply-patch (default auto: by model).",
-)
 @click.option("--max-turns", type=int, default=None, help="Turn limit per task.")
 @click.option("--seed", type=int, default=None, help="Sampling seed, where the model takes one.")
-@click.option(
-    "--attempts",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Attempts per task (best-of-N); the visible tests pick one, the hidden tests score it.",
-)
-@click.option(
-    "--until-pass",
-    is_flag=True,
-    help="With --attempts, stop at the first attempt whose tests pass.",
-)
+@attempt_options
 @click.option(
     "--jobs",
     type=int,
@@ -280,7 +251,7 @@ def run_command(
     Each finished task is appended to OUT/records.jsonl; OUT/report.md and OUT/report.json
     hold the totals and a row per task.
     """
-    settings = _settings(
+    settings = settings_from_flags(
         model=model,
         base_url=base_url,
         sandbox=sandbox,
@@ -393,7 +364,7 @@ def check_command(
     No model runs; the unchanged snapshot and the reference solution go through the same
     restore-and-score path as a run's results. Exits 1 when any task is off.
     """
-    settings = _settings(sandbox=sandbox)
+    settings = settings_from_flags(sandbox=sandbox)
     suite = _load(suite_path, swebench_repos, swebench_test_cmd, swebench_setup, test_timeout)
     tasks = _select(suite, task_ids, subset, limit)
     console = Console(highlight=False, stderr=as_json)

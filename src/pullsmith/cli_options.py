@@ -1,0 +1,77 @@
+"""Command-line options that `pullsmith exec` and `pullsmith eval run` share.
+
+Both commands choose a model the same way and run best-of-N attempts the same way; declaring
+those options once keeps their names, choices and help text from drifting apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from pullsmith.config import Settings, load_settings
+
+PROTOCOL_CHOICES = ["auto", "text", "tools"]
+
+
+def _stack(func: Callable[..., Any], options: list[Callable[..., Any]]) -> Any:
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def model_options(func: Callable[..., Any]) -> Any:
+    """--model, --base-url, --protocol and --edit-forms."""
+    return _stack(
+        func,
+        [
+            click.option(
+                "--model", default=None, help="Model name (default: the bundled local model)."
+            ),
+            click.option("--base-url", default=None, help="OpenAI-compatible API base URL."),
+            click.option(
+                "--protocol",
+                type=click.Choice(PROTOCOL_CHOICES),
+                default=None,
+                help="How the model sends commands: ```bash blocks or tool calls "
+                "(default auto: by model).",
+            ),
+            click.option(
+                "--edit-forms",
+                default=None,
+                metavar="FORMS",
+                help="Edit forms the prompt teaches, preferred first, comma-separated: "
+                "whole-file, replace-function, search-replace, apply-patch "
+                "(default auto: by model).",
+            ),
+        ],
+    )
+
+
+def attempt_options(func: Callable[..., Any]) -> Any:
+    """--attempts and --until-pass (best-of-N)."""
+    return _stack(
+        func,
+        [
+            click.option(
+                "--attempts",
+                type=click.IntRange(min=1),
+                default=1,
+                show_default=True,
+                help="Independent attempts, each on its own branch; the visible tests pick "
+                "the best.",
+            ),
+            click.option(
+                "--until-pass",
+                is_flag=True,
+                help="With --attempts, stop at the first attempt whose tests pass.",
+            ),
+        ],
+    )
+
+
+def settings_from_flags(**flags: Any) -> Settings:
+    """Settings from config and environment, with the flags given on the command line on top."""
+    return load_settings({k: v for k, v in flags.items() if v is not None})
