@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pullsmith.models.profiles import BUNDLED
+
 TEXT_INTRO = """\
 You are pullsmith, a careful software engineer. You work in a git repository by running shell \
 commands. Every reply you write must contain exactly ONE fenced ```bash block. I run that block \
@@ -70,7 +72,8 @@ finish "one sentence saying what you changed"
 ```
 """
 
-DEFAULT_EDIT_FORMS = ("whole-file", "replace-function", "apply-patch")
+# The bundled model's forms: the profile table is the one place that says which forms suit a model.
+DEFAULT_EDIT_FORMS = BUNDLED.edit_forms
 
 
 def edit_help(edit_forms: tuple[str, ...] | list[str]) -> str:
