@@ -229,6 +229,24 @@ def test_until_pass_stops_at_the_first_passing_attempt(example_repo, tmp_path):
     assert len(result.attempts) == 1 and model.replies == ["never sent"]
 
 
+def test_an_attempt_stuck_repeating_itself_makes_way_for_the_next(example_repo, tmp_path):
+    done = '```bash\nfinish "fixed"\n```'
+    look = "```bash\ncat inventory/export.py\n```"
+    replies = [look, look, rewrite_reply(example_repo), done]
+    result, model, _, _ = run_attempts(example_repo, tmp_path, replies, attempts=2, until_pass=True)
+    assert not model.replies
+    assert [a["exit_reason"] for a in result.attempts][0].startswith("stuck")
+    assert result.attempt == 2 and result.tests_pass
+
+
+def test_the_last_attempt_is_not_cut_short_by_a_repeat(example_repo, tmp_path):
+    done = '```bash\nfinish "fixed"\n```'
+    look = "```bash\ncat inventory/export.py\n```"
+    replies = [look, look, rewrite_reply(example_repo), done]
+    result, model, _, _ = run_attempts(example_repo, tmp_path, replies, attempts=1)
+    assert not model.replies and result.tests_pass and result.turns == 4
+
+
 def test_among_passing_attempts_the_smallest_diff_wins(example_repo, tmp_path):
     noisy = fixed_source(example_repo) + "\n\n# a comment nobody asked for\n# and another\n"
     noisy_reply = "```bash\ncat > inventory/export.py <<'EOF'\n" + noisy + "EOF\n```"

@@ -77,6 +77,8 @@ class Task:
     # Paths the agent's commands must not see (an eval hides its suite, which holds the
     # hidden tests and reference solutions).
     hidden_paths: tuple[str, ...] = ()
+    # End the attempt when the model repeats a reply exactly (another attempt follows).
+    stop_when_stuck: bool = False
 
 
 @dataclass
@@ -335,6 +337,7 @@ class Runner:
             reply_tokens=s.max_reply_tokens,
             format_errors=s.format_error_limit,
             finish_retries=s.finish_retries,
+            stuck_repeats=1 if self.task.stop_when_stuck else None,
         )
 
     @staticmethod
@@ -608,7 +611,12 @@ class BestOfN:
     def _attempt(self, number: int) -> AttemptResult:
         task, settings = self.task, self.settings
         sub = dataclasses.replace(
-            task, task_id=f"{task.task_id}-{number}", attempts=1, until_pass=False
+            task,
+            task_id=f"{task.task_id}-{number}",
+            attempts=1,
+            until_pass=False,
+            # A model stuck repeating itself gets a fresh start in the next attempt.
+            stop_when_stuck=number < task.attempts,
         )
         log = EventLog(sub.task_id, run_dir_for(settings, sub.task_id) / "events.jsonl")
         log.subscribe(lambda event: self.events.emit(event.type, attempt=number, **event.data))

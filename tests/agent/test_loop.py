@@ -186,6 +186,18 @@ def test_repeats_raise_the_temperature_until_the_model_changes_course(tmp_path):
     assert model.temperatures == [None, None, 0.7, 0.9, None]
 
 
+def test_with_stuck_repeats_the_first_exact_repeat_ends_the_run(tmp_path):
+    agent, model, sandbox, events = make_agent(
+        tmp_path, ["```bash\nls\n```"] * 2 + ["never asked for"], stuck_repeats=1
+    )
+    outcome = agent.run("system", "task")
+    assert not outcome.finished and outcome.exit_reason.startswith("stuck")
+    assert sandbox.commands == ["ls"] and outcome.turns == 2
+    assert model.replies == ["never asked for"]
+    events.close()
+    assert any(e.type == "limit.reached" for e in read_events(tmp_path / "events.jsonl"))
+
+
 def test_a_finish_refused_earlier_is_accepted_when_repeated_after_a_fix(tmp_path):
     verdicts = ["tests still fail", None]
     agent, _, sandbox, _ = make_agent(
