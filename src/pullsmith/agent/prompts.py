@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pullsmith.models.profiles import BUNDLED
+from pullsmith.models.profiles import BUNDLED, TOOL_CALLER
 
 TEXT_INTRO = """\
 You are pullsmith, a careful software engineer. You work in a git repository by running shell \
@@ -112,7 +112,7 @@ class TaskContext:
     sources: tuple[str, ...] = ()
 
 
-def first_message(ctx: TaskContext) -> str:
+def first_message(ctx: TaskContext, closing: str = "Reply with one ```bash block.") -> str:
     parts = [f"Task: {ctx.instruction.strip()}", f"Files in the repository:\n{ctx.files}"]
     if ctx.agents_md:
         parts.append(ctx.agents_md)
@@ -128,7 +128,7 @@ def first_message(ctx: TaskContext) -> str:
         )
     if ctx.sources:
         parts.append("Source the failing tests point to:\n\n" + "\n\n".join(ctx.sources))
-    parts.append("Reply with one ```bash block.")
+    parts.append(closing)
     return "\n\n".join(parts)
 
 
@@ -167,10 +167,9 @@ Rules:
   changed.
 """
 
-TOOLS_EDIT_FORMS = ("apply-patch", "search-replace", "whole-file")
+TOOLS_EDIT_FORMS = TOOL_CALLER.edit_forms
 
-# The closing line of first_message, which the tools protocol replaces.
-TEXT_CLOSING = "Reply with one ```bash block."
+# The closing line of the first message under the tools protocol.
 TOOLS_CLOSING = "Call the `shell` tool with your first command."
 
 
@@ -189,5 +188,4 @@ def prompts_for(
     """The system prompt and the first message of a task under `protocol` ("text" or "tools")."""
     if protocol != "tools":
         return system_prompt(edit_forms), first_message(ctx)
-    first = first_message(ctx).removesuffix(TEXT_CLOSING).rstrip("\n")
-    return tools_system_prompt(edit_forms), f"{first}\n\n{TOOLS_CLOSING}"
+    return tools_system_prompt(edit_forms), first_message(ctx, TOOLS_CLOSING)
