@@ -26,12 +26,16 @@ class ScriptedModel:
         self.seen: list[list[dict]] = []
         self.temperatures: list[float | None] = []
         self.tools: list[list[dict] | None] = []
+        self.stops: list[list[str] | None] = []
+        self.seeds: list[int | None] = []
         self.closed = False
 
-    def complete(self, messages, temperature=None, tools=None):
+    def complete(self, messages, temperature=None, tools=None, stop=None, seed=None):
         self.seen.append([dict(m) for m in messages])
         self.temperatures.append(temperature)
         self.tools.append(tools)
+        self.stops.append(stop)
+        self.seeds.append(seed)
         if not self.replies:
             raise AssertionError("the scripted model ran out of replies")
         reply = self.replies.pop(0)

@@ -114,7 +114,7 @@ def test_tests_decide_not_the_model(example_repo, tmp_path):
 
 def test_model_error_mid_run_keeps_log_and_worktree(example_repo, tmp_path):
     class DyingModel(ScriptedModel):
-        def complete(self, messages, temperature=None):
+        def complete(self, messages, temperature=None, **kw):
             if len(self.seen) == 1:
                 raise ModelError("the model server stopped answering; retry.")
             return super().complete(messages)
@@ -219,6 +219,12 @@ def test_best_of_n_keeps_the_attempt_whose_tests_pass(example_repo, tmp_path):
     selected = next(e for e in parent if e.type == "attempts.selected")
     assert selected.data["attempt"] == 2 and selected.data["of"] == 2
     assert {e.data.get("attempt") for e in parent if e.type == "model.reply"} == {1, 2}
+
+
+def test_with_a_seed_each_attempt_samples_with_its_own(example_repo, tmp_path):
+    result, model, _, _ = run_attempts(example_repo, tmp_path, [GIVE_UP] * 6, attempts=2, seed=5)
+    assert len(result.attempts) == 2
+    assert model.seeds[0] == 5 and model.seeds[-1] == 6
 
 
 def test_until_pass_stops_at_the_first_passing_attempt(example_repo, tmp_path):

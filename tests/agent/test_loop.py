@@ -7,6 +7,7 @@ from conftest import ScriptedModel
 
 from pullsmith.agent.loop import Agent, AgentLimits, clip
 from pullsmith.events import EventLog, read_events
+from pullsmith.models.base import Reply
 from pullsmith.sandbox.base import CommandResult
 
 
@@ -165,6 +166,23 @@ def test_failed_command_before_finish_keeps_going(tmp_path):
     outcome = agent.run("system", "task")
     assert outcome.summary == "ok"
     assert "not finished yet" in model.seen[1][-1]["content"]
+
+
+def test_text_replies_stop_after_their_block_and_get_the_fence_back(tmp_path):
+    # A server honouring the stop sequence leaves it, and what would follow, out of the text.
+    cut = Reply(text="Look.\n```bash\nls", finish_reason="stop")
+    agent, model, sandbox, _ = make_agent(tmp_path, [cut, '```bash\nfinish "ok"\n```'])
+    outcome = agent.run("system", "task")
+    assert outcome.finished and sandbox.commands == ["ls"]
+    assert model.stops[0] == ["\n```\n"]
+    assert model.seen[1][2] == {"role": "assistant", "content": "Look.\n```bash\nls\n```"}
+
+
+def test_a_reply_cut_by_the_token_limit_is_not_mended(tmp_path):
+    cut = Reply(text="```bash\ncat > a.py <<'EOF'\nx = (", finish_reason="length")
+    agent, _, sandbox, _ = make_agent(tmp_path, [cut, '```bash\nfinish "ok"\n```'])
+    outcome = agent.run("system", "task")
+    assert outcome.finished and sandbox.commands == [] and agent.format_errors == 1
 
 
 def test_long_observations_are_clipped_with_head_and_tail():

@@ -105,7 +105,7 @@ class PlanModel:
                 return replies[min(turn, len(replies) - 1)]
         return FINISH
 
-    def complete(self, messages, temperature=None):
+    def complete(self, messages, temperature=None, **kw):
         with self.lock:
             self.calls += 1
         return Reply(

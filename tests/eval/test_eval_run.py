@@ -105,7 +105,7 @@ def test_resume_refuses_another_model(suite, settings, tmp_path):
 
 def test_model_errors_are_retried_on_resume_and_stop_a_run(tmp_path, settings):
     class DeadModel(PlanModel):
-        def complete(self, messages, temperature=None):
+        def complete(self, messages, temperature=None, **kw):
             self.calls += 1
             raise ModelError("the model server could not be reached; check that it is running.")
 
@@ -170,6 +170,9 @@ def test_best_of_n_scores_every_attempt_with_the_hidden_tests(suite, settings, t
     assert [a["resolved"] for a in record.attempt_results] == [False, True]
     assert [a["tests_pass"] for a in record.attempt_results] == [False, True]
     assert record.edits  # the fix was an edit the log recorded
+    # The task's cost counts both attempts, not only the chosen one.
+    assert record.turns == sum(a["turns"] for a in record.attempt_results)
+    assert record.wall_seconds > record.attempt_results[1]["wall_seconds"]
     report = json.loads((out / "report.json").read_text())
     attempts = report["totals"]["attempts"]
     assert (attempts["first_resolved"], attempts["any_resolved"]) == (0, 1)

@@ -44,7 +44,9 @@ def unanswered_calls(messages: list[dict]) -> str | None:
 class FakeServer:
     """/v1/chat/completions answering with the scripted assistant messages, in order."""
 
-    def __init__(self, replies: list[dict], status: int = 200, error: str = "") -> None:
+    def __init__(
+        self, replies: list[dict], status: int = 200, error: str = "", refuse_stop: bool = False
+    ) -> None:
         self.replies = list(replies)
         self.requests: list[dict] = []
         server = self
@@ -54,6 +56,9 @@ class FakeServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.requests.append(body)
                 problem = error or unanswered_calls(body["messages"])
+                if refuse_stop and "stop" in body:
+                    # What OpenAI answers for reasoning models, which take no stop sequences.
+                    problem = "Unsupported parameter: 'stop' is not supported with this model."
                 if status != 200 or problem or not server.replies:
                     message = problem or "the fake server ran out of replies"
                     payload = {"error": {"message": message, "type": "invalid_request_error"}}
@@ -144,6 +149,27 @@ def test_complete_sends_tools_and_returns_the_calls():
     assert no_id.text == "" and no_id.tool_calls == [
         {"id": "call_0", "name": "finish", "arguments": "{}"}
     ]
+
+
+def test_stop_sequences_and_the_seed_reach_the_server():
+    with FakeServer([{"content": "```bash\nls"}]) as server:
+        model = server.model()
+        reply = model.complete([{"role": "user", "content": "hi"}], stop=["\n```\n"], seed=7)
+        model.close()
+    assert server.requests[0]["stop"] == ["\n```\n"] and server.requests[0]["seed"] == 7
+    assert reply.finish_reason == "stop"
+
+
+def test_a_server_refusing_stop_sequences_is_asked_again_without_them():
+    replies = [{"content": "one"}, {"content": "two"}]
+    with FakeServer(replies, refuse_stop=True) as server:
+        model = server.model()
+        first = model.complete([{"role": "user", "content": "hi"}], stop=["\n```\n"])
+        second = model.complete([{"role": "user", "content": "hi"}], stop=["\n```\n"])
+        model.close()
+    assert (first.text, second.text) == ("one", "two")
+    # Refused once, then left out for the rest of the run.
+    assert ["stop" in r for r in server.requests] == [True, False, False]
 
 
 def test_a_server_refusing_tools_says_to_use_the_text_protocol():

@@ -148,7 +148,7 @@ def test_a_follow_up_that_fails_at_once_keeps_the_branch(ledger_repo, tmp_path):
     first, pr = run_and_record(ledger_repo, tmp_path, good_replies(ledger_repo))
 
     class DeadModel(ScriptedModel):
-        def complete(self, messages, temperature=None):
+        def complete(self, messages, temperature=None, **kw):
             raise ModelError("the model server could not be reached; start it and retry.")
 
     settings = settings_for(tmp_path)

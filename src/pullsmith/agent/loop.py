@@ -19,10 +19,12 @@ from typing import Any
 from pullsmith.agent.prompts import observation
 from pullsmith.agent.protocol import (
     NOT_RUN,
+    TEXT_STOP,
     TOOLS,
     Action,
     FormatError,
     assistant_message,
+    close_stopped_block,
     parse_action,
     parse_tool_calls,
     tool_message,
@@ -147,7 +149,10 @@ class Agent:
         if self.protocol == "tools":
             reply = self.model.complete(self.messages, temperature=temperature, tools=TOOLS)
         else:
-            reply = self.model.complete(self.messages, temperature=temperature)
+            reply = self.model.complete(
+                self.messages, temperature=temperature, stop=list(TEXT_STOP)
+            )
+            reply = close_stopped_block(reply)
         self.turns += 1
         self.usage.add(reply.usage)
         self.model_seconds += reply.duration_s

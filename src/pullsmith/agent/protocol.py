@@ -6,6 +6,7 @@ tools: native tool calls of two functions, `shell(command)` and `finish(summary)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shlex
@@ -18,6 +19,19 @@ SHELL_LANGS = {"", "bash", "sh", "shell", "console", "zsh"}
 FENCE = re.compile(r"^```[ \t]*([\w+-]*)[^\n]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
 FINISH_LINE = re.compile(r"^\s*finish(?:\s|$)")
 HEREDOC = re.compile(r"<<-?\s*(['\"]?)([A-Za-z_][A-Za-z0-9_]*)\1")
+
+
+# Ends a text-protocol reply at the close of its first block: only that block runs, and a small
+# model left to go on often writes the output it expects, or more blocks, for half a minute.
+TEXT_STOP = ("\n```\n",)
+FENCE_LINE = re.compile(r"^```", re.MULTILINE)
+
+
+def close_stopped_block(reply: Reply) -> Reply:
+    """Put back the closing fence that the TEXT_STOP sequence took off a reply."""
+    if reply.finish_reason != "stop" or len(FENCE_LINE.findall(reply.text)) % 2 == 0:
+        return reply
+    return dataclasses.replace(reply, text=reply.text.rstrip("\n") + "\n```")
 
 
 class FormatError(Exception):

@@ -488,14 +488,17 @@ def _copy_result(record: TaskRecord, result: dict[str, Any]) -> None:
     if not result:
         return
     usage = result.get("usage") or {}
-    record.attempts = len(result.get("attempts") or []) or 1
+    attempts = result.get("attempts") or []
+    record.attempts = len(attempts) or 1
     record.attempt = int(result.get("attempt") or 1)
-    record.turns = int(result.get("turns") or 0)
-    record.wall_seconds = float(result.get("wall_seconds") or 0.0)
-    record.model_seconds = float(result.get("model_seconds") or 0.0)
-    record.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-    record.completion_tokens = int(usage.get("completion_tokens") or 0)
-    record.cached_tokens = int(usage.get("cached_tokens") or 0)
+    # What the task cost: with best-of-N, every attempt that ran, not only the chosen one.
+    spent = attempts or [{**usage, **result}]
+    record.turns = sum(int(a.get("turns") or 0) for a in spent)
+    record.wall_seconds = round(sum(float(a.get("wall_seconds") or 0.0) for a in spent), 3)
+    record.model_seconds = round(sum(float(a.get("model_seconds") or 0.0) for a in spent), 3)
+    record.prompt_tokens = sum(int(a.get("prompt_tokens") or 0) for a in spent)
+    record.completion_tokens = sum(int(a.get("completion_tokens") or 0) for a in spent)
+    record.cached_tokens = sum(int(a.get("cached_tokens") or 0) for a in spent)
     record.status = str(result.get("status") or "")
     record.exit_reason = str(result.get("exit_reason") or "")
     record.summary = str(result.get("summary") or "")

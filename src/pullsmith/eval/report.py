@@ -276,7 +276,8 @@ def _attempt_lines(t: Mapping[str, Any]) -> list[str]:
         "",
         f"Median wall time of the first attempt: {_num(a['first_median_wall_seconds'], ' s')}; "
         f"median attempts run: {_num(a['median_attempts'])}; a later attempt was chosen in "
-        f"{a['chosen_not_first']} task(s).",
+        f"{a['chosen_not_first']} task(s). The per-task wall time, model time, tokens and "
+        "turns above and below count every attempt that ran.",
         "",
     ]
 

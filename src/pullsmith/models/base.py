@@ -31,6 +31,9 @@ class Reply:
     # Native tool calls, each {"id", "name", "arguments"} with the arguments as raw JSON text.
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     duration_s: float = 0.0
+    # Why generation ended, as the API says it: "stop" (end of turn or a stop sequence),
+    # "length" (the reply-token limit), "tool_calls"; "" when unknown.
+    finish_reason: str = ""
 
 
 class Model(Protocol):
@@ -44,12 +47,16 @@ class Model(Protocol):
         *,
         temperature: float | None = None,
         tools: list[dict[str, Any]] | None = None,
+        stop: list[str] | None = None,
+        seed: int | None = None,
     ) -> Reply:
         """Return the next assistant reply for `messages` (at `temperature`, if given).
 
         `messages` are in the OpenAI wire format, including assistant messages with
         `tool_calls` and `tool` messages answering them. With `tools` (OpenAI function schemas)
-        the model may answer with native tool calls, returned in `Reply.tool_calls`.
+        the model may answer with native tool calls, returned in `Reply.tool_calls`. `stop`
+        sequences end the reply early (left out of its text) where the provider supports them;
+        `seed` overrides the model's sampling seed for this call.
         """
         ...
 

@@ -45,6 +45,8 @@ class OpenAIModel:
         self.seed = seed
         self.max_reply_tokens = max_reply_tokens
         self.extra_body = extra_body or {}
+        # Set when the server refused `stop` (some reasoning models do); then it is left out.
+        self.stop_unsupported = False
         self._client = openai.OpenAI(
             api_key=api_key or "not-needed",
             base_url=base_url,
@@ -58,8 +60,9 @@ class OpenAIModel:
         *,
         temperature: float | None = None,
         tools: list[dict[str, Any]] | None = None,
+        stop: list[str] | None = None,
+        seed: int | None = None,
     ) -> Reply:
-        where = self.base_url or "the OpenAI API"
         started = time.monotonic()
         kwargs: dict[str, Any] = {
             "model": self.name,
@@ -67,37 +70,31 @@ class OpenAIModel:
             "temperature": self.temperature if temperature is None else temperature,
             "max_tokens": self.max_reply_tokens,
         }
-        if self.seed is not None:
-            kwargs["seed"] = self.seed
+        seed = self.seed if seed is None else seed
+        if seed is not None:
+            kwargs["seed"] = seed
         if self.extra_body:
             kwargs["extra_body"] = self.extra_body
         if tools:
             kwargs["tools"] = list(tools)
             kwargs["tool_choice"] = "auto"
+        if stop and not self.stop_unsupported:
+            kwargs["stop"] = list(stop)
         try:
-            raw = self._client.chat.completions.create(**kwargs)
-        except openai.AuthenticationError:
-            raise ModelError(
-                f"{where} rejected the API key; set a valid OPENAI_API_KEY (or api_key in the config file)."
-            ) from None
-        except openai.NotFoundError:
-            raise ModelError(
-                f"{where} does not know the model '{self.name}'; pass --model with one it serves."
-            ) from None
-        except openai.APIConnectionError:
-            raise ModelError(
-                f"the model server at {where} could not be reached or stopped answering; "
-                "check that it is running and retry."
-            ) from None
-        except openai.APIStatusError as exc:
-            advice = (
-                "if it does not support tool calls, rerun with --protocol text"
-                if tools
-                else "retry later or pick another model"
-            )
-            raise ModelError(
-                f"{where} answered HTTP {exc.status_code}: {_short(exc.message)}; {advice}."
-            ) from None
+            raw = self._create(kwargs)
+        except openai.BadRequestError as exc:
+            if "stop" not in kwargs or "stop" not in str(exc.message).lower():
+                raise self._error(exc, tools) from None
+            # The server does not take stop sequences: go on without them (the reply is only
+            # longer; the protocol ignores what follows the first block).
+            self.stop_unsupported = True
+            del kwargs["stop"]
+            try:
+                raw = self._create(kwargs)
+            except openai.OpenAIError as again:
+                raise self._error(again, tools) from None
+        except openai.OpenAIError as exc:
+            raise self._error(exc, tools) from None
         choice = raw.choices[0] if raw.choices else None
         message = choice.message if choice else None
         text = (message.content if message else None) or ""
@@ -113,7 +110,39 @@ class OpenAIModel:
             usage=usage,
             tool_calls=_tool_calls(message),
             duration_s=time.monotonic() - started,
+            finish_reason=(choice.finish_reason if choice else None) or "",
         )
+
+    def _create(self, kwargs: dict[str, Any]) -> Any:
+        return self._client.chat.completions.create(**kwargs)
+
+    def _error(self, exc: Exception, tools: list[dict[str, Any]] | None) -> Exception:
+        """The one-sentence ModelError for a failed request (other errors pass unchanged)."""
+        where = self.base_url or "the OpenAI API"
+        if isinstance(exc, openai.AuthenticationError):
+            return ModelError(
+                f"{where} rejected the API key; set a valid OPENAI_API_KEY "
+                "(or api_key in the config file)."
+            )
+        if isinstance(exc, openai.NotFoundError):
+            return ModelError(
+                f"{where} does not know the model '{self.name}'; pass --model with one it serves."
+            )
+        if isinstance(exc, openai.APIConnectionError):
+            return ModelError(
+                f"the model server at {where} could not be reached or stopped answering; "
+                "check that it is running and retry."
+            )
+        if isinstance(exc, openai.APIStatusError):
+            advice = (
+                "if it does not support tool calls, rerun with --protocol text"
+                if tools
+                else "retry later or pick another model"
+            )
+            return ModelError(
+                f"{where} answered HTTP {exc.status_code}: {_short(exc.message)}; {advice}."
+            )
+        return exc
 
     def close(self) -> None:
         self._client.close()
