@@ -7,6 +7,10 @@ import subprocess
 import sys
 
 from conftest import git
+from rich.console import Console
+
+from pullsmith.cli import TerminalView
+from pullsmith.events import Event
 
 
 def pullsmith(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
@@ -84,3 +88,15 @@ def test_unreachable_api_model_keeps_the_run_log(example_repo):
     assert_one_sentence_error(proc, "could not be reached")
     assert "run log:" in proc.stderr
     assert "sk-test" not in proc.stdout + proc.stderr
+
+
+def test_a_stuck_attempt_says_the_next_one_starts_afresh():
+    console = Console(record=True, width=200)
+    view = TerminalView(console)
+    view(Event(1, "attempts.started", "t", 0.0, {"attempts": 2, "until_pass": True}))
+    stuck = {"turn": 2, "reason": "stuck: it sent the same reply again"}
+    view(Event(2, "limit.reached", "t", 0.0, {**stuck, "attempt": 1}))
+    view(Event(3, "limit.reached", "t", 0.0, {**stuck, "attempt": 2}))
+    lines = [line for line in console.export_text().splitlines() if "stopped" in line]
+    assert lines[0].endswith("the next attempt starts afresh")
+    assert lines[1] == "stopped: stuck: it sent the same reply again"

@@ -138,7 +138,10 @@ class TerminalView:
         self.console.print("  [yellow]the model said it was done, but the tests still fail[/]")
 
     def on_limit_reached(self, d: dict[str, Any]) -> None:
-        self.console.print(f"[yellow]stopped: {escape(d['reason'])}[/]")
+        reason = d["reason"]
+        if reason.startswith("stuck") and d.get("attempt", self.attempts) < self.attempts:
+            reason += "; the next attempt starts afresh"
+        self.console.print(f"[yellow]stopped: {escape(reason)}[/]")
 
     def on_attempt_finished(self, d: dict[str, Any]) -> None:
         if d["diff"].strip():
