@@ -16,7 +16,7 @@ from pullsmith.config import Settings, load_settings
 PROTOCOL_CHOICES = ["auto", "text", "tools"]
 
 
-def _stack(func: Callable[..., Any], options: list[Callable[..., Any]]) -> Any:
+def stack_options(func: Callable[..., Any], options: list[Callable[..., Any]]) -> Any:
     for option in reversed(options):
         func = option(func)
     return func
@@ -24,7 +24,7 @@ def _stack(func: Callable[..., Any], options: list[Callable[..., Any]]) -> Any:
 
 def model_options(func: Callable[..., Any]) -> Any:
     """--model, --base-url, --protocol and --edit-forms."""
-    return _stack(
+    return stack_options(
         func,
         [
             click.option(
@@ -52,7 +52,7 @@ def model_options(func: Callable[..., Any]) -> Any:
 
 def attempt_options(func: Callable[..., Any]) -> Any:
     """--attempts and --until-pass (best-of-N)."""
-    return _stack(
+    return stack_options(
         func,
         [
             click.option(

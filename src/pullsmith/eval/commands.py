@@ -27,7 +27,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from pullsmith.cli_options import attempt_options, model_options, settings_from_flags
+from pullsmith.cli_options import (
+    attempt_options,
+    model_options,
+    settings_from_flags,
+    stack_options,
+)
 from pullsmith.errors import UserError
 from pullsmith.eval.harness import (
     RECORDS_FILE,
@@ -78,9 +83,7 @@ def swebench_options(func: Any) -> Any:
             "--swebench-setup", default=None, help="For SWE-bench: a setup command per task."
         ),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return stack_options(func, options)
 
 
 def selection_options(func: Any) -> Any:
@@ -94,9 +97,7 @@ def selection_options(func: Any) -> Any:
         click.option("--subset", default=None, help="A named subset of the suite, e.g. dev40."),
         click.option("--limit", type=int, default=None, help="Only the first K chosen tasks."),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    return stack_options(func, options)
 
 
 def _load(
