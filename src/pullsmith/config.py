@@ -78,6 +78,9 @@ class Settings:
     database_url: str | None = field(default=None, repr=False)
     github_api_url: str | None = None
     github_repo: str | None = None
+    # The configuration files these settings were read from (load_settings fills it in); the
+    # agent's sandbox hides them, since they may hold API keys.
+    config_files: tuple[Path, ...] = ()
 
     @property
     def uses_local_model(self) -> bool:
@@ -99,7 +102,7 @@ class Settings:
         return self.data_dir / "worktrees"
 
 
-_FIELD_TYPES = {f.name: f.type for f in fields(Settings)}
+_FIELD_TYPES = {f.name: f.type for f in fields(Settings) if f.name != "config_files"}
 
 _ENV_VARS = {
     "OPENAI_API_KEY": "api_key",
@@ -174,8 +177,10 @@ def _from_toml(path: Path) -> dict[str, Any]:
 def load_settings(overrides: dict[str, Any] | None = None, cwd: Path | None = None) -> Settings:
     """Merge every source of settings; `overrides` are command-line flags (None = not given)."""
     merged: dict[str, Any] = {}
-    merged.update(_from_toml(user_config_path()))
-    merged.update(_from_toml((cwd or Path.cwd()) / "pullsmith.toml"))
+    files = (user_config_path(), (cwd or Path.cwd()).resolve() / "pullsmith.toml")
+    for path in files:
+        merged.update(_from_toml(path))
+    merged["config_files"] = files
     for var, name in _ENV_VARS.items():
         if os.environ.get(var):
             merged[name] = _coerce(name, os.environ[var], f"${var}")
