@@ -2,6 +2,9 @@
 
 text: one fenced shell block per reply, and the finish command.
 tools: native tool calls of two functions, `shell(command)` and `finish(summary)`.
+
+Each is an `ActionProtocol` object (`protocol_for(name)`): it builds the request, parses a
+reply into an `Action` and answers the reply. The module-level functions are its parts.
 """
 
 from __future__ import annotations
@@ -10,10 +13,11 @@ import dataclasses
 import json
 import re
 import shlex
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
-from pullsmith.models.base import Message, Reply
+from pullsmith.models.base import Message, Model, Reply
 
 SHELL_LANGS = {"", "bash", "sh", "shell", "console", "zsh"}
 FENCE = re.compile(r"^```[ \t]*([\w+-]*)[^\n]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
@@ -270,3 +274,81 @@ def tool_message(call_id: str, content: str) -> Message:
 
 def _raw(arguments: Any) -> str:
     return arguments if isinstance(arguments, str) else json.dumps(arguments)
+
+
+# The protocols as objects ---------------------------------------------------------------------
+
+
+class ActionProtocol(ABC):
+    """How the agent and the model exchange commands: the request, the parse and the answer."""
+
+    name: str
+
+    @abstractmethod
+    def request(self) -> dict[str, Any]:
+        """The keyword arguments `model.complete` takes under this protocol (`stop=`, `tools=`)."""
+
+    def mend(self, reply: Reply) -> Reply:
+        """The reply as the conversation records it (the request may have cut it short)."""
+        return reply
+
+    @abstractmethod
+    def parse(self, reply: Reply) -> Action:
+        """The action a reply asks for; raises FormatError with the message for the model."""
+
+    def answer(self, reply: Reply, text: str) -> list[Message]:
+        """The messages that tell the model `text` about `reply`.
+
+        The API needs every tool call answered: a `tool` message answers the first call with
+        `text` and NOT_RUN the others. A reply without calls (every reply of the text protocol,
+        which offers no tools) is answered by a user message.
+        """
+        calls = reply.tool_calls
+        if not calls:
+            return [{"role": "user", "content": text}]
+        first, *others = calls
+        return [
+            tool_message(first["id"], text),
+            *(tool_message(call["id"], NOT_RUN) for call in others),
+        ]
+
+    def ask(self, model: Model, messages: list[Message], temperature: float | None) -> Reply:
+        """The model's next reply to `messages`, requested and mended under this protocol."""
+        return self.mend(model.complete(messages, temperature=temperature, **self.request()))
+
+
+class TextProtocol(ActionProtocol):
+    """One fenced ```bash block per reply, cut off by TEXT_STOP and answered by a user message."""
+
+    name = "text"
+
+    def request(self) -> dict[str, Any]:
+        return {"stop": list(TEXT_STOP)}
+
+    def mend(self, reply: Reply) -> Reply:
+        return close_stopped_block(reply)
+
+    def parse(self, reply: Reply) -> Action:
+        return parse_action(reply.text)
+
+
+class ToolsProtocol(ActionProtocol):
+    """Native `shell` and `finish` tool calls (TOOLS), answered by `tool` messages."""
+
+    name = "tools"
+
+    def request(self) -> dict[str, Any]:
+        return {"tools": TOOLS}
+
+    def parse(self, reply: Reply) -> Action:
+        return parse_tool_calls(reply)
+
+
+PROTOCOLS: dict[str, type[ActionProtocol]] = {"text": TextProtocol, "tools": ToolsProtocol}
+
+
+def protocol_for(name: str) -> ActionProtocol:
+    """The protocol called `name`: "text" or "tools"."""
+    if name not in PROTOCOLS:
+        raise ValueError(f"protocol must be 'text' or 'tools', not {name!r}.")
+    return PROTOCOLS[name]()
