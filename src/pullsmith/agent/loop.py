@@ -1,5 +1,11 @@
 """The agent loop: ask the model, run the one command it wrote, show it the result, repeat.
 
+`Agent.step` is one turn read straight down. Everything that ends a turn early is an exception
+carrying what the model is told instead, and `Agent.run` handles them all in one place:
+FormatError (a malformed reply, or `Repeated`: the same reply again), `CommandFailed` (a finish
+after a failed command), `FinishRejected` (the verifier's objection), `Finished`, and
+`LimitReached` (turns, time, tokens, context window, stuck, or `Cancelled`).
+
 Two protocols carry the commands (see protocol.py): "text", a fenced ```bash block per reply
 answered by a user message, and "tools", a native `shell` or `finish` tool call answered by a
 `tool` message (a format error answers the bad call, or is a user message when the reply made
@@ -10,25 +16,14 @@ same in both; the history is append-only in both (llama.cpp reuses its prompt ca
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from pullsmith.agent.prompts import observation
-from pullsmith.agent.protocol import (
-    NOT_RUN,
-    TEXT_STOP,
-    TOOLS,
-    Action,
-    FormatError,
-    assistant_message,
-    close_stopped_block,
-    parse_action,
-    parse_tool_calls,
-    tool_message,
-)
+from pullsmith.agent.protocol import ActionProtocol, FormatError, assistant_message, protocol_for
 from pullsmith.events import EventLog
 from pullsmith.models.base import Message, Model, Reply, Usage
 from pullsmith.sandbox.base import CommandResult, Sandbox
@@ -38,6 +33,36 @@ from pullsmith.sandbox.base import CommandResult, Sandbox
 Verifier = Callable[[], str | None]
 # Looks at the workspace after a command and returns a note for the model, or None.
 AfterCommand = Callable[[str, CommandResult], str | None]
+
+
+class Interruption(Exception):
+    """Ends a turn early; `message` is what the model is told about its reply."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class CommandFailed(Interruption):
+    """The reply finished after a command that failed."""
+
+
+class FinishRejected(Interruption):
+    """The verifier refused a finish: `reason` in its words, `message` clipped for the model."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class Repeated(FormatError):
+    """The reply was exactly an earlier one; it counts as a malformed reply."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "You sent exactly this reply before, and it did not finish the task. "
+            "Look at the last output again and try something different."
+        )
 
 
 class Finished(Exception):
@@ -50,6 +75,13 @@ class LimitReached(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class Cancelled(LimitReached):
+    """The `cancel` event was set, or the sandbox says it cancelled the command."""
+
+    def __init__(self) -> None:
+        super().__init__("cancelled")
 
 
 @dataclass(frozen=True)
@@ -97,11 +129,11 @@ class Agent:
         verify: Verifier | None = None,
         history_path: Path | None = None,
         after_command: AfterCommand | None = None,
-        protocol: str = "text",
+        protocol: str | ActionProtocol = "text",
+        cancel: threading.Event | None = None,
     ) -> None:
-        if protocol not in ("text", "tools"):
-            raise ValueError(f"protocol must be 'text' or 'tools', not {protocol!r}.")
-        self.protocol = protocol
+        self.wire = protocol_for(protocol) if isinstance(protocol, str) else protocol
+        self.protocol = self.wire.name  # the name ("text" or "tools"), which prompts_for takes
         self.model = model
         self.sandbox = sandbox
         self.events = events
@@ -109,6 +141,7 @@ class Agent:
         self.verify = verify
         self.after_command = after_command
         self.history_path = history_path
+        self.cancel = cancel
         self.messages: list[Message] = []
         self.usage = Usage()
         self.turns = 0
@@ -118,8 +151,8 @@ class Agent:
         self.finish_rejections = 0
         self._started = 0.0
         self._last_prompt_tokens = 0
-        # Tool calls of the last reply that still need a `tool` message answering them.
-        self._unanswered: list[dict[str, Any]] = []
+        # The last reply, until a message answers it (its tool calls each need a `tool` message).
+        self._unanswered: Reply | None = None
 
     def run(self, system: str, first: str) -> Outcome:
         self._started = time.monotonic()
@@ -129,83 +162,48 @@ class Agent:
         while True:
             try:
                 self.step()
-            except FormatError as exc:
+            except FormatError as exc:  # a malformed reply, or a repeated one
                 self.format_errors += 1
                 self.events.emit("format.error", turn=self.turns, message=str(exc))
                 if self.format_errors > self.limits.format_errors:
                     return self._outcome(False, "too many malformed replies")
                 self.answer(str(exc))
+            except FinishRejected as exc:
+                self.events.emit("finish.rejected", turn=self.turns, reason=exc.reason)
+                self.answer(exc.message)
+            except Interruption as exc:
+                self.answer(exc.message)
             except Finished as exc:
+                self.events.emit("agent.finished", turn=self.turns, summary=exc.summary)
                 return self._outcome(True, "finished", exc.summary)
-            except LimitReached as exc:
+            except LimitReached as exc:  # a limit, stuck, or cancelled
                 self.events.emit("limit.reached", turn=self.turns, reason=exc.reason)
                 return self._outcome(False, exc.reason)
 
     def step(self) -> None:
+        """One turn: ask, record, parse, run, observe; whatever ends it early is raised."""
         self._check_limits()
-        # After a repeated reply, sample hotter: at low temperature a small model that
-        # repeated itself once tends to repeat itself forever.
-        temperature = min(1.0, 0.5 + 0.2 * self.repeats) if self.repeats else None
-        if self.protocol == "tools":
-            reply = self.model.complete(self.messages, temperature=temperature, tools=TOOLS)
-        else:
-            reply = self.model.complete(
-                self.messages, temperature=temperature, stop=list(TEXT_STOP)
-            )
-            reply = close_stopped_block(reply)
-        self.turns += 1
-        self.usage.add(reply.usage)
-        self.model_seconds += reply.duration_s
-        self._last_prompt_tokens = reply.usage.prompt_tokens + reply.usage.completion_tokens
-        message = assistant_message(reply)
-        repeated = any(_same_reply(m, message) for m in self.messages)
-        self._append(message)
-        self._unanswered = list(reply.tool_calls)
-        calls = {"tool_calls": reply.tool_calls} if reply.tool_calls else {}
-        self.events.emit(
-            "model.reply",
-            turn=self.turns,
-            text=reply.text,
-            seconds=round(reply.duration_s, 3),
-            prompt_tokens=reply.usage.prompt_tokens,
-            completion_tokens=reply.usage.completion_tokens,
-            cached_tokens=reply.usage.cached_tokens,
-            **calls,
-        )
-        action = self._parse(reply)
+        reply = self.wire.ask(self.model, self.messages, self._temperature())
+        repeated = self._said_before(reply)
+        self._record(reply)
+        action = self.wire.parse(reply)
         # A finish that was refused earlier may be right now that the code changed: the
         # verifier, not the repeat check, decides it.
-        repeated = repeated and not action.finish
-        self.repeats = self.repeats + 1 if repeated else 0
-        stuck = self.limits.stuck_repeats
-        if stuck is not None and self.repeats >= stuck:
-            raise LimitReached("stuck: it sent the same reply again")
-        if repeated:
-            raise FormatError(
-                "You sent exactly this reply before, and it did not finish the task. "
-                "Look at the last output again and try something different."
-            )
+        self._check_repeat(repeated and not action.finish)
         result = self.execute(action.command) if action.command else None
-        note = None
-        if result is not None and self.after_command and not action.finish:
-            note = self.after_command(action.command, result)
         if not action.finish:
-            assert result is not None
+            assert result is not None  # every action but a finish has a command
+            note = self.after_command(action.command, result) if self.after_command else None
             self.answer(self._observe(result, note, action.note))
             return
         if result is not None and result.exit_code != 0:
-            self.answer(
-                self._observe(result, note)
-                + "\nThat command failed, so the task is not finished yet."
+            raise CommandFailed(
+                self._observe(result) + "\nThat command failed, so the task is not finished yet."
             )
-            return
         problem = self.verify() if self.verify else None
         if problem and self.finish_rejections < self.limits.finish_retries:
             self.finish_rejections += 1
-            self.events.emit("finish.rejected", turn=self.turns, reason=problem)
-            self.answer(clip(problem, self.limits.observation_chars))
-            return
-        self.events.emit("agent.finished", turn=self.turns, summary=action.summary)
+            raise FinishRejected(problem, clip(problem, self.limits.observation_chars))
         raise Finished(action.summary)
 
     def execute(self, command: str) -> CommandResult:
@@ -221,31 +219,62 @@ class Agent:
             truncated=result.truncated,
             timed_out=result.timed_out,
         )
+        if getattr(result, "cancelled", False) or self._cancelled():
+            raise Cancelled()
         return result
-
-    def _parse(self, reply: Reply) -> Action:
-        if self.protocol == "tools":
-            return parse_tool_calls(reply)
-        return parse_action(reply.text)
 
     def add(self, role: str, content: str) -> None:
         self._append({"role": role, "content": content})
 
     def answer(self, text: str) -> None:
-        """Tell the model `text` about its last reply.
+        """Tell the model `text` about its last reply, as the protocol answers it.
 
         When the reply made tool calls, `text` is the `tool` message answering the first one and
         every other call is answered NOT_RUN (the API needs every call answered); otherwise
         `text` is a user message. Format errors take the same way.
         """
-        calls, self._unanswered = self._unanswered, []
-        if not calls:
+        reply, self._unanswered = self._unanswered, None
+        if reply is None:
             self.add("user", text)
             return
-        self._append(
-            tool_message(calls[0]["id"], text),
-            *(tool_message(call["id"], NOT_RUN) for call in calls[1:]),
+        self._append(*self.wire.answer(reply, text))
+
+    def _temperature(self) -> float | None:
+        # After a repeated reply, sample hotter: at low temperature a small model that
+        # repeated itself once tends to repeat itself forever.
+        return min(1.0, 0.5 + 0.2 * self.repeats) if self.repeats else None
+
+    def _said_before(self, reply: Reply) -> bool:
+        message = assistant_message(reply)
+        return any(_same_reply(m, message) for m in self.messages)
+
+    def _record(self, reply: Reply) -> None:
+        """Count the reply, append it to the history and emit `model.reply`."""
+        self.turns += 1
+        self.usage.add(reply.usage)
+        self.model_seconds += reply.duration_s
+        self._last_prompt_tokens = reply.usage.prompt_tokens + reply.usage.completion_tokens
+        self._append(assistant_message(reply))
+        self._unanswered = reply
+        calls = {"tool_calls": reply.tool_calls} if reply.tool_calls else {}
+        self.events.emit(
+            "model.reply",
+            turn=self.turns,
+            text=reply.text,
+            seconds=round(reply.duration_s, 3),
+            prompt_tokens=reply.usage.prompt_tokens,
+            completion_tokens=reply.usage.completion_tokens,
+            cached_tokens=reply.usage.cached_tokens,
+            **calls,
         )
+
+    def _check_repeat(self, repeated: bool) -> None:
+        self.repeats = self.repeats + 1 if repeated else 0
+        stuck = self.limits.stuck_repeats
+        if stuck is not None and self.repeats >= stuck:
+            raise LimitReached("stuck: it sent the same reply again")
+        if repeated:
+            raise Repeated()
 
     def _append(self, *messages: Message) -> None:
         self.messages.extend(messages)
@@ -256,7 +285,12 @@ class Agent:
         text = observation(result.exit_code, output, result.timed_out)
         return "\n".join([text, *(n for n in notes if n)])
 
+    def _cancelled(self) -> bool:
+        return self.cancel is not None and self.cancel.is_set()
+
     def _check_limits(self) -> None:
+        if self._cancelled():
+            raise Cancelled()
         limits = self.limits
         if self.turns >= limits.max_turns:
             raise LimitReached(f"turn limit reached ({limits.max_turns} turns)")
