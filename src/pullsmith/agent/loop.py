@@ -209,6 +209,7 @@ class Agent:
     def execute(self, command: str) -> CommandResult:
         self.events.emit("command.started", turn=self.turns, command=command)
         result = self.sandbox.run(command)
+        cancelled = bool(getattr(result, "cancelled", False))  # newer sandboxes say so
         self.events.emit(
             "command.finished",
             turn=self.turns,
@@ -218,8 +219,9 @@ class Agent:
             output=result.output,
             truncated=result.truncated,
             timed_out=result.timed_out,
+            **({"cancelled": True} if cancelled else {}),
         )
-        if getattr(result, "cancelled", False) or self._cancelled():
+        if cancelled or self._cancelled():
             raise Cancelled()
         return result
 
