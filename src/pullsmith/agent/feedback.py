@@ -1,0 +1,108 @@
+"""Edit feedback: after each command, tell the model what it changed and what the tests say.
+
+A small model rarely notices on its own that a rewrite left a file as it was, and running the
+tests after every edit saves it a turn each time. `ChangeReporter` is the agent's
+after-command hook; it needs only the workspace's diff and a way to run the tests.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Protocol
+
+from pullsmith.agent.loop import clip
+from pullsmith.events import EventLog
+from pullsmith.sandbox.base import CommandResult
+from pullsmith.tools.edit_forms import classify as classify_edits
+
+EDIT_FEEDBACK_CHARS = 2000
+WRITES_FILES = re.compile(
+    r">|\bapply_patch\b|\breplace_function\b|\bsearch_replace\b|\bsed\s+-i|\btee\b|\bmv\b|\bcp\b|\brm\b|\bpatch\b"
+)
+
+# What the model is told to do once the tests pass, in the words of its protocol.
+FINISH_HINTS = {
+    "text": (
+        "The tests pass now. If the task is done, reply with a ```bash block "
+        'holding only: finish "one sentence saying what you changed"'
+    ),
+    "tools": (
+        "The tests pass now. If the task is done, call the `finish` tool with one sentence "
+        "saying what you changed."
+    ),
+}
+
+
+class Changes(Protocol):
+    """The workspace as the reporter sees it."""
+
+    def diff(self) -> str: ...
+
+    def changed_files(self) -> list[tuple[str, int, int]]: ...
+
+
+class SuiteRun(Protocol):
+    """One run of the tests (the runner's TestRun)."""
+
+    @property
+    def command(self) -> str: ...
+
+    @property
+    def exit_code(self) -> int: ...
+
+    @property
+    def output(self) -> str: ...
+
+    @property
+    def passed(self) -> bool: ...
+
+
+class ChangeReporter:
+    """Tells the model what its last command changed, and what the tests say about it.
+
+    `run_tests` runs the tests once and returns the run, or None when they cannot run; it is
+    called after a command that changed the diff, unless the command ran the tests itself.
+    """
+
+    def __init__(
+        self,
+        workspace: Changes,
+        events: EventLog,
+        test_command: str | None,
+        run_tests: Callable[[], SuiteRun | None],
+        protocol: str = "text",
+    ) -> None:
+        if protocol not in FINISH_HINTS:
+            raise ValueError(f"protocol must be 'text' or 'tools', not {protocol!r}.")
+        self.workspace = workspace
+        self.events = events
+        self.test_command = test_command
+        self.run_tests = run_tests
+        self.protocol = protocol
+        self.last_diff = workspace.diff()
+
+    def __call__(self, command: str, result: CommandResult) -> str | None:
+        for use in classify_edits(command, result.exit_code, result.output):
+            self.events.emit("edit", form=use.form, ok=use.ok, detail=use.detail)
+        diff = self.workspace.diff()
+        if diff == self.last_diff:
+            if WRITES_FILES.search(command):
+                return (
+                    "Note: every file is exactly as it was before this command; it changed nothing."
+                )
+            return None
+        self.last_diff = diff
+        changed = ", ".join(f"{p} (+{a} -{r})" for p, a, r in self.workspace.changed_files())
+        note = f"Files changed so far: {changed or 'none (everything is back as it started)'}."
+        if self.test_command and self.test_command not in command:
+            run = self.run_tests()
+            if run is not None:
+                output = clip(run.output, EDIT_FEEDBACK_CHARS).rstrip()
+                note += (
+                    f"\nAfter this change `{run.command}` exits with code {run.exit_code}:"
+                    f"\n```\n{output}\n```"
+                )
+                if run.passed:
+                    note += "\n" + FINISH_HINTS[self.protocol]
+        return note
