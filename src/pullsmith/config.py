@@ -84,7 +84,9 @@ class Settings:
 
     @property
     def uses_local_model(self) -> bool:
-        """The bundled model runs when nothing points at an API."""
+        """The bundled model runs when nothing points at an API and no run is replayed."""
+        if self.model and self.model.startswith("replay:"):
+            return False
         return self.base_url is None and self.api_key is None
 
     @property

@@ -7,8 +7,18 @@ from pathlib import Path
 from pullsmith.config import LOCAL_MODEL_NAME, Settings
 from pullsmith.models.base import Message, Model, Reply, Usage
 from pullsmith.models.openai_compat import ModelError, OpenAIModel
+from pullsmith.models.replay import REPLAY_PREFIX, ReplayModel, is_replay
 
-__all__ = ["Message", "Model", "ModelError", "OpenAIModel", "Reply", "Usage", "open_model"]
+__all__ = [
+    "Message",
+    "Model",
+    "ModelError",
+    "OpenAIModel",
+    "ReplayModel",
+    "Reply",
+    "Usage",
+    "open_model",
+]
 
 # llama.cpp keeps the KV cache of the longest shared prefix when asked, so an append-only
 # history costs only its new tokens each turn.
@@ -28,12 +38,18 @@ class ManagedLocalModel(OpenAIModel):
 
 
 def open_model(settings: Settings, log_path: Path | None = None, progress: bool = True) -> Model:
-    """The model the settings ask for; the bundled one is assembled and served on demand."""
+    """The model the settings ask for.
+
+    `replay:SPEC` replays a recorded run (SPEC: a run id under `settings.runs_dir`, a run
+    directory or a history.json). The bundled model is assembled and served on demand.
+    """
     common = {
         "temperature": settings.temperature,
         "seed": settings.seed,
         "max_reply_tokens": settings.max_reply_tokens,
     }
+    if is_replay(settings.model):
+        return ReplayModel(str(settings.model)[len(REPLAY_PREFIX) :], runs_dir=settings.runs_dir)
     if not settings.uses_local_model:
         return OpenAIModel(
             model=settings.model_name,
