@@ -74,6 +74,10 @@ class Settings:
     n_ctx: int = 8192
     threads: int = 2
     port: int | None = None
+    # The bundled model is already served at this OpenAI base URL (`http://127.0.0.1:PORT/v1`,
+    # say by the parent of a pool of workers, see pullsmith.models.local.serve_shared): use it,
+    # never start or stop a server.
+    local_server_url: str | None = None
     data_dir: Path = field(default_factory=data_dir)
     database_url: str | None = field(default=None, repr=False)
     github_api_url: str | None = None
@@ -84,7 +88,11 @@ class Settings:
 
     @property
     def uses_local_model(self) -> bool:
-        """The bundled model runs when nothing points at an API and no run is replayed."""
+        """The bundled model runs when nothing points at an API and no run is replayed.
+
+        It stays True with `local_server_url`: the bundled model still answers (and its context
+        limit still applies); only someone else serves it.
+        """
         if self.model and self.model.startswith("replay:"):
             return False
         return self.base_url is None and self.api_key is None
@@ -119,6 +127,7 @@ _ENV_VARS = {
     "PULLSMITH_TEST_COMMAND": "test_command",
     "PULLSMITH_DATA_DIR": "data_dir",
     "PULLSMITH_THREADS": "threads",
+    "PULLSMITH_LOCAL_SERVER_URL": "local_server_url",
     "PULLSMITH_DATABASE_URL": "database_url",
     "PULLSMITH_GITHUB_API_URL": "github_api_url",
     "PULLSMITH_GITHUB_REPO": "github_repo",

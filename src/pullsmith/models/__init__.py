@@ -41,7 +41,9 @@ def open_model(settings: Settings, log_path: Path | None = None, progress: bool 
     """The model the settings ask for.
 
     `replay:SPEC` replays a recorded run (SPEC: a run id under `settings.runs_dir`, a run
-    directory or a history.json). The bundled model is assembled and served on demand.
+    directory or a history.json). The bundled model is used where `local_server_url` serves it,
+    else from a long-lived server (`pullsmith model serve`), else assembled and served on
+    demand by a server that closing the model stops.
     """
     common = {
         "temperature": settings.temperature,
@@ -55,6 +57,14 @@ def open_model(settings: Settings, log_path: Path | None = None, progress: bool 
             model=settings.model_name,
             base_url=settings.base_url,
             api_key=settings.api_key,
+            **common,
+        )
+    if settings.local_server_url:
+        # Served by someone else (the parent of a worker pool): use it, never stop it.
+        return OpenAIModel(
+            model=LOCAL_MODEL_NAME,
+            base_url=settings.local_server_url,
+            extra_body=LLAMA_CPP_EXTRA,
             **common,
         )
     from pullsmith.models.local import ensure_model, find_running_server, start_local_server

@@ -5,6 +5,7 @@ runs `python -m pullsmith.models.llama_server` (xllamacpp) in a child process on
 waits for `/health`; `LocalServer.base_url` is what the OpenAI-compatible provider talks to.
 `serve_forever()` backs `pullsmith model serve`: it records the server in a state file so that
 `find_running_server()` lets later runs reuse it instead of loading the model again.
+`serve_shared()` gives a pool of worker processes one server with a slot per worker.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from pullsmith.config import Settings
 from pullsmith.errors import UserError
 from pullsmith.models.weights import (
     INSTALL_HINT,
@@ -52,6 +55,7 @@ __all__ = [
     "MODEL_FILENAME",
     "MODEL_SHA256",
     "LocalServer",
+    "SharedServer",
     "ensure_model",
     "find_running_server",
     "model_cache_dir",
@@ -59,6 +63,7 @@ __all__ = [
     "model_status",
     "running_server_info",
     "serve_forever",
+    "serve_shared",
     "start_local_server",
     "state_file",
     "stop_running_server",
@@ -572,6 +577,87 @@ def serve_forever(
             _remove_state_if(sf, written)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+# --------------------------------------------------------------------------------------------
+# one server for a pool of workers
+
+
+@dataclass
+class SharedServer:
+    """The bundled model's server for a pool of workers, as `serve_shared` found or started it.
+
+    `base_url` is None when the settings use no bundled model (nothing to share). `slots` is
+    how many requests the server runs at once, when known. `server` is set only when this
+    handle started the server; `close()` stops that one and nothing else.
+    """
+
+    base_url: str | None
+    slots: int | None = None
+    server: LocalServer | None = None
+
+    @property
+    def started(self) -> bool:
+        """Whether this handle started the server (and `close()` stops it)."""
+        return self.server is not None
+
+    def worker_settings(self, settings: Settings) -> Settings:
+        """`settings` for a worker: they point at this server, which the worker must not stop.
+
+        Workers that load their own settings get the same from PULLSMITH_LOCAL_SERVER_URL set
+        to `base_url`.
+        """
+        if self.base_url is None:
+            return settings
+        return replace(settings, local_server_url=self.base_url)
+
+    def close(self) -> None:
+        """Stop the server if this handle started it; idempotent."""
+        server, self.server = self.server, None
+        if server is not None:
+            server.stop()
+
+    def __enter__(self) -> SharedServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def serve_shared(
+    settings: Settings, slots: int, log_path: Path | None = None, progress: bool = True
+) -> SharedServer:
+    """One bundled-model server for `slots` worker processes, to be called by their parent.
+
+    Nothing starts when the settings use no bundled model (an API, a replay), when
+    `settings.local_server_url` already serves it, or when a long-lived server (`pullsmith
+    model serve`) runs; the handle then points at what serves it, or at nothing. Otherwise the
+    model is assembled and one server starts with `slots` parallel slots, each with
+    `settings.n_ctx` tokens of context (the server holds `n_ctx * slots`). Hand the workers
+    `worker_settings()` and `close()` the handle once they are done.
+    """
+    if slots < 1:
+        raise UserError(f"a shared model server needs at least 1 slot (got {slots}).")
+    if not settings.uses_local_model:
+        return SharedServer(base_url=None)
+    if settings.local_server_url:
+        return SharedServer(base_url=settings.local_server_url)
+    running = running_server_info()
+    if running is not None:
+        parallel = running.get("parallel")
+        return SharedServer(
+            base_url=running["base_url"], slots=parallel if isinstance(parallel, int) else None
+        )
+    path = ensure_model(progress=progress)
+    server = start_local_server(
+        path,
+        port=settings.port,
+        n_ctx=settings.n_ctx,
+        threads=settings.threads,
+        parallel=slots,
+        log_path=log_path,
+    )
+    return SharedServer(base_url=server.base_url, slots=slots, server=server)
 
 
 # --------------------------------------------------------------------------------------------
