@@ -5,11 +5,13 @@ import json
 import pytest
 from conftest import ScriptedModel, bwrap_works, git
 
+from pullsmith.attempt import run_dir_for
 from pullsmith.config import load_settings
+from pullsmith.engine import run_task
 from pullsmith.errors import UserError
-from pullsmith.events import EventLog, read_events
+from pullsmith.events import read_events
 from pullsmith.models.openai_compat import ModelError
-from pullsmith.runner import Task, run_dir_for, run_task
+from pullsmith.task import FollowUp, Task
 
 FIXED_LOOP = "    for row in rows:\n        lines.append(format_row(row))\n"
 
@@ -57,10 +59,8 @@ def settings_for(tmp_path, **extra):
 def run(repo, tmp_path, replies, **extra):
     settings = settings_for(tmp_path, **extra)
     task = Task(instruction="The CSV export drops the last row; fix it.", repo=str(repo))
-    events = EventLog(task.task_id, run_dir_for(settings, task.task_id) / "events.jsonl")
     model = ScriptedModel(replies)
-    result = run_task(task, settings, events, model=model)
-    events.close()
+    result = run_task(task, settings, model=model)
     return result, model, settings
 
 
@@ -98,7 +98,7 @@ def test_fix_is_committed_on_a_new_branch_with_evidence(example_repo, tmp_path, 
     assert changed == ["inventory/export.py"]
     run_dir = run_dir_for(settings, result.task_id)
     types = [e.type for e in read_events(run_dir / "events.jsonl")]
-    assert types[0] == "task.started" and types[-1] == "attempt.finished"
+    assert types[0] == "task.started" and types[-2:] == ["attempt.finished", "task.finished"]
     assert "commit.created" in types and types.count("tests.ran") >= 3
     assert json.loads((run_dir / "result.json").read_text())["status"] == "passed"
     assert result.worktree == ""  # the branch holds the work; the checkout is gone
@@ -121,9 +121,9 @@ def test_model_error_mid_run_keeps_log_and_worktree(example_repo, tmp_path):
 
     settings = settings_for(tmp_path)
     task = Task(instruction="fix the export", repo=str(example_repo))
-    events = EventLog(task.task_id, run_dir_for(settings, task.task_id) / "events.jsonl")
-    with pytest.raises(UserError, match="stopped answering"):
-        run_task(task, settings, events, model=DyingModel([rewrite_reply(example_repo)]))
+    returned = run_task(task, settings, model=DyingModel([rewrite_reply(example_repo)]))
+    assert returned.status == "error" and "stopped answering" in returned.error
+    assert returned.error_kind == "model"
     run_dir = run_dir_for(settings, task.task_id)
     result = json.loads((run_dir / "result.json").read_text())
     assert result["status"] == "error" and result["worktree"]
@@ -136,15 +136,15 @@ def test_model_error_mid_run_keeps_log_and_worktree(example_repo, tmp_path):
 def test_not_a_repository(tmp_path):
     settings = settings_for(tmp_path)
     task = Task(instruction="x", repo=str(tmp_path))
-    with pytest.raises(UserError, match="is not a git repository"):
-        run_task(task, settings, EventLog(task.task_id), model=ScriptedModel([]))
+    result = run_task(task, settings, model=ScriptedModel([]))
+    assert result.status == "error" and "is not a git repository" in result.error
 
 
 def test_unknown_base(example_repo, tmp_path):
     settings = settings_for(tmp_path)
     task = Task(instruction="x", repo=str(example_repo), base="nope")
-    with pytest.raises(UserError, match="unknown base ref 'nope'"):
-        run_task(task, settings, EventLog(task.task_id), model=ScriptedModel([]))
+    result = run_task(task, settings, model=ScriptedModel([]))
+    assert result.status == "error" and "unknown base ref 'nope'" in result.error
 
 
 def test_each_edit_is_reported_with_the_tests_it_makes_pass(example_repo, tmp_path):
@@ -189,10 +189,8 @@ def run_attempts(repo, tmp_path, replies, attempts, until_pass=False, **extra):
         attempts=attempts,
         until_pass=until_pass,
     )
-    events = EventLog(task.task_id, run_dir_for(settings, task.task_id) / "events.jsonl")
     model = ScriptedModel(replies)
-    result = run_task(task, settings, events, model=model)
-    events.close()
+    result = run_task(task, settings, model=model)
     return result, model, settings, task
 
 
@@ -273,9 +271,7 @@ def test_a_model_failure_keeps_the_attempts_already_made(example_repo, tmp_path)
 
     settings = settings_for(tmp_path)
     task = Task(instruction="fix the export", repo=str(example_repo), attempts=3)
-    events = EventLog(task.task_id, run_dir_for(settings, task.task_id) / "events.jsonl")
-    result = run_task(task, settings, events, model=Breaks([GIVE_UP] * 3))
-    events.close()
+    result = run_task(task, settings, model=Breaks([GIVE_UP] * 3))
     assert result.attempt == 1 and len(result.attempts) == 1
     assert any(
         e.type == "error" and "stopped answering" in e.data["message"]
@@ -284,18 +280,14 @@ def test_a_model_failure_keeps_the_attempts_already_made(example_repo, tmp_path)
 
 
 def test_attempts_are_refused_for_follow_ups_and_below_one(example_repo, tmp_path):
-    from pullsmith.runner import FollowUp
-
     settings = settings_for(tmp_path)
-    events = EventLog("x")
     with pytest.raises(UserError, match="at least 1"):
-        run_task(Task(instruction="x", repo=str(example_repo), attempts=0), settings, events)
+        run_task(Task(instruction="x", repo=str(example_repo), attempts=0), settings)
     follow = FollowUp(branch="b", start_commit="c", worktree="w", briefing="")
     with pytest.raises(UserError, match="one attempt"):
         run_task(
             Task(instruction="x", repo=str(example_repo), attempts=2, follow_up=follow),
             settings,
-            events,
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -15,12 +16,17 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from pullsmith import __version__
+from pullsmith.attempt import run_dir_for
 from pullsmith.cli_options import attempt_options, model_options, settings_from_flags
+from pullsmith.engine import Engine, RunHandle
 from pullsmith.errors import UserError
 from pullsmith.eval.commands import eval_group
-from pullsmith.events import Event, EventLog
+from pullsmith.events import Event
+from pullsmith.executors import ThreadExecutor
 from pullsmith.pr import commands as pr_commands
-from pullsmith.runner import AttemptResult, Task, run_dir_for, run_task
+from pullsmith.pr.publish import GitHubPublisher, LocalPublisher
+from pullsmith.task import AttemptResult, Task
+from pullsmith.workspace import is_url
 
 SANDBOX_CHOICES = ["bwrap", "docker", "podman", "none"]
 POLICY_CHOICES = ["read-only", "workspace-write", "full-access"]
@@ -33,6 +39,7 @@ class TerminalView:
         self.console = console
         self.verbose = verbose
         self.attempts = 1
+        self.after_summary: list[str] = []
 
     def __call__(self, event: Event) -> None:
         handler = getattr(self, "on_" + event.type.replace(".", "_"), None)
@@ -149,43 +156,67 @@ class TerminalView:
             self.console.print(Syntax(d["diff"], "diff", theme="ansi_dark", word_wrap=True))
         self.console.rule(style="dim")
 
+    def on_pr_opened(self, d: dict[str, Any]) -> None:
+        self.after_summary.append(pr_commands.pr_line(d["number"], d["checks"], opened=True))
 
-def _print_result(console: Console, result: AttemptResult) -> None:
+    def on_pr_updated(self, d: dict[str, Any]) -> None:
+        self.after_summary.append(pr_commands.pr_line(d["number"], d["checks"], opened=False))
+
+    def on_pr_published(self, d: dict[str, Any]) -> None:
+        self.after_summary.append(f"published: {d['url']}")
+
+    def on_listener_failed(self, d: dict[str, Any]) -> None:
+        self.console.print(
+            f"[yellow]warning:[/] the event listener {escape(d['listener'])} failed and was "
+            f"dropped: {escape(d['error'])}"
+        )
+
+    def on_task_finished(self, d: dict[str, Any]) -> None:
+        if d["status"] == "error":
+            return  # the error is the one sentence the command ends with
+        print_summary(self.console, d)
+        for line in self.after_summary:
+            self.console.print(escape(line))
+
+
+def print_summary(console: Console, d: dict[str, Any]) -> None:
+    """The end of a run, as `exec` prints it: from the task.finished event alone."""
     colors = {"passed": "green", "failed": "red", "error": "red"}
-    color = colors.get(result.status, "yellow")
-    console.print(f"[bold {color}]{result.status}[/] · {escape(result.exit_reason)}")
-    if result.summary:
-        console.print(f"summary (the model's words): {escape(result.summary)}")
-    if result.tests_after is not None:
-        t = result.tests_after
-        console.print(f"tests: $ {escape(t.command)} → exit {t.exit_code}")
-    elif result.test_command is None:
+    color = colors.get(d["status"], "yellow")
+    console.print(f"[bold {color}]{d['status']}[/] · {escape(d['exit_reason'])}")
+    if d["summary"]:
+        console.print(f"summary (the model's words): {escape(d['summary'])}")
+    if d["tests_command"] is not None:
+        console.print(f"tests: $ {escape(d['tests_command'])} → exit {d['tests_exit_code']}")
+    elif d["test_command"] is None and d["status"] != "cancelled":
         console.print(
             "[yellow]no test command was found[/]; set one with `Test command: `...`` in "
             "AGENTS.md or test_command in pullsmith.toml."
         )
-    if result.commit:
-        console.print(f"branch [cyan]{escape(result.branch)}[/] · commit {result.commit[:10]}")
-        if result.diff_stat:
-            console.print(escape(result.diff_stat.rstrip()), highlight=False)
-    elif result.status != "error":
+    if d["commit"]:
+        console.print(f"branch [cyan]{escape(d['branch'])}[/] · commit {d['commit'][:10]}")
+        if d["diff_stat"]:
+            console.print(escape(d["diff_stat"].rstrip()), highlight=False)
+    elif d["status"] == "cancelled":
+        console.print("cancelled: nothing was committed.")
+    else:
         console.print("no changes were made.")
-    if result.worktree:
-        console.print(f"worktree kept at {escape(result.worktree)}")
-    usage = result.usage
+    if d["worktree"]:
+        console.print(f"worktree kept at {escape(d['worktree'])}")
     console.print(
-        f"{result.turns} turns · {result.wall_seconds:.0f} s · {usage.prompt_tokens} prompt + "
-        f"{usage.completion_tokens} completion tokens ({usage.cached_tokens} cached)"
+        f"{d['turns']} turns · {d['wall_seconds']:.0f} s · {d['prompt_tokens']} prompt + "
+        f"{d['completion_tokens']} completion tokens ({d['cached_tokens']} cached)"
     )
-    console.print(f"run log: {escape(str(Path(result.run_dir) / 'events.jsonl'))}")
-    if len(result.attempts) > 1:
-        table = Table(title=f"attempts (chose {result.attempt})", title_justify="left")
+    console.print(f"run log: {escape(str(Path(d['run_dir']) / 'events.jsonl'))}")
+    attempts = d["attempts"]
+    if len(attempts) > 1:
+        table = Table(title=f"attempts (chose {d['chosen_attempt']})", title_justify="left")
         for column in ("#", "status", "tests", "changed", "turns", "seconds", "branch"):
             table.add_column(column)
-        for a in result.attempts:
+        for a in attempts:
             tests = "pass" if a["tests_pass"] else f"{a['failing_tests']} failing"
             table.add_row(
-                ("→ " if a["attempt"] == result.attempt else "") + str(a["attempt"]),
+                ("→ " if a["attempt"] == d["chosen_attempt"] else "") + str(a["attempt"]),
                 a["status"],
                 tests,
                 str(a["changed_lines"]),
@@ -266,63 +297,84 @@ def exec_command(
     )
     if not instruction.strip():
         raise UserError('the task is empty; say what you want done, e.g. pullsmith exec "fix X".')
-    pr_number: int | None = None
     if continue_from is not None and attempts > 1:
         raise UserError(
             "a follow-up continues one branch, so it runs as one attempt; drop --attempts."
         )
     if continue_from is not None:
-        task, pr_number = pr_commands.follow_up_task(
-            settings, continue_from, instruction, keep, repo, base
-        )
+        task, _ = pr_commands.follow_up_task(settings, continue_from, instruction, keep, repo, base)
     else:
-        subdir = _subdir_of(repo)
         task = Task(
             instruction=instruction,
-            repo=repo,
+            repo=_absolute(repo),
             base=base,
-            subdir=subdir,
+            subdir=_subdir_of(repo),
             keep_worktree=keep,
             attempts=attempts,
             until_pass=until_pass,
         )
     run_dir = run_dir_for(settings, task.task_id)
-    events = EventLog(task.task_id, run_dir / "events.jsonl")
     console = Console(highlight=False, soft_wrap=True)
-    if as_json:
-        events.subscribe(lambda e: print(e.to_json(), flush=True))
-    else:
-        events.subscribe(TerminalView(console, verbose))
+    view = TerminalView(console, verbose)
+    listener = (lambda e: print(e.to_json(), flush=True)) if as_json else view
+    publisher = GitHubPublisher(settings) if publish else LocalPublisher(settings)
+    executor = ThreadExecutor(1, log_path=run_dir / "model-server.log")
+    engine = Engine(settings, executor, publisher)
     try:
-        result = run_task(task, settings, events)
-    except UserError as exc:
-        pull = pr_commands.record_failed_run(settings, task, run_dir, pr_number)
+        result = _wait(engine.submit(task, [listener, _warn]))
+    finally:
+        engine.close()
+    if result.status == "error":
         notes = []
         log = run_dir / "events.jsonl"
         if log.exists() and log.stat().st_size:
             notes.append(f"run log: {log}")
-        if pull is not None:
-            notes.append(f"what it did is in pull request #{pull.number}")
-        if notes:
-            exc.message += f" ({'; '.join(notes)})"
-        raise
-    else:
-        pull = pr_commands.record_run(settings, task, result, pr_number, events)
-    finally:
-        events.close()
-    if not as_json:
-        _print_result(console, result)
-        if pull is not None:
-            console.print(escape(pr_commands.pr_line(pull, opened=pr_number is None)))
-    if publish and pull is None:
+        if result.pull_request is not None:
+            notes.append(f"what it did is in pull request #{result.pull_request}")
+        message = (result.error or "the run failed").rstrip()
+        raise UserError(message + (f" ({'; '.join(notes)})" if notes else ""))
+    if publish and result.pull_request is None and not as_json:
         console.print("nothing to publish: the run made no commit.", style="yellow")
-    elif publish and pull is not None:
-        url = pr_commands.publish_after_run(settings, pull.number)
-        if as_json:
-            print(json.dumps({"type": "pr.published", "number": pull.number, "url": url}))
-        else:
-            console.print(f"published: {escape(url)}")
+    if isinstance(publisher, GitHubPublisher) and publisher.failure:
+        raise UserError(publisher.failure)
+    if result.status == "cancelled":
+        sys.exit(130)
     sys.exit(0 if result.succeeded else 1)
+
+
+def _warn(event: Event) -> None:
+    if event.type == "warning":
+        print(f"pullsmith: warning: {event.data['message']}", file=sys.stderr, flush=True)
+
+
+def _wait(handle: RunHandle) -> AttemptResult:
+    """Wait for the run; the first Ctrl-C cancels it cleanly, a second one exits at once."""
+    cancelled = False
+    while True:
+        try:
+            return handle.result(timeout=0.25)
+        except TimeoutError:
+            continue
+        except KeyboardInterrupt:
+            if cancelled:
+                print("pullsmith: interrupted again; exiting now.", file=sys.stderr, flush=True)
+                os._exit(130)
+            cancelled = True
+            print(
+                "pullsmith: cancelling the run (Ctrl-C again to exit at once)…",
+                file=sys.stderr,
+                flush=True,
+            )
+            handle.cancel()
+
+
+def _absolute(repo: str) -> str:
+    """The repository as an absolute path (a URL stays as it is): a Task must not depend on
+    the directory it was made in."""
+    path = Path(repo).expanduser()
+    if is_url(repo) and not path.exists():
+        return repo
+    return str(path.resolve()) if path.exists() else repo
 
 
 def _subdir_of(repo: str) -> str | None:
@@ -458,14 +510,13 @@ def sandbox_command(
       pullsmith sandbox -- 'cat ~/.ssh/id_ed25519; touch /etc/x; echo $?'
       pullsmith sandbox --policy read-only -- touch file
     """
-    from pullsmith.runner import sandbox_policy
-    from pullsmith.sandbox import describe, make_sandbox
+    from pullsmith.sandbox import agent_policy, describe, make_sandbox
 
     settings = settings_from_flags(
         sandbox=backend, sandbox_policy=policy, command_timeout_s=timeout
     )
     line = command[0] if len(command) == 1 else shlex.join(command)
-    box_policy = sandbox_policy(settings)
+    box_policy = agent_policy(settings)
     box = make_sandbox(settings.sandbox, workspace, box_policy, image=settings.sandbox_image)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     if settings.sandbox == "none":

@@ -1,41 +1,437 @@
-"""Events: one stream of what happened, written as JSONL and fanned out to listeners."""
+"""Events: one typed, versioned stream of what happened in a run.
+
+Every event type is a pydantic model below (its fields are the event's `data`); `EventLog`
+writes each event to the run's JSONL file first, then hands it on. Listeners never run on the
+thread that emits: each has its own queue and thread (`EventStream`), so a slow listener (a
+terminal, an SSE client, a database) does not slow the agent, and one that raises is reported
+and dropped without touching the run. docs/events.md describes each type;
+`pullsmith events schema` prints their JSON Schema.
+"""
 
 from __future__ import annotations
 
 import json
+import queue
 import threading
 import time
+import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-Listener = Callable[["Event"], None]
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+# Bumped when a field is removed or changes meaning; added fields keep the version.
+SCHEMA_VERSION = 1
+
+
+class Payload(BaseModel):
+    """The data of one event type. `attempt` is set on the events of a best-of-N attempt."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: ClassVar[str] = ""
+    attempt: int | None = None
+
+
+class TaskStarted(Payload):
+    type: ClassVar[str] = "task.started"
+    instruction: str
+    repo: str
+    base: str
+    model: str
+    protocol: str
+    edit_forms: list[str]
+    sandbox: str
+
+
+class WorkspaceCreated(Payload):
+    type: ClassVar[str] = "workspace.created"
+    path: str
+    branch: str
+    base_commit: str
+    user_tree_dirty: bool = False
+
+
+class StartedTests(Payload):
+    type: ClassVar[str] = "tests.started"
+    phase: str
+    command: str
+
+
+class RanTests(Payload):
+    type: ClassVar[str] = "tests.ran"
+    phase: str
+    command: str
+    exit_code: int
+    seconds: float
+    output: str
+    timed_out: bool = False
+
+
+class ModelReply(Payload):
+    type: ClassVar[str] = "model.reply"
+    turn: int
+    text: str
+    seconds: float
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+class CommandStarted(Payload):
+    type: ClassVar[str] = "command.started"
+    turn: int
+    command: str
+
+
+class CommandFinished(Payload):
+    type: ClassVar[str] = "command.finished"
+    turn: int
+    command: str
+    exit_code: int
+    seconds: float
+    output: str
+    truncated: bool = False
+    timed_out: bool = False
+    cancelled: bool = False
+
+
+class FormatErrorEvent(Payload):
+    type: ClassVar[str] = "format.error"
+    turn: int
+    message: str
+
+
+class FinishRejected(Payload):
+    type: ClassVar[str] = "finish.rejected"
+    turn: int
+    reason: str
+
+
+class AgentFinished(Payload):
+    type: ClassVar[str] = "agent.finished"
+    turn: int
+    summary: str
+
+
+class LimitReachedEvent(Payload):
+    type: ClassVar[str] = "limit.reached"
+    turn: int
+    reason: str
+
+
+class EditMade(Payload):
+    type: ClassVar[str] = "edit"
+    form: str
+    ok: bool
+    detail: str = ""
+
+
+class CommitCreated(Payload):
+    type: ClassVar[str] = "commit.created"
+    commit: str
+    branch: str
+
+
+class AttemptFinished(Payload):
+    type: ClassVar[str] = "attempt.finished"
+    status: str
+    exit_reason: str
+    summary: str = ""
+    branch: str = ""
+    commit: str | None = None
+    diff_stat: str = ""
+    diff: str = ""
+    turns: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    model_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    worktree: str = ""
+    error: str | None = None
+
+
+class AttemptsStarted(Payload):
+    type: ClassVar[str] = "attempts.started"
+    attempts: int
+    until_pass: bool
+
+
+class AttemptScored(Payload):
+    type: ClassVar[str] = "attempt.scored"
+    task_id: str
+    branch: str
+    commit: str | None = None
+    status: str
+    exit_reason: str
+    tests_pass: bool
+    failing_tests: int
+    changed_lines: int
+    turns: int
+    tokens: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    model_seconds: float
+    wall_seconds: float
+    run_dir: str
+    error: str | None = None
+
+
+class AttemptsSelected(Payload):
+    type: ClassVar[str] = "attempts.selected"
+    of: int
+    branch: str
+    status: str
+    reason: str
+
+
+class ErrorEvent(Payload):
+    type: ClassVar[str] = "error"
+    message: str
+
+
+class WarningEvent(Payload):
+    """Something went wrong that the run survives (its PR could not be recorded, ...)."""
+
+    type: ClassVar[str] = "warning"
+    message: str
+
+
+class PullRequestChanged(Payload):
+    """Base of pr.opened and pr.updated."""
+
+    number: int
+    title: str
+    head: str
+    base: str
+    checks: str
+    state: str
+
+
+class PullRequestOpened(PullRequestChanged):
+    type: ClassVar[str] = "pr.opened"
+
+
+class PullRequestUpdated(PullRequestChanged):
+    type: ClassVar[str] = "pr.updated"
+
+
+class PullRequestPublished(Payload):
+    type: ClassVar[str] = "pr.published"
+    number: int
+    url: str
+    created: bool = True
+    draft: bool = False
+    checks: str = ""
+
+
+class TaskFinished(Payload):
+    """The last event of a task: everything its summary shows."""
+
+    type: ClassVar[str] = "task.finished"
+    status: str
+    exit_reason: str
+    summary: str = ""
+    error: str | None = None
+    branch: str = ""
+    commit: str | None = None
+    diff_stat: str = ""
+    worktree: str = ""
+    run_dir: str = ""
+    test_command: str | None = None
+    tests_command: str | None = None
+    tests_exit_code: int | None = None
+    turns: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    wall_seconds: float = 0.0
+    chosen_attempt: int = 1
+    attempts: list[dict[str, Any]] = []
+    pull_request: int | None = None
+
+
+class ListenerFailed(Payload):
+    type: ClassVar[str] = "listener.failed"
+    listener: str
+    error: str
+
+
+EVENT_TYPES: dict[str, type[Payload]] = {
+    cls.type: cls
+    for cls in (
+        TaskStarted,
+        WorkspaceCreated,
+        StartedTests,
+        RanTests,
+        ModelReply,
+        CommandStarted,
+        CommandFinished,
+        FormatErrorEvent,
+        FinishRejected,
+        AgentFinished,
+        LimitReachedEvent,
+        EditMade,
+        CommitCreated,
+        AttemptFinished,
+        AttemptsStarted,
+        AttemptScored,
+        AttemptsSelected,
+        ErrorEvent,
+        WarningEvent,
+        PullRequestOpened,
+        PullRequestUpdated,
+        PullRequestPublished,
+        TaskFinished,
+        ListenerFailed,
+    )
+}
+
+
+def payload_for(type: str, data: dict[str, Any]) -> Payload:
+    """The typed payload of an event; ValueError for an unknown type or a wrong field."""
+    cls = EVENT_TYPES.get(type)
+    if cls is None:
+        raise ValueError(f"unknown event type {type!r}")
+    try:
+        return cls(**data)
+    except ValidationError as exc:
+        raise ValueError(f"bad {type} event: {exc}") from None
 
 
 @dataclass(frozen=True)
 class Event:
+    """One event as written to the log: an envelope around a typed payload's data."""
+
     id: int
     type: str
     task_id: str
     ts: float
     data: dict[str, Any] = field(default_factory=dict)
+    v: int = SCHEMA_VERSION
+
+    @property
+    def payload(self) -> Payload:
+        return payload_for(self.type, self.data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": self.v,
+            "id": self.id,
+            "type": self.type,
+            "task_id": self.task_id,
+            "ts": self.ts,
+            "data": self.data,
+        }
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, default=str)
+        return json.dumps(self.to_dict(), ensure_ascii=False, default=str)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Event:
+        return cls(
+            id=int(data["id"]),
+            type=str(data["type"]),
+            task_id=str(data["task_id"]),
+            ts=float(data["ts"]),
+            data=dict(data.get("data") or {}),
+            v=int(data.get("v", SCHEMA_VERSION)),
+        )
 
     @classmethod
     def from_json(cls, line: str) -> Event:
-        return cls(**json.loads(line))
+        return cls.from_dict(json.loads(line))
+
+
+Listener = Callable[[Event], None]
+_STOP = object()
+
+
+class EventStream:
+    """Fans events out to listeners, each on a thread of its own with its own queue.
+
+    `publish` only enqueues, so it never waits for a listener. A listener that raises is
+    dropped and `on_failure(name, message)` is told (the EventLog turns that into a
+    `listener.failed` event); the others go on.
+    """
+
+    def __init__(self, on_failure: Callable[[str, str], None] | None = None) -> None:
+        self._queues: list[queue.SimpleQueue[Any]] = []
+        self._threads: list[threading.Thread] = []
+        self._on_failure = on_failure
+        self._lock = threading.Lock()
+
+    def subscribe(self, listener: Listener, name: str | None = None) -> None:
+        label = name or getattr(listener, "__qualname__", None) or type(listener).__name__
+        inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        thread = threading.Thread(
+            target=self._pump, args=(listener, label, inbox), name=f"events-{label}", daemon=True
+        )
+        with self._lock:
+            self._queues.append(inbox)
+            self._threads.append(thread)
+        thread.start()
+
+    def publish(self, event: Event) -> None:
+        with self._lock:
+            inboxes = list(self._queues)
+        for inbox in inboxes:
+            inbox.put(event)
+
+    def _pump(self, listener: Listener, label: str, inbox: queue.SimpleQueue[Any]) -> None:
+        while True:
+            item = inbox.get()
+            if item is _STOP:
+                return
+            try:
+                listener(item)
+            except Exception as exc:
+                with self._lock:
+                    if inbox in self._queues:
+                        self._queues.remove(inbox)
+                detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+                if self._on_failure is not None:
+                    self._on_failure(label, detail)
+                return
+
+    def close(self, timeout: float | None = None) -> None:
+        """Let every listener finish what it was sent (up to `timeout` seconds in all)."""
+        with self._lock:
+            inboxes, threads = list(self._queues), list(self._threads)
+            self._queues.clear()
+        for inbox in inboxes:
+            inbox.put(_STOP)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in threads:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            thread.join(left)
 
 
 class EventLog:
-    """Append-only event writer; every event is flushed before listeners see it."""
+    """The append-only log of one run: each event is written and flushed to `path` first,
+    then passed to `forward` (synchronously: another log, or a relay to another process) and
+    to the listeners subscribed here (asynchronously, see EventStream).
 
-    def __init__(self, task_id: str, path: Path | None = None) -> None:
+    Opening an existing log continues its numbering, so a follow-up or the engine's closing
+    events extend the same file.
+    """
+
+    def __init__(
+        self,
+        task_id: str,
+        path: Path | None = None,
+        forward: Callable[[Event], None] | None = None,
+        attempt: int | None = None,
+    ) -> None:
         self.task_id = task_id
         self.path = path
-        self._listeners: list[Listener] = []
+        self.attempt = attempt
+        self._forward = forward
+        self._stream: EventStream | None = None
         self._lock = threading.Lock()
         self._next_id = 1
         self._file = None
@@ -45,26 +441,68 @@ class EventLog:
                 self._next_id = len(read_events(path)) + 1
             self._file = path.open("a", encoding="utf-8")
 
-    def subscribe(self, listener: Listener) -> None:
-        self._listeners.append(listener)
+    def subscribe(self, listener: Listener, name: str | None = None) -> None:
+        """Have `listener` see every later event, on a thread of its own."""
+        if self._stream is None:
+            self._stream = EventStream(on_failure=self._listener_failed)
+        self._stream.subscribe(listener, name)
 
-    def emit(self, type: str, **data: Any) -> Event:
+    def emit(self, kind: str | Payload, /, **data: Any) -> Event:
+        """Record an event: a Payload, or a type name and its fields (checked the same way)."""
+        payload = kind if isinstance(kind, Payload) else payload_for(kind, data)
+        if self.attempt is not None and payload.attempt is None:
+            payload = payload.model_copy(update={"attempt": self.attempt})
+        body = payload.model_dump(mode="json", exclude_none=False)
+        if body.get("attempt") is None:
+            body.pop("attempt", None)
         with self._lock:
             event = Event(
-                id=self._next_id, type=type, task_id=self.task_id, ts=time.time(), data=data
+                id=self._next_id, type=payload.type, task_id=self.task_id, ts=time.time(), data=body
             )
             self._next_id += 1
             if self._file is not None:
                 self._file.write(event.to_json() + "\n")
                 self._file.flush()
-        for listener in self._listeners:
-            listener(event)
+        self._hand_on(event)
         return event
 
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+    def relay(self, event: Event) -> None:
+        """Pass on an event that another process already wrote to this log's file."""
+        with self._lock:
+            self._next_id = max(self._next_id, event.id + 1)
+        self._hand_on(event)
+
+    def _hand_on(self, event: Event) -> None:
+        if self._forward is not None:
+            try:
+                self._forward(event)
+            except Exception as exc:  # a broken relay must not end the run
+                self._forward = None
+                self._listener_failed("forward", f"{type(exc).__name__}: {exc}")
+        if self._stream is not None:
+            self._stream.publish(event)
+
+    def _listener_failed(self, name: str, message: str) -> None:
+        self.emit(ListenerFailed(listener=name, error=message))
+
+    def reopen(self) -> None:
+        """Continue writing after another process appended to the file."""
+        if self.path is None:
+            return
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+            self._next_id = max(self._next_id, len(read_events(self.path)) + 1)
+            self._file = self.path.open("a", encoding="utf-8")
+
+    def close(self, timeout: float | None = None) -> None:
+        """Close the file after the listeners had the chance to see every event."""
+        if self._stream is not None:
+            self._stream.close(timeout)
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
 
 
 def read_events(path: Path) -> list[Event]:
@@ -75,6 +513,44 @@ def read_events(path: Path) -> list[Event]:
             continue
         try:
             events.append(Event.from_json(line))
-        except (json.JSONDecodeError, TypeError):
+        except (json.JSONDecodeError, TypeError, KeyError, ValueError):
             continue
     return events
+
+
+def events_schema() -> dict[str, Any]:
+    """The JSON Schema of the log's lines: the envelope, and each type's data."""
+    defs: dict[str, Any] = {}
+    variants = []
+    for name, cls in EVENT_TYPES.items():
+        schema = cls.model_json_schema()
+        defs.update(schema.pop("$defs", {}))
+        schema["title"] = name
+        schema["description"] = (cls.__doc__ or "").strip() or None
+        if schema["description"] is None:
+            schema.pop("description")
+        variants.append(
+            {
+                "type": "object",
+                "properties": {"type": {"const": name}, "data": schema},
+                "required": ["type", "data"],
+            }
+        )
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "pullsmith event",
+        "description": f"One line of a run's events.jsonl (schema version {SCHEMA_VERSION}).",
+        "type": "object",
+        "properties": {
+            "v": {"type": "integer", "const": SCHEMA_VERSION},
+            "id": {"type": "integer", "minimum": 1},
+            "type": {"enum": list(EVENT_TYPES)},
+            "task_id": {"type": "string"},
+            "ts": {"type": "number", "description": "Unix time in seconds."},
+            "data": {"type": "object"},
+        },
+        "required": ["v", "id", "type", "task_id", "ts", "data"],
+        "oneOf": variants,
+        **({"$defs": defs} if defs else {}),
+    }
+

@@ -391,19 +391,19 @@ def test_tools_prompts_ask_for_calls_not_bash_blocks():
 
 
 def test_runner_uses_the_resolved_protocol(example_repo, tmp_path):
-    from pullsmith.runner import Task, run_dir_for, run_task
+    from pullsmith.attempt import run_dir_for
+    from pullsmith.engine import run_task
+    from pullsmith.task import Task
 
     settings = load_settings({"sandbox": SANDBOX, "protocol": "tools"}, cwd=tmp_path)
     task = Task(instruction="The CSV export drops the last row; fix it.", repo=str(example_repo))
     run_dir = run_dir_for(settings, task.task_id)
-    events = EventLog(task.task_id, run_dir / "events.jsonl")
     fix = (
         "sed -i 's/for i in range(len(rows) - 1):/for row in rows:/; "
         "s/format_row(rows\\[i\\])/format_row(row)/' inventory/export.py"
     )
     model = ScriptedModel([shell(fix), finish("to_csv exports every row")])
-    result = run_task(task, settings, events, model=model)
-    events.close()
+    result = run_task(task, settings, model=model)
     assert result.status == "passed", result.exit_reason
     system, first = model.seen[0][0]["content"], model.seen[0][1]["content"]
     assert system.startswith(TOOLS_INTRO) and first.endswith(TOOLS_CLOSING)

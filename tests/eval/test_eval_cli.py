@@ -134,4 +134,4 @@ def test_missing_suite_and_report(tmp_path):
 def test_help_mentions_the_local_model_queue():
     proc = pullsmith("eval", "run", "--help")
     assert proc.returncode == 0
-    assert "one slot" in " ".join(proc.stdout.split())
+    assert "share one server" in " ".join(proc.stdout.split())

@@ -134,20 +134,15 @@ def test_model_errors_are_retried_on_resume_and_stop_a_run(tmp_path, settings):
 
 def test_jobs_run_tasks_concurrently_with_one_model(suite, settings, tmp_path):
     model = PlanModel(FIX_PLANS)
-    run = run_suite(suite, suite.tasks, settings, EvalOptions(out=tmp_path / "o", jobs=2), model)
+    run = run_suite(suite, suite.tasks, settings, EvalOptions(out=tmp_path / "o", workers=2), model)
     assert sorted(r.task_id for r in run.records if r.resolved) == ["add", "mul"]
     assert [r["task_id"] for r in run.report["tasks"]] == ["add", "mul"]  # suite order
 
 
-def test_model_is_opened_once_and_closed(suite, settings, tmp_path):
-    opened: list[PlanModel] = []
-
-    def opener(settings, log_path=None):
-        opened.append(PlanModel(FIX_PLANS))
-        return opened[-1]
-
-    run_suite(suite, suite.tasks, settings, EvalOptions(out=tmp_path / "o"), model_opener=opener)
-    assert len(opened) == 1 and opened[0].closed and opened[0].calls == 4
+def test_one_model_serves_every_task_and_stays_the_callers(suite, settings, tmp_path):
+    model = PlanModel(FIX_PLANS)
+    run_suite(suite, suite.tasks, settings, EvalOptions(out=tmp_path / "o"), model)
+    assert model.calls == 4 and not model.closed
 
 
 class HotterFixes(PlanModel):

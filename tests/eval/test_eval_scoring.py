@@ -20,11 +20,13 @@ from eval_helpers import (
 )
 
 from pullsmith.config import load_settings
+from pullsmith.engine import Engine
 from pullsmith.eval.harness import EvalOptions, run_one
 from pullsmith.eval.scoring import check_suite, score_tree
 from pullsmith.eval.snapshot import copy_tree, materialize
 from pullsmith.eval.tasks import Change, load_suite
 from pullsmith.events import read_events
+from pullsmith.executors import ThreadExecutor
 
 SANDBOX = "bwrap" if bwrap_works() else "none"
 PASSING_FAKE = "print('all good')\n"
@@ -42,7 +44,11 @@ def mini(tmp_path):
 
 def run(task, settings, tmp_path, replies):
     opts = EvalOptions(out=tmp_path / "out")
-    return run_one(task, settings, opts, opts.out, PlanModel({"": replies}))
+    engine = Engine(settings, ThreadExecutor(1, model=PlanModel({"": replies})))
+    try:
+        return run_one(task, settings, opts, opts.out, engine)
+    finally:
+        engine.close()
 
 
 def test_fixing_the_code_resolves(mini, settings, tmp_path):

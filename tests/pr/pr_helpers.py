@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 from conftest import ScriptedModel, bwrap_works, git
 
+from pullsmith.attempt import run_dir_for
 from pullsmith.config import load_settings
-from pullsmith.events import EventLog
+from pullsmith.engine import run_task
 from pullsmith.pr.followup import prepare_follow_up
 from pullsmith.pr.local import record_run
-from pullsmith.runner import Task, run_dir_for, run_task
+from pullsmith.pr.publish import LocalPublisher
 from pullsmith.store import Store
+from pullsmith.task import Task
 
 SANDBOX = "bwrap" if bwrap_works() else "none"
 INSTRUCTION = "The ledger total drops the last amount; fix it."
@@ -140,14 +142,17 @@ def run_and_record(repo: Path, tmp_path: Path, replies: list[str], instruction: 
     """A real run with a scripted model, recorded as the CLI records it: (result, PR or None)."""
     settings = settings_for(tmp_path)
     task = Task(instruction=instruction, repo=str(repo))
-    events = EventLog(task.task_id, run_dir_for(settings, task.task_id) / "events.jsonl")
-    try:
-        result = run_task(task, settings, events, model=ScriptedModel(replies))
-        with Store.open(settings) as store:
-            recorded = record_run(store, task, result, events=events)
-    finally:
-        events.close()
-    return result, recorded.pull_request
+    result = run_task(
+        task, settings, model=ScriptedModel(replies), publisher=LocalPublisher(settings)
+    )
+    return result, _pull_request(settings, result.pull_request)
+
+
+def _pull_request(settings, number):
+    if number is None:
+        return None
+    with Store.open(settings) as store:
+        return store.pull_request(number)
 
 
 def follow_up_and_record(tmp_path: Path, ref: str, instruction: str, replies: list[str]):
@@ -155,17 +160,10 @@ def follow_up_and_record(tmp_path: Path, ref: str, instruction: str, replies: li
     with Store.open(settings) as store:
         prepared = prepare_follow_up(store, settings, ref, instruction)
     task = prepared.task
-    events = EventLog(task.task_id, run_dir_for(settings, task.task_id) / "events.jsonl")
     model = ScriptedModel(replies)
-    try:
-        result = run_task(task, settings, events, model=model)
-        with Store.open(settings) as store:
-            recorded = record_run(
-                store, task, result, pr_number=prepared.pull_request.number, events=events
-            )
-    finally:
-        events.close()
-    return result, recorded.pull_request, model
+    result = run_task(task, settings, model=model, publisher=LocalPublisher(settings))
+    assert result.pull_request == prepared.pull_request.number
+    return result, _pull_request(settings, result.pull_request), model
 
 
 def pullsmith(
@@ -268,7 +266,7 @@ def make_pr(
     instruction: str = "Make a change.",
 ):
     """A PR without a model: a branch with one commit, recorded as a run would be."""
-    from pullsmith.runner import AttemptResult
+    from pullsmith.task import AttemptResult
     from pullsmith.workspace import Workspace
 
     settings = settings_for(tmp_path)

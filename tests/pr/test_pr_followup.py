@@ -19,11 +19,10 @@ from pr_helpers import (
     settings_for,
 )
 
+from pullsmith.engine import run_task
 from pullsmith.errors import UserError
-from pullsmith.events import EventLog
 from pullsmith.models.openai_compat import ModelError
 from pullsmith.pr.followup import prepare_follow_up
-from pullsmith.runner import run_dir_for, run_task
 from pullsmith.store import Store
 
 
@@ -83,15 +82,13 @@ def test_a_follow_up_can_turn_a_failing_pr_into_a_passing_one(ledger_repo, tmp_p
 
 def test_a_kept_worktree_is_reused_and_kept(ledger_repo, tmp_path):
     from pullsmith.pr.local import record_run
-    from pullsmith.runner import Task
+    from pullsmith.task import Task
 
     settings = settings_for(tmp_path)
     task = Task(instruction="fix the export", repo=str(ledger_repo), keep_worktree=True)
-    events = EventLog(task.task_id, run_dir_for(settings, task.task_id) / "events.jsonl")
-    result = run_task(task, settings, events, model=ScriptedModel(good_replies(ledger_repo)))
+    result = run_task(task, settings, model=ScriptedModel(good_replies(ledger_repo)))
     with Store.open(settings) as store:
         record_run(store, task, result)
-    events.close()
     assert result.worktree
     with Store.open(settings) as store:
         prepared = prepare_follow_up(store, settings, "1", "more")
@@ -155,10 +152,8 @@ def test_a_follow_up_that_fails_at_once_keeps_the_branch(ledger_repo, tmp_path):
     with Store.open(settings) as store:
         prepared = prepare_follow_up(store, settings, "1", "more")
     task = prepared.task
-    events = EventLog(task.task_id, run_dir_for(settings, task.task_id) / "events.jsonl")
-    with pytest.raises(UserError, match="could not be reached"):
-        run_task(task, settings, events, model=DeadModel([]))
-    events.close()
+    result = run_task(task, settings, model=DeadModel([]))
+    assert result.status == "error" and "could not be reached" in result.error
     assert git("rev-parse", first.branch, cwd=ledger_repo).strip() == first.commit
     assert len(git("worktree", "list", cwd=ledger_repo).splitlines()) == 1
     with Store.open(settings) as store:

@@ -164,7 +164,7 @@ def test_patch_applies_with_git_am_elsewhere(ledger_repo, tmp_path):
 
 def test_recording_a_run_again_changes_nothing_twice(ledger_repo, tmp_path):
     from pullsmith.pr.local import record_run
-    from pullsmith.runner import Task
+    from pullsmith.task import Task
 
     result, pr = run_and_record(ledger_repo, tmp_path, good_replies(ledger_repo))
     task = Task(instruction=result.instruction, repo=str(ledger_repo), task_id=result.task_id)

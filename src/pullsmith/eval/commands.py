@@ -202,12 +202,14 @@ class ProgressView(Listener):
 @click.option("--seed", type=int, default=None, help="Sampling seed, where the model takes one.")
 @attempt_options
 @click.option(
+    "--workers",
     "--jobs",
+    "workers",
     type=int,
     default=1,
     show_default=True,
-    help="Tasks run at once. The bundled model's server has one slot, so with it more jobs "
-    "mostly queue at the model; use them with an API model.",
+    help="Worker processes running tasks at once. With the bundled model they share one "
+    "server with a slot each; on a 2-core machine more than one mostly queue at the model.",
 )
 @selection_options
 @click.option(
@@ -233,7 +235,7 @@ def run_command(
     seed: int | None,
     attempts: int,
     until_pass: bool,
-    jobs: int,
+    workers: int,
     task_ids: tuple[str, ...],
     subset: str | None,
     limit: int | None,
@@ -274,7 +276,7 @@ def run_command(
     console.print(
         f"[bold]pullsmith eval[/] · suite {escape(suite.name)} · {len(tasks)} task(s)"
         + (f", {len(done)} already done" if done else "")
-        + f" · model {escape(settings.model_name)} · sandbox {settings.sandbox} · jobs {jobs}"
+        + f" · model {escape(settings.model_name)} · sandbox {settings.sandbox} · workers {workers}"
     )
     console.print(f"results in {escape(str(out))}")
     view = ProgressView(console, len(tasks), len(done), sum(r.resolved for r in done))
@@ -285,7 +287,7 @@ def run_command(
     }
     opts = EvalOptions(
         out=out,
-        jobs=jobs,
+        workers=workers,
         attempts=attempts,
         until_pass=until_pass,
         resume=resume,

@@ -1,4 +1,4 @@
-"""Running a suite: for each task a fresh repository, pullsmith's own `run_task`, then the score.
+"""Running a suite: for each task a fresh repository, the engine as `exec` runs it, then the score.
 
 Every finished task is one line of `<out>/records.jsonl`, written as soon as it is known, and
 the reports are rewritten after each; `resume` skips the tasks already recorded there (tasks
@@ -22,16 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from pullsmith import __version__
+from pullsmith.attempt import run_dir_for
 from pullsmith.config import Settings
+from pullsmith.engine import Engine, Executor
 from pullsmith.errors import UserError
 from pullsmith.eval.report import build_report, write_reports
 from pullsmith.eval.scoring import SETUP_TIMEOUT_S, Score, score_tree, scoring_sandbox
 from pullsmith.eval.snapshot import export_commit, init_repo, materialize, remove_tree
 from pullsmith.eval.tasks import EvalTask, Suite
-from pullsmith.events import EventLog, read_events
-from pullsmith.models import Model, ModelError, open_model
+from pullsmith.events import Event, read_events
+from pullsmith.executors import ProcessExecutor, ThreadExecutor
+from pullsmith.models import Model
 from pullsmith.models.profiles import resolve_edit_forms, resolve_protocol
-from pullsmith.runner import Task, run_dir_for, run_task
+from pullsmith.task import AttemptResult, Task
 
 RECORDS_FILE = "records.jsonl"
 RUN_FILE = "run.json"
@@ -128,7 +131,7 @@ class Listener:
 @dataclass
 class EvalOptions:
     out: Path
-    jobs: int = 1
+    workers: int = 1
     attempts: int = 1
     until_pass: bool = False
     resume: bool = False
@@ -166,7 +169,7 @@ def _run_meta(suite: Suite, tasks: list[EvalTask], settings: Settings, opts: Eva
         "seed": settings.seed,
         "attempts": opts.attempts,
         "until_pass": opts.until_pass,
-        "jobs": opts.jobs,
+        "workers": opts.workers,
         "pullsmith_version": __version__,
         "started_at": _now(),
         **opts.description,
@@ -212,14 +215,18 @@ def run_suite(
     opts: EvalOptions,
     model: Model | None = None,
     listener: Listener | None = None,
-    model_opener: Callable[..., Model] = open_model,
+    executor: Executor | None = None,
 ) -> EvalRun:
-    """Run `tasks` of `suite` and score them; one model (`model`, or opened here) for all."""
+    """Run `tasks` of `suite` and score them, `opts.workers` at a time.
+
+    The tasks run on `executor`, by default a pool of worker processes (sharing one bundled
+    model server); a `model` object given instead is shared by threads of this process.
+    """
     listener = listener or Listener()
     if opts.attempts < 1:
         raise UserError("--attempts must be at least 1.")
-    if opts.jobs < 1:
-        raise UserError("--jobs must be at least 1.")
+    if opts.workers < 1:
+        raise UserError("--workers must be at least 1.")
     out = opts.out.expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     records_path = out / RECORDS_FILE
@@ -240,9 +247,11 @@ def run_suite(
 
     if not todo:
         return EvalRun(out, list(records.values()), report(), skipped)
-    owns_model = model is None
-    if model is None:
-        model = model_opener(settings, log_path=out / "model-server.log")
+    if executor is None and model is not None:
+        executor = ThreadExecutor(opts.workers, model=model)
+    elif executor is None:
+        executor = ProcessExecutor(opts.workers, log_path=out / "model-server.log")
+    engine = Engine(settings, executor)
     try:
         with records_path.open("a+", encoding="utf-8") as sink:
             if sink.tell() > 0:
@@ -259,10 +268,9 @@ def run_suite(
                 report()
                 listener.task_finished(record)
 
-            _run_pool(todo, settings, opts, out, model, listener, record_done)
+            _run_pool(todo, settings, opts, out, engine, listener, record_done)
     finally:
-        if owns_model:
-            model.close()
+        engine.executor.shutdown(cancel=True)
     return EvalRun(out, list(records.values()), report(), skipped)
 
 
@@ -271,11 +279,12 @@ def _run_pool(
     settings: Settings,
     opts: EvalOptions,
     out: Path,
-    model: Model,
+    engine: Engine,
     listener: Listener,
     record_done: Callable[[TaskRecord], None],
 ) -> None:
-    """Run `todo` on `opts.jobs` worker threads; records are handled on this thread."""
+    """Run `todo`, `opts.workers` at a time (one thread each waits for its task's run and
+    scores it); records are handled on this thread."""
     pending: queue.Queue[EvalTask] = queue.Queue()
     for task in todo:
         pending.put(task)
@@ -305,7 +314,7 @@ def _run_pool(
                     return
                 listener.task_started(task.id)
                 try:
-                    record = run_one(task, settings, opts, out, model, listener)
+                    record = run_one(task, settings, opts, out, engine, listener)
                 except Exception as exc:  # one broken task must not end the whole run
                     record = TaskRecord(
                         task_id=task.id,
@@ -324,7 +333,7 @@ def _run_pool(
     # sandboxes die with this process; resume runs them again).
     workers = [
         threading.Thread(target=worker, name=f"eval-{n}", daemon=True)
-        for n in range(min(opts.jobs, len(todo)))
+        for n in range(min(opts.workers, len(todo)))
     ]
     for thread in workers:
         thread.start()
@@ -365,10 +374,10 @@ def run_one(
     settings: Settings,
     opts: EvalOptions,
     out: Path,
-    model: Model,
+    engine: Engine,
     listener: Listener | None = None,
 ) -> TaskRecord:
-    """One task: fresh repository, `run_task` as a user would run it, then the hidden tests."""
+    """One task: fresh repository, the engine's run as a user's, then the hidden tests."""
     started = time.monotonic()
     listener = listener or Listener()
     record = TaskRecord(task_id=task.id, resolved=False, model=settings.model_name)
@@ -387,9 +396,9 @@ def run_one(
         record.error, record.error_kind = setup_error, "setup"
         return _finish(record, work, None, opts, started)
 
-    task_settings = settings
+    task_settings = _replayed(settings, task.id)
     if task.test_command:
-        task_settings = dataclasses.replace(settings, test_command=task.test_command)
+        task_settings = dataclasses.replace(task_settings, test_command=task.test_command)
     if task.tests.timeout_s:
         # The suite says how long its tests may take; a bug that loops forever should cost
         # that, not the default five minutes, on every test run of the agent's.
@@ -408,28 +417,12 @@ def run_one(
     run_dir = run_dir_for(task_settings, run_id)
     record.run_id = run_id
     record.run_log = str(run_dir / "events.jsonl")
-    events = EventLog(run_id, run_dir / "events.jsonl")
-    events.subscribe(
-        lambda event: (
+
+    def turns(event: Event) -> None:
+        if event.type == "model.reply":
             listener.task_turn(task.id, event.data.get("turn", 0))
-            if event.type == "model.reply"
-            else None
-        )
-    )
-    result: dict[str, Any] = {}
-    try:
-        result = run_task(user_task, task_settings, events, model=model).to_dict()
-    except ModelError as exc:
-        record.error, record.error_kind = exc.message, "model"
-    except UserError as exc:
-        record.error, record.error_kind = exc.message, "run"
-    except Exception as exc:
-        record.error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
-        record.error_kind = "internal"
-    finally:
-        events.close()
-    if not result and (run_dir / "result.json").is_file():
-        result = json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
+
+    result = engine.submit(user_task, [turns], settings=task_settings).result()
     _copy_result(record, result)
 
     def hidden_score(commit: str | None) -> Score:
@@ -443,15 +436,33 @@ def run_one(
     record.score = score.to_dict()
     record.score_seconds = score.seconds
     _score_attempts(record, result, hidden_score)
-    return _finish(record, work, result.get("worktree") or None, opts, started)
+    return _finish(record, work, result.worktree or None, opts, started)
+
+
+def _replayed(settings: Settings, task_id: str) -> Settings:
+    """With `--model replay:EVAL_OUT` (the directory of an earlier eval run), each task
+    replays its own recorded run."""
+    spec = settings.model or ""
+    if not spec.startswith("replay:"):
+        return settings
+    records = load_records(Path(spec[len("replay:") :]).expanduser() / RECORDS_FILE)
+    if not records:
+        return settings
+    recorded = records.get(task_id)
+    if recorded is None or not recorded.run_log:
+        raise UserError(
+            f"the eval run in {spec[len('replay:') :]} has no recorded run of task {task_id}; "
+            "replay a run that covered it, or leave the task out."
+        )
+    return dataclasses.replace(settings, model=f"replay:{Path(recorded.run_log).parent}")
 
 
 def _score_attempts(
-    record: TaskRecord, result: dict[str, Any], hidden_score: Callable[[str | None], Score]
+    record: TaskRecord, result: AttemptResult, hidden_score: Callable[[str | None], Score]
 ) -> None:
     """Each attempt's own outcome, its hidden-test verdict, and what its log says about edits."""
-    attempts = result.get("attempts") or []
-    run_dirs = [a.get("run_dir") for a in attempts] or [result.get("run_dir")]
+    attempts = result.attempts
+    run_dirs = [a.get("run_dir") for a in attempts] or [result.run_dir]
     for run_dir in run_dirs:
         if run_dir:
             _count_edits(record, Path(run_dir) / "events.jsonl")
@@ -484,32 +495,18 @@ def _hidden_from_agent(paths: tuple[str, ...], repo: Path) -> tuple[str, ...]:
     return tuple(p for p in paths if not repo.resolve().is_relative_to(Path(p).resolve()))
 
 
-def _copy_result(record: TaskRecord, result: dict[str, Any]) -> None:
-    if not result:
-        return
-    usage = result.get("usage") or {}
-    attempts = result.get("attempts") or []
-    record.attempts = len(attempts) or 1
-    record.attempt = int(result.get("attempt") or 1)
+def _copy_result(record: TaskRecord, result: AttemptResult) -> None:
+    record.attempts = len(result.attempts) or 1
+    record.attempt = result.attempt
     # What the task cost: with best-of-N, every attempt that ran, not only the chosen one.
-    spent = attempts or [{**usage, **result}]
-    record.turns = sum(int(a.get("turns") or 0) for a in spent)
-    record.wall_seconds = round(sum(float(a.get("wall_seconds") or 0.0) for a in spent), 3)
-    record.model_seconds = round(sum(float(a.get("model_seconds") or 0.0) for a in spent), 3)
-    record.prompt_tokens = sum(int(a.get("prompt_tokens") or 0) for a in spent)
-    record.completion_tokens = sum(int(a.get("completion_tokens") or 0) for a in spent)
-    record.cached_tokens = sum(int(a.get("cached_tokens") or 0) for a in spent)
-    record.status = str(result.get("status") or "")
-    record.exit_reason = str(result.get("exit_reason") or "")
-    record.summary = str(result.get("summary") or "")
-    record.diff = str(result.get("diff") or "")
-    record.diff_stat = str(result.get("diff_stat") or "")
-    record.branch = str(result.get("branch") or "")
-    record.commit = result.get("commit")
-    if result.get("model"):
-        record.model = str(result["model"])
-    if record.error is None and result.get("error"):
-        record.error = str(result["error"])
+    for key, value in result.totals().items():
+        setattr(record, key, value)
+    for key in ("status", "exit_reason", "summary", "diff", "diff_stat", "branch", "commit"):
+        setattr(record, key, getattr(result, key))
+    record.model = result.model or record.model
+    if result.status == "error":
+        record.error = result.error
+        record.error_kind = result.error_kind or "run"
 
 
 def _finish(

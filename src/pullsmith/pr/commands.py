@@ -19,10 +19,9 @@ from rich.markup import escape
 
 from pullsmith.config import Settings, load_settings
 from pullsmith.errors import UserError
-from pullsmith.events import EventLog
 from pullsmith.pr import local
-from pullsmith.runner import AttemptResult, Task, TestRun
 from pullsmith.store import PR_STATES, PullRequestRecord, Store
+from pullsmith.task import Task
 from pullsmith.workspace import git
 
 CHECK_STYLES = {"passing": "green", "failing": "red", "error": "red", "untested": "yellow"}
@@ -357,71 +356,9 @@ def follow_up_task(
     return prepared.task, prepared.pull_request.number
 
 
-def record_run(
-    settings: Settings, task: Task, result: AttemptResult, pr_number: int | None, events: EventLog
-) -> PullRequestRecord | None:
-    """Record a finished run and open (or update) its pull request.
-
-    The run is done and its branch holds the work whatever happens here, so a store that can
-    not be written is a warning, not a failed run.
-    """
-    try:
-        with _store(settings) as store:
-            recorded = local.record_run(store, task, result, pr_number=pr_number, events=events)
-    except UserError as exc:
-        print(
-            f"pullsmith: warning: the run was not recorded as a pull request: {exc.message}",
-            file=sys.stderr,
-        )
-        return None
-    return recorded.pull_request
-
-
-def record_failed_run(
-    settings: Settings, task: Task, run_dir: Path, pr_number: int | None
-) -> PullRequestRecord | None:
-    """Record a run that stopped with an error, so its commit (if any) is not lost from view."""
-    path = run_dir / "result.json"
-    if not path.is_file():
-        return None
-    try:
-        result = load_result(json.loads(path.read_text(encoding="utf-8")))
-    except (ValueError, TypeError, KeyError):
-        return None
-    if result.commit is None and pr_number is None:
-        return None
-    try:
-        with _store(settings) as store:
-            recorded = local.record_run(store, task, result, pr_number=pr_number)
-    except UserError:
-        return None  # the run's own error is the one to report
-    return recorded.pull_request
-
-
-def load_result(data: dict[str, Any]) -> AttemptResult:
-    """An AttemptResult back from its result.json."""
-    from pullsmith.models.base import Usage
-
-    data = dict(data)
-    for key in ("tests_before", "tests_after"):
-        if isinstance(data.get(key), dict):
-            data[key] = TestRun(**data[key])
-    if isinstance(data.get("usage"), dict):
-        data["usage"] = Usage(**data["usage"])
-    known = AttemptResult.__dataclass_fields__
-    return AttemptResult(**{k: v for k, v in data.items() if k in known})
-
-
-def pr_line(pr: PullRequestRecord, opened: bool) -> str:
+def pr_line(number: int, checks: str, opened: bool) -> str:
     verb = "opened" if opened else "updated"
     return (
-        f"pull request #{pr.number} {verb} (tests {pr.checks}): `pullsmith pr show {pr.number}`, "
-        f"`pullsmith pr merge {pr.number}`"
+        f"pull request #{number} {verb} (tests {checks}): `pullsmith pr show {number}`, "
+        f"`pullsmith pr merge {number}`"
     )
-
-
-def publish_after_run(settings: Settings, number: int) -> str:
-    """`exec --publish`: publish pull request `number`; its URL."""
-    with _store(settings) as store:
-        published = _publish(store, store.pull_request(number), settings)
-    return published.url

@@ -15,8 +15,8 @@ from pullsmith.agent.loop import clip
 from pullsmith.config import Settings
 from pullsmith.errors import UserError
 from pullsmith.pr.local import branch_tip, repo_path
-from pullsmith.runner import FollowUp, Task, new_task_id
 from pullsmith.store import AttemptRecord, PullRequestRecord, Store
+from pullsmith.task import FollowUp, Task, new_task_id
 from pullsmith.workspace import GitError, git
 
 DIFF_CHARS = 4000
@@ -171,6 +171,7 @@ def prepare_follow_up(
         worktree=str(worktree),
         briefing=briefing(store, pr, repo, tip),
         base_ref=pr.base,
+        pr_number=pr.number,
     )
     task = Task(
         instruction=instruction,

@@ -22,8 +22,8 @@ from pullsmith.pr.describe import (
     title_for,
 )
 from pullsmith.pr.evidence import read_run_log, run_evidence
-from pullsmith.runner import AttemptResult, Task
 from pullsmith.store import AttemptRecord, PullRequestRecord, Store, TaskRecord, utcnow
+from pullsmith.task import AttemptResult, Task
 from pullsmith.workspace import GitError, git, git_bytes, resolve_repo
 
 
@@ -203,10 +203,12 @@ def record_run(
 ) -> Recorded:
     """Record a finished run; open a PR when it made a commit, or update the PR it continued.
 
-    `pr_number` is the PR a follow-up continues. With `events`, a `pr.opened` or `pr.updated`
-    event goes into the run's log.
+    `pr_number` is the PR a follow-up continues (by default the task's own). With `events`, a
+    `pr.opened` or `pr.updated` event goes into the run's log.
     """
     repo = Path(result.repo)
+    if pr_number is None and task.follow_up is not None:
+        pr_number = task.follow_up.pr_number
     if pr_number is not None:
         pr = store.pull_request(pr_number)
         task_id = pr.task_id

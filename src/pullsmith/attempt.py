@@ -1,0 +1,343 @@
+"""One attempt at a task: workspace, sandbox, test runs, the agent, the commit, the result."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+from pullsmith.agent.context import (
+    collect_agents_md,
+    detect_test_command,
+    evidence_sources,
+    file_listing,
+)
+from pullsmith.agent.failures import parse_test_output, summarize
+from pullsmith.agent.feedback import ChangeReporter
+from pullsmith.agent.loop import Agent, AgentLimits, Outcome, clip
+from pullsmith.agent.prompts import TaskContext, prompts_for, tests_still_fail
+from pullsmith.config import Settings
+from pullsmith.errors import UserError
+from pullsmith.events import (
+    AttemptFinished,
+    CommitCreated,
+    ErrorEvent,
+    EventLog,
+    RanTests,
+    StartedTests,
+    TaskStarted,
+    WorkspaceCreated,
+)
+from pullsmith.models import Model, open_model
+from pullsmith.models.profiles import resolve_edit_forms, resolve_protocol
+from pullsmith.sandbox import make_sandbox
+from pullsmith.sandbox.base import Sandbox
+from pullsmith.sandbox.policy import agent_policy
+from pullsmith.task import AttemptResult, Task, TestRun
+from pullsmith.workspace import Workspace, resolve_repo
+
+TEST_OUTPUT_CHARS = 3000
+TRAILER = "Co-authored-by: pullsmith <pullsmith@users.noreply.local>"
+
+
+def run_dir_for(settings: Settings, task_id: str) -> Path:
+    return settings.runs_dir / task_id
+
+
+class Attempt:
+    """Runs one attempt of a task; every step is an event in `events`.
+
+    `run` raises UserError (after recording what was done in `result` and result.json) when
+    the attempt can not go on; `cancel`, once set, ends it between turns and kills a running
+    command.
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        settings: Settings,
+        events: EventLog,
+        model: Model | None = None,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        self.task = task
+        self.settings = settings
+        self.events = events
+        self.model = model
+        self.cancel = cancel or threading.Event()
+        self.run_dir = run_dir_for(settings, task.task_id)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.result: AttemptResult | None = None
+
+    def run(self) -> AttemptResult:
+        started = time.monotonic()
+        task, settings = self.task, self.settings
+        repo = resolve_repo(task.repo, settings.data_dir / "clones")
+        self.events.emit(
+            TaskStarted(
+                instruction=task.instruction,
+                repo=str(repo),
+                base=task.base or "HEAD",
+                model=settings.model_name,
+                protocol=resolve_protocol(settings.protocol, settings.model_name),
+                edit_forms=list(resolve_edit_forms(settings.edit_forms, settings.model_name)),
+                sandbox=settings.sandbox,
+            )
+        )
+        workspace = self._workspace(repo)
+        self.events.emit(
+            WorkspaceCreated(
+                path=str(workspace.path),
+                branch=workspace.branch,
+                base_commit=workspace.base_commit,
+                user_tree_dirty=workspace.dirty,
+            )
+        )
+        result = AttemptResult(
+            task_id=task.task_id,
+            status="error",
+            exit_reason="",
+            instruction=task.instruction,
+            repo=str(repo),
+            branch=workspace.branch,
+            base_commit=workspace.base_commit,
+            worktree=str(workspace.path),
+            run_dir=str(self.run_dir),
+            base_ref=workspace.base_ref,
+            model=settings.model_name,
+        )
+        self.result = result
+        sandbox = make_sandbox(
+            settings.sandbox,
+            workspace.path,
+            agent_policy(settings, task.hidden_paths),
+            image=settings.sandbox_image,
+            cancel=self.cancel,
+        )
+        owns_model = self.model is None
+        try:
+            self._attempt(workspace, sandbox, result)
+        except UserError as exc:
+            result.status, result.exit_reason, result.error = "error", "error", exc.message
+            self.events.emit(ErrorEvent(message=exc.message))
+            self._finish(workspace, result, started)
+            raise
+        finally:
+            sandbox.close()
+            if owns_model and self.model is not None:
+                self.model.close()
+        self._finish(workspace, result, started)
+        return result
+
+    def _workspace(self, repo: Path) -> Workspace:
+        follow_up = self.task.follow_up
+        if follow_up is None:
+            return Workspace.create(
+                repo, self.task.task_id, self.settings.worktrees_dir, base=self.task.base
+            )
+        # The branch's tip is this run's base: its diff and commit are the follow-up's own.
+        return Workspace.open(
+            repo,
+            Path(follow_up.worktree),
+            follow_up.branch,
+            follow_up.start_commit,
+            self.task.task_id,
+            base_ref=follow_up.base_ref,
+        )
+
+    def _instruction(self) -> str:
+        follow_up = self.task.follow_up
+        if follow_up is None or not follow_up.briefing.strip():
+            return self.task.instruction
+        return f"{self.task.instruction.strip()}\n\n{follow_up.briefing.strip()}"
+
+    def _attempt(self, workspace: Workspace, sandbox: Sandbox, result: AttemptResult) -> None:
+        agents_md = collect_agents_md(
+            workspace.path, Path(self.task.subdir) if self.task.subdir else None
+        )
+        test_command = self.settings.test_command or detect_test_command(workspace.path, agents_md)
+        result.test_command = test_command
+        before = self._run_tests(sandbox, test_command, "before")
+        result.tests_before = before
+        if self.cancel.is_set():
+            result.status = result.exit_reason = "cancelled"
+            return
+        sources: tuple[str, ...] = ()
+        failures = ""
+        if before and not before.passed:
+            sources = tuple(evidence_sources(workspace.path, before.output))
+            failures = summarize(parse_test_output(workspace.path, before.output))
+        context = TaskContext(
+            instruction=self._instruction(),
+            files=file_listing(workspace.path),
+            agents_md=agents_md,
+            test_command=test_command,
+            test_exit_code=before.exit_code if before else None,
+            # With the failures summed up above it, the raw output needs less room.
+            test_output=clip(before.output, 1500 if failures else TEST_OUTPUT_CHARS)
+            if before
+            else "",
+            test_timed_out=bool(before and before.timed_out),
+            failures=failures,
+            sources=sources,
+        )
+        if self.model is None:
+            self.model = open_model(self.settings, log_path=self.run_dir / "model-server.log")
+
+        def verify() -> str | None:
+            run = self._run_tests(sandbox, test_command, "check")
+            if run is None or run.passed:
+                return None
+            return tests_still_fail(run.command, run.exit_code, clip(run.output, TEST_OUTPUT_CHARS))
+
+        protocol = resolve_protocol(self.settings.protocol, self.settings.model_name)
+        agent = Agent(
+            self.model,
+            sandbox,
+            self.events,
+            limits=self._agent_limits(),
+            verify=verify,
+            history_path=self.run_dir / "history.json",
+            after_command=ChangeReporter(
+                workspace,
+                self.events,
+                test_command,
+                lambda: self._run_tests(sandbox, test_command, "edit"),
+                protocol,
+            ),
+            protocol=protocol,
+            cancel=self.cancel,
+        )
+        try:
+            edit_forms = resolve_edit_forms(self.settings.edit_forms, self.settings.model_name)
+            outcome = agent.run(*prompts_for(agent.protocol, context, edit_forms))
+        finally:
+            result.turns = agent.turns
+            result.usage = agent.usage
+            result.model_seconds = round(agent.model_seconds, 3)
+        result.summary = outcome.summary
+        result.exit_reason = outcome.exit_reason
+        if self.cancel.is_set():
+            result.status = "cancelled"
+            return
+        after = self._run_tests(sandbox, test_command, "after")
+        result.tests_after = after
+        result.status = "cancelled" if self.cancel.is_set() else self._status(outcome, after)
+
+    def _agent_limits(self) -> AgentLimits:
+        s = self.settings
+        return AgentLimits(
+            max_turns=s.max_turns,
+            max_time_s=s.max_time_s,
+            max_tokens=s.max_tokens,
+            context_tokens=s.n_ctx if s.uses_local_model else None,
+            reply_tokens=s.max_reply_tokens,
+            format_errors=s.format_error_limit,
+            finish_retries=s.finish_retries,
+            stuck_repeats=1 if self.task.stop_when_stuck else None,
+        )
+
+    @staticmethod
+    def _status(outcome: Outcome, after: TestRun | None) -> str:
+        if after is None:
+            return "untested"
+        if after.passed:
+            return "passed" if outcome.finished else "passed-unfinished"
+        return "failed"
+
+    def _run_tests(self, sandbox: Sandbox, command: str | None, phase: str) -> TestRun | None:
+        if not command or self.cancel.is_set():
+            return None
+        self.events.emit(StartedTests(phase=phase, command=command))
+        res = sandbox.run(command, timeout_s=self.settings.test_timeout_s)
+        event = self.events.emit(
+            RanTests(
+                phase=phase,
+                command=command,
+                exit_code=res.exit_code,
+                seconds=round(res.duration_s, 3),
+                output=res.output,
+                timed_out=res.timed_out,
+            )
+        )
+        return TestRun(
+            phase=phase,
+            command=command,
+            exit_code=res.exit_code,
+            output=res.output,
+            seconds=round(res.duration_s, 3),
+            timed_out=res.timed_out,
+            event_id=event.id,
+        )
+
+    def _finish(self, workspace: Workspace, result: AttemptResult, started: float) -> None:
+        result.diff = workspace.diff()
+        result.diff_stat = workspace.diff_stat()
+        cancelled = result.status == "cancelled"
+        if result.diff.strip() and not cancelled:
+            result.commit = workspace.commit(commit_message(result), trailer=TRAILER)
+            if result.commit:
+                self.events.emit(CommitCreated(commit=result.commit, branch=workspace.branch))
+        if result.commit is None and result.status == "error" and result.turns == 0:
+            # Nothing was done: leave no empty branch behind (a follow-up's holds earlier work).
+            workspace.remove(delete_branch=self.task.follow_up is None)
+            result.worktree = ""
+        elif not self.task.keep_worktree and result.status not in ("error", "cancelled"):
+            # The branch holds the work; the checkout can go. A cancelled attempt keeps its
+            # checkout, uncommitted, for the user to look at or continue.
+            workspace.remove()
+            result.worktree = ""
+        result.wall_seconds = round(time.monotonic() - started, 3)
+        write_result(self.run_dir, result)
+        self.events.emit(
+            AttemptFinished(
+                status=result.status,
+                exit_reason=result.exit_reason,
+                summary=result.summary,
+                branch=result.branch,
+                commit=result.commit,
+                diff_stat=result.diff_stat,
+                diff=result.diff,
+                turns=result.turns,
+                prompt_tokens=result.usage.prompt_tokens,
+                completion_tokens=result.usage.completion_tokens,
+                cached_tokens=result.usage.cached_tokens,
+                model_seconds=result.model_seconds,
+                wall_seconds=result.wall_seconds,
+                worktree=result.worktree,
+                error=result.error,
+            )
+        )
+
+
+def write_result(run_dir: Path, result: AttemptResult) -> None:
+    """Save `result` as the run's result.json (atomically: a reader never sees half of it)."""
+    path = run_dir / "result.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result.to_dict(), indent=1, default=str), encoding="utf-8")
+    tmp.replace(path)
+
+
+def read_result(run_dir: Path) -> AttemptResult | None:
+    path = run_dir / "result.json"
+    if not path.is_file():
+        return None
+    try:
+        return AttemptResult.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def commit_message(result: AttemptResult) -> str:
+    title = (result.summary or result.instruction).strip().splitlines()[0]
+    if len(title) > 72:
+        title = title[:71].rstrip() + "…"
+    lines = [title, "", f"Task: {result.instruction.strip()}"]
+    if result.tests_after is not None:
+        verdict = "pass" if result.tests_after.passed else "FAIL"
+        lines.append(
+            f"Tests: `{result.tests_after.command}` {verdict} (exit {result.tests_after.exit_code})"
+        )
+    lines.append(f"Run: {result.task_id} ({result.exit_reason or result.status})")
+    return "\n".join(lines)

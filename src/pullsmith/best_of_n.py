@@ -1,0 +1,200 @@
+"""Best-of-N: independent attempts at one task, the one the tests like best is chosen."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from pathlib import Path
+from typing import Any
+
+from pullsmith.agent.failures import failure_count
+from pullsmith.attempt import Attempt, run_dir_for, write_result
+from pullsmith.config import Settings
+from pullsmith.errors import UserError
+from pullsmith.events import AttemptScored, AttemptsSelected, AttemptsStarted, ErrorEvent, EventLog
+from pullsmith.models import Model, open_model
+from pullsmith.models.openai_compat import ModelError
+from pullsmith.task import AttemptResult, Task
+
+# Attempt 1 samples at the configured temperature (the model's best guess); the others
+# sample hotter so that they explore different fixes instead of repeating the first.
+RETRY_TEMPERATURE = 0.7
+
+Rank = tuple[int, int, int, int]
+
+
+class _Sampling:
+    """The shared model, sampled at one attempt's temperature (and seed, when one is set)."""
+
+    def __init__(self, model: Model, temperature: float | None, seed: int | None) -> None:
+        self.model = model
+        self.name = model.name
+        self.temperature = temperature
+        self.seed = seed
+
+    def complete(self, messages: list[Any], *, temperature: float | None = None, **kw: Any) -> Any:
+        if self.seed is not None:
+            kw["seed"] = self.seed
+        chosen = temperature if temperature is not None else self.temperature
+        return self.model.complete(messages, temperature=chosen, **kw)
+
+    def close(self) -> None:
+        """The model belongs to the whole task; the attempts leave it open."""
+
+
+def attempt_rank(result: AttemptResult, root: Path | None = None) -> Rank:
+    """Sort key, best first: visible tests pass; then fewest failing tests; then an attempt
+    that changed something; then the smallest diff."""
+    after = result.tests_after
+    if after is None:
+        failing = 0 if result.status == "untested" and result.exit_reason == "finished" else 1
+    else:
+        failing = failure_count(root or Path(result.repo), after.output, after.exit_code)
+    changed = sum(
+        1
+        for line in result.diff.splitlines()
+        if line[:1] in "+-" and line[:3] not in ("+++", "---")
+    )
+    return (0 if result.tests_pass else 1, failing, 0 if changed else 1, changed)
+
+
+def attempt_summary(result: AttemptResult, rank: Rank) -> dict[str, Any]:
+    return {
+        "attempt": result.attempt,
+        "task_id": result.task_id,
+        "branch": result.branch,
+        "commit": result.commit,
+        "status": result.status,
+        "exit_reason": result.exit_reason,
+        "tests_pass": result.tests_pass,
+        "failing_tests": rank[1],
+        "changed_lines": rank[3],
+        "turns": result.turns,
+        "tokens": result.usage.total_tokens,
+        "prompt_tokens": result.usage.prompt_tokens,
+        "completion_tokens": result.usage.completion_tokens,
+        "cached_tokens": result.usage.cached_tokens,
+        "model_seconds": result.model_seconds,
+        "wall_seconds": result.wall_seconds,
+        "run_dir": result.run_dir,
+        "error": result.error,
+    }
+
+
+class BestOfN:
+    """N independent attempts at one task, each in its own worktree and on its own branch
+    (`pullsmith/<task-id>-<n>`), scored by the repository's visible tests; the best is chosen.
+
+    Every attempt keeps its branch and its run log, so the ones not chosen stay inspectable.
+    Attempts share one model (and its prompt cache: they all start from the same prompt).
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        settings: Settings,
+        events: EventLog,
+        model: Model | None = None,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        self.task = task
+        self.settings = settings
+        self.events = events
+        self.model = model
+        self.cancel = cancel or threading.Event()
+        self.run_dir = run_dir_for(settings, task.task_id)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def run(self) -> AttemptResult:
+        task, settings = self.task, self.settings
+        self.events.emit(AttemptsStarted(attempts=task.attempts, until_pass=task.until_pass))
+        owns_model = self.model is None
+        results: list[tuple[Rank, AttemptResult]] = []
+        stopped: UserError | None = None
+        try:
+            if self.model is None:
+                self.model = open_model(settings, log_path=self.run_dir / "model-server.log")
+            for number in range(1, task.attempts + 1):
+                if self.cancel.is_set():
+                    break
+                try:
+                    result = self._attempt(number)
+                except ModelError as exc:
+                    # The model is gone: the attempts already made still count.
+                    stopped = exc
+                    break
+                rank = attempt_rank(result)
+                results.append((rank, result))
+                self.events.emit(AttemptScored(**attempt_summary(result, rank)))
+                if result.status == "cancelled" or (task.until_pass and result.tests_pass):
+                    break
+        finally:
+            if owns_model and self.model is not None:
+                self.model.close()
+        if not results:
+            raise stopped or UserError("no attempt ran; see the run log.")
+        ranked = sorted(results, key=lambda pair: (pair[0], pair[1].attempt))
+        chosen = ranked[0][1]
+        if self.cancel.is_set():
+            # What the user stopped is the last attempt; the result says so, whatever ran before.
+            chosen = results[-1][1]
+        chosen.attempts = [attempt_summary(r, k) for k, r in results]
+        if stopped is not None:
+            self.events.emit(ErrorEvent(message=stopped.message))
+        self.events.emit(
+            AttemptsSelected(
+                attempt=chosen.attempt,
+                of=len(results),
+                branch=chosen.branch,
+                status=chosen.status,
+                reason=_selection_reason(chosen, [r for _, r in results], task.attempts),
+            )
+        )
+        write_result(self.run_dir, chosen)
+        return chosen
+
+    def _attempt(self, number: int) -> AttemptResult:
+        task, settings = self.task, self.settings
+        sub = dataclasses.replace(
+            task,
+            task_id=f"{task.task_id}-{number}",
+            attempts=1,
+            until_pass=False,
+            # A model stuck repeating itself gets a fresh start in the next attempt.
+            stop_when_stuck=number < task.attempts,
+        )
+        log = EventLog(
+            sub.task_id,
+            run_dir_for(settings, sub.task_id) / "events.jsonl",
+            forward=lambda event: self.events.emit(event.type, attempt=number, **event.data),
+        )
+        temperature = None if number == 1 else max(settings.temperature, RETRY_TEMPERATURE)
+        seed = None if settings.seed is None else settings.seed + number - 1
+        assert self.model is not None
+        attempt = Attempt(sub, settings, log, _Sampling(self.model, temperature, seed), self.cancel)
+        try:
+            result = attempt.run()
+        except ModelError:
+            raise
+        except UserError as exc:
+            if attempt.result is None:
+                raise
+            result = attempt.result
+            result.error = result.error or exc.message
+        finally:
+            log.close()
+        result.attempt = number
+        return result
+
+
+def _selection_reason(chosen: AttemptResult, results: list[AttemptResult], asked: int) -> str:
+    if chosen.status == "cancelled":
+        return f"attempt {chosen.attempt} was cancelled"
+    if len(results) < asked and chosen.tests_pass:
+        return f"its tests pass, so --until-pass stopped after {len(results)} of {asked}"
+    if len(results) == 1:
+        return "the only attempt that ran"
+    if chosen.tests_pass:
+        passing = sum(1 for r in results if r.tests_pass)
+        return f"its tests pass ({passing} of {len(results)} attempts pass)"
+    return "no attempt passes the tests; it has the fewest failing tests, then the smallest diff"

@@ -1,0 +1,185 @@
+"""What a task is and what it produced: plain data, serialisable, importing none of the engine.
+
+A Task and Settings fully determine a run; an AttemptResult is what one attempt (or the chosen
+one of best-of-N) left behind. Both cross process boundaries as dicts (`to_dict`/`from_dict`),
+and `result.json` is an AttemptResult's dict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pullsmith.models.base import Usage
+
+
+def new_task_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """Continue earlier work: the same branch, checked out at `worktree`, from its tip.
+
+    `briefing` is the earlier work compacted (the task, the model's summary, the diff so far,
+    the last test result); the model reads it after the new instruction. `pr_number` is the
+    pull request the follow-up continues, when there is one.
+    """
+
+    branch: str
+    start_commit: str
+    worktree: str
+    briefing: str
+    base_ref: str | None = None
+    pr_number: int | None = None
+
+
+@dataclass
+class Task:
+    """What to do and where. `repo` is an absolute path or a URL once a front end made it."""
+
+    instruction: str
+    repo: str = "."
+    base: str | None = None
+    task_id: str = field(default_factory=new_task_id)
+    subdir: str | None = None
+    keep_worktree: bool = False
+    follow_up: FollowUp | None = None
+    attempts: int = 1
+    until_pass: bool = False
+    # Paths the agent's commands must not see (an eval hides its suite, which holds the
+    # hidden tests and reference solutions).
+    hidden_paths: tuple[str, ...] = ()
+    # End the attempt when the model repeats a reply exactly (another attempt follows).
+    stop_when_stuck: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Task:
+        data = _known(cls, data)
+        if isinstance(data.get("follow_up"), dict):
+            data["follow_up"] = FollowUp(**_known(FollowUp, data["follow_up"]))
+        data["hidden_paths"] = tuple(data.get("hidden_paths") or ())
+        return cls(**data)
+
+
+@dataclass
+class TestRun:
+    """One run of the repository's tests by pullsmith itself."""
+
+    __test__ = False  # not a pytest test class
+
+    phase: str
+    command: str
+    exit_code: int
+    output: str
+    seconds: float
+    timed_out: bool
+    event_id: int
+
+    @property
+    def passed(self) -> bool:
+        return self.exit_code == 0
+
+
+# The statuses of a result: the tests decide passed/failed; the others say why they could not.
+STATUSES = ("passed", "passed-unfinished", "failed", "untested", "error", "cancelled")
+
+
+@dataclass
+class AttemptResult:
+    task_id: str
+    status: str
+    exit_reason: str
+    instruction: str
+    repo: str
+    branch: str = ""
+    base_commit: str = ""
+    worktree: str = ""
+    run_dir: str = ""
+    base_ref: str = ""
+    summary: str = ""
+    commit: str | None = None
+    diff: str = ""
+    diff_stat: str = ""
+    test_command: str | None = None
+    tests_before: TestRun | None = None
+    tests_after: TestRun | None = None
+    turns: int = 0
+    usage: Usage = field(default_factory=Usage)
+    model: str = ""
+    model_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    error: str | None = None
+    # Whose error it was: "model" (the model failed), "run" (a user error such as a bad
+    # repository), "internal" (a bug of pullsmith's), "worker" (the process running it died).
+    error_kind: str | None = None
+    # Best-of-N: which attempt this is (1-based), and every attempt's scores when it was chosen.
+    attempt: int = 1
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    # The pull request recorded for this run, once a publisher recorded one.
+    pull_request: int | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "passed"
+
+    @property
+    def tests_pass(self) -> bool:
+        """Whether pullsmith's own run of the visible tests passed after the agent stopped."""
+        return self.tests_after is not None and self.tests_after.passed
+
+    def totals(self) -> dict[str, Any]:
+        """What the task cost in all: with best-of-N, every attempt that ran, not only this one."""
+        spent = self.attempts or [
+            {
+                "turns": self.turns,
+                "prompt_tokens": self.usage.prompt_tokens,
+                "completion_tokens": self.usage.completion_tokens,
+                "cached_tokens": self.usage.cached_tokens,
+                "model_seconds": self.model_seconds,
+                "wall_seconds": self.wall_seconds,
+            }
+        ]
+        counts = ("turns", "prompt_tokens", "completion_tokens", "cached_tokens")
+        seconds = ("model_seconds", "wall_seconds")
+        totals: dict[str, Any] = {k: sum(int(a.get(k) or 0) for a in spent) for k in counts}
+        for key in seconds:
+            totals[key] = round(sum(float(a.get(key) or 0.0) for a in spent), 3)
+        return totals
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AttemptResult:
+        data = _known(cls, data)
+        for key in ("tests_before", "tests_after"):
+            if isinstance(data.get(key), dict):
+                data[key] = TestRun(**_known(TestRun, data[key]))
+        if isinstance(data.get("usage"), dict):
+            data["usage"] = Usage(**_known(Usage, data["usage"]))
+        return cls(**data)
+
+    @classmethod
+    def failed_to_start(cls, task: Task, message: str, run_dir: str = "") -> AttemptResult:
+        """The result of a task that stopped before an attempt could be made."""
+        return cls(
+            task_id=task.task_id,
+            status="error",
+            exit_reason="error",
+            instruction=task.instruction,
+            repo=task.repo,
+            run_dir=run_dir,
+            error=message,
+        )
