@@ -183,6 +183,8 @@ class Engine:
             log = EventLog(task.task_id, run_dir / "events.jsonl", forward=view.relay)
             try:
                 self._publish(task, result, log)
+                for failure in view.failures:
+                    log.emit(failure)
                 log.emit(finished_event(result))
             finally:
                 log.close()

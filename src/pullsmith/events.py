@@ -432,6 +432,7 @@ class EventLog:
         self.attempt = attempt
         self._forward = forward
         self._stream: EventStream | None = None
+        self.failures: list[ListenerFailed] = []
         self._lock = threading.Lock()
         self._next_id = 1
         self._file = None
@@ -483,7 +484,13 @@ class EventLog:
             self._stream.publish(event)
 
     def _listener_failed(self, name: str, message: str) -> None:
-        self.emit(ListenerFailed(listener=name, error=message))
+        failure = ListenerFailed(listener=name, error=message)
+        if self.path is None:
+            # A log without a file only fans out events written elsewhere; numbering one of
+            # its own would clash with theirs, so the owner writes it (see `failures`).
+            self.failures.append(failure)
+        else:
+            self.emit(failure)
 
     def reopen(self) -> None:
         """Continue writing after another process appended to the file."""
