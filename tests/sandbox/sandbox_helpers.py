@@ -48,13 +48,14 @@ def marker() -> str:
 
 
 def processes_with(text: str) -> list[int]:
-    """Pids of live (non-zombie) processes on the host whose command line contains `text`."""
+    """Pids of live (non-zombie) processes on the host whose command line, its arguments
+    joined by spaces, contains `text`."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
             state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except (OSError, IndexError):
             continue
