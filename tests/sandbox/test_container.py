@@ -13,13 +13,16 @@ import os
 import shutil
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from pullsmith.errors import UserError
 from pullsmith.sandbox import make_sandbox, policy_preset
-from pullsmith.sandbox.container import COMMAND_WRAPPER, ContainerSandbox, engine_error
+from pullsmith.sandbox.base import CommandResult
+from pullsmith.sandbox.container import CLEANUP, COMMAND_WRAPPER, ContainerSandbox, engine_error
 
 FAKE_ENGINE = textwrap.dedent(
     """\
@@ -180,3 +183,35 @@ def test_each_command_cleans_up_after_itself_inside():
     wrapper = COMMAND_WRAPPER.format(ulimits="ulimit -f 1")
     assert wrapper.startswith('{ ulimit -f 1; } 2>/dev/null; bash -c "$1"')
     assert "kill -9 -1" in wrapper and wrapper.endswith("exit $status")
+
+
+def test_cancel_kills_the_client_and_cleans_up_inside(workspace, fake_engine):
+    _, calls = fake_engine
+    cancel = threading.Event()
+    box = make_sandbox("docker", workspace, cancel=cancel, image="img:1")
+    pid_file = workspace / "pid"
+    results: list[CommandResult] = []
+    try:
+        thread = threading.Thread(
+            target=lambda: results.append(box.run("echo $$ > pid; exec sleep 60")), daemon=True
+        )
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not (pid_file.is_file() and pid_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        pid = int(pid_file.read_text())
+        time.sleep(0.5)
+        cancel.set()
+        thread.join(10)
+        assert not thread.is_alive(), "the command was not stopped"
+        assert results[0].cancelled and results[0].limit_hit == "cancelled"
+        assert not Path(f"/proc/{pid}").exists()
+        cleanup = ["exec", "fakecontainer0123", "sh", "-c", CLEANUP]
+        assert calls().count(cleanup) == 1
+        before = len(calls())
+        later = box.run("touch later")
+        assert later.cancelled and later.exit_code == 130
+        assert len(calls()) == before  # nothing was started
+        assert not (workspace / "later").exists()
+    finally:
+        box.close()

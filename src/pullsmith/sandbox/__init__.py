@@ -2,12 +2,13 @@
 
 Backends: `bwrap` (bwrap.py, the default), `docker` and `podman` (container.py) and `none`
 (none.py, unconfined, only by name). Each takes a `SandboxPolicy`, usually one of the presets
-of `policy_preset`; limits.py and process.py give every backend the same timeouts, output cap
-and resource limits.
+of `policy_preset`; limits.py and process.py give every backend the same timeouts,
+cancellation, output cap and resource limits.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from pullsmith.errors import UserError
@@ -51,18 +52,20 @@ def make_sandbox(
     policy: SandboxPolicy | None = None,
     *,
     image: str = DEFAULT_IMAGE,
+    cancel: threading.Event | None = None,
 ) -> Sandbox:
     """The sandbox backend called `name` around `workspace`; a UserError for an unknown name.
 
-    `image` is the container image for `docker` and `podman`.
+    `image` is the container image for `docker` and `podman`. Once `cancel` is set, the
+    command running is killed and no further one starts (see `run_process`).
     """
     policy = policy or SandboxPolicy()
     if name == "bwrap":
-        return BwrapSandbox(workspace, policy)
+        return BwrapSandbox(workspace, policy, cancel=cancel)
     if name in ("docker", "podman"):
-        return ContainerSandbox(workspace, policy, engine=name, image=image)
+        return ContainerSandbox(workspace, policy, engine=name, image=image, cancel=cancel)
     if name == "none":
-        return NoSandbox(workspace, policy)
+        return NoSandbox(workspace, policy, cancel=cancel)
     raise UserError(f"Unknown sandbox {name!r}; choose one of: {', '.join(SANDBOX_NAMES)}.")
 
 

@@ -228,15 +228,22 @@ class CommandResult:
     timed_out: bool = False
     omitted_bytes: int = 0
     # Which limit stopped or hindered the command, when pullsmith can tell: "timeout",
-    # "memory" (a process was killed for it) or "processes" (a fork was refused).
+    # "memory" (a process was killed for it), "processes" (a fork was refused) or
+    # "cancelled" (the sandbox's cancel event was set: killed, or never started).
     limit_hit: str | None = None
+    cancelled: bool = False
 
 
 OutputCallback = Callable[[bytes], None]
 
 
 class Sandbox(Protocol):
-    """Runs shell commands with the workspace as the working directory."""
+    """Runs shell commands with the workspace as the working directory.
+
+    Every backend takes an optional `cancel` event (a `threading.Event`) when it is made: once
+    it is set, the running command is killed and later ones do not start; their results say
+    `cancelled`.
+    """
 
     name: str
     workspace: Path

@@ -28,6 +28,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from pullsmith.errors import UserError
@@ -228,7 +229,12 @@ class BwrapSandbox:
 
     name = "bwrap"
 
-    def __init__(self, workspace: Path, policy: SandboxPolicy | None = None) -> None:
+    def __init__(
+        self,
+        workspace: Path,
+        policy: SandboxPolicy | None = None,
+        cancel: threading.Event | None = None,
+    ) -> None:
         bwrap = find_bwrap()
         if bwrap is None:
             raise UserError(BWRAP_MISSING)
@@ -240,6 +246,7 @@ class BwrapSandbox:
             )
         self.workspace = require_workspace(workspace)
         self.policy = policy or SandboxPolicy()
+        self.cancel = cancel
         self.env = sandbox_env(self.policy)
         features = bwrap_features(bwrap)
         memory = self.policy.limits.memory_bytes
@@ -282,6 +289,7 @@ class BwrapSandbox:
                 stdin=stdin,
                 on_output=on_output,
                 pass_fds=fds,
+                cancel=self.cancel,
             )
         finally:
             for fd in fds:

@@ -16,8 +16,9 @@ ignores every signal it can and reaps orphans; each command is a `docker exec` o
 - `--pull never`: pullsmith never downloads an image; a missing one is a clear error.
 
 After a command, whatever it left running is killed from inside (`kill -9 -1` spares only
-PID 1 and the caller); after a timeout, by a second `exec`. `apply_patch` is this package's own
-module, mounted read-only and run by the image's `python3`.
+PID 1 and the caller); after a timeout or a cancel (killing the engine's client stops nothing
+inside), by a second `exec`. `apply_patch` is this package's own module, mounted read-only and
+run by the image's `python3`.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from pathlib import Path
 from pullsmith.errors import UserError
 from pullsmith.sandbox.base import CommandResult, OutputCallback, SandboxPolicy
 from pullsmith.sandbox.bwrap import git_paths
-from pullsmith.sandbox.process import require_workspace, run_process
+from pullsmith.sandbox.process import cancelled_result, require_workspace, run_process
 
 ENGINES: tuple[str, ...] = ("docker", "podman")
 DEFAULT_IMAGE = "python:3.11-slim"
@@ -106,6 +107,7 @@ class ContainerSandbox:
         policy: SandboxPolicy | None = None,
         engine: str = "docker",
         image: str = DEFAULT_IMAGE,
+        cancel: threading.Event | None = None,
     ) -> None:
         if engine not in ENGINES:
             raise UserError(f"Unknown container engine {engine!r}; choose docker or podman.")
@@ -113,6 +115,7 @@ class ContainerSandbox:
         self.workspace = require_workspace(workspace)
         self.policy = policy or SandboxPolicy()
         self.image = image
+        self.cancel = cancel
         binary = shutil.which(engine)
         if binary is None:
             raise UserError(f"{engine} is not installed; install it, or use the bwrap sandbox.")
@@ -276,6 +279,8 @@ class ContainerSandbox:
         if self.container is None:
             raise UserError("This sandbox was closed; make a new one to run more commands.")
         with self.lock:
+            if self.cancel is not None and self.cancel.is_set():
+                return cancelled_result(command)  # nothing started, nothing to clean up
             # The engine client runs on the host, but the limits that matter are the
             # container's; the client gets no cgroup of its own.
             client_limits = replace(
@@ -296,8 +301,9 @@ class ContainerSandbox:
                 timeout_s=timeout_s,
                 stdin=stdin,
                 on_output=on_output,
+                cancel=self.cancel,
             )
-            if result.timed_out:
+            if result.timed_out or result.cancelled:
                 self._kill_leftovers()
             return result
 

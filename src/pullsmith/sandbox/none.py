@@ -7,6 +7,7 @@ the user can, and reach the network. It is only ever chosen by name, and warns e
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from pullsmith.sandbox.base import CommandResult, OutputCallback, SandboxPolicy
@@ -22,9 +23,15 @@ class NoSandbox:
         "network; use it only for repositories and models you trust."
     )
 
-    def __init__(self, workspace: Path, policy: SandboxPolicy | None = None) -> None:
+    def __init__(
+        self,
+        workspace: Path,
+        policy: SandboxPolicy | None = None,
+        cancel: threading.Event | None = None,
+    ) -> None:
         self.workspace = require_workspace(workspace)
         self.policy = policy or SandboxPolicy()
+        self.cancel = cancel
         self.env = sandbox_env(self.policy)
 
     def run(
@@ -44,6 +51,7 @@ class NoSandbox:
             timeout_s=timeout_s,
             stdin=stdin,
             on_output=on_output,
+            cancel=self.cancel,
         )
 
     def close(self) -> None:

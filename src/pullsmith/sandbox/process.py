@@ -1,5 +1,5 @@
 """Running one process for a sandbox backend: its own process group, a wall-clock timeout,
-merged and capped output, resource limits (limits.py) and a scrubbed environment.
+cancellation, merged and capped output, resource limits (limits.py) and a scrubbed environment.
 
 Every backend builds an argv (bwrap's wrapper, or plain bash) and hands it to `run_process`, so
 timeouts, output capping and clean-up behave the same whichever backend runs the command.
@@ -13,6 +13,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +31,11 @@ DRAIN_GRACE_S = 0.5
 POLL_INTERVAL_S = 0.02
 # How long a command killed at its timeout may take to go before we stop waiting for it.
 KILL_WAIT_S = 5.0
+# With a cancel event, how often to look at it while the command runs.
+CANCEL_POLL_S = 0.1
+CANCEL_NOTE = "[pullsmith: the command was cancelled]"
+# The exit code of a command cancelled before it started (as if interrupted by SIGINT).
+CANCELLED_EXIT_CODE = 130
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
@@ -118,6 +124,18 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+def cancelled_result(command: str) -> CommandResult:
+    """The result of a command cancelled before it started: it never ran."""
+    return CommandResult(
+        command=command,
+        exit_code=CANCELLED_EXIT_CODE,
+        output=CANCEL_NOTE + "\n",
+        duration_s=0.0,
+        cancelled=True,
+        limit_hit="cancelled",
+    )
+
+
 def run_process(
     argv: Sequence[str],
     *,
@@ -129,16 +147,23 @@ def run_process(
     stdin: str | None = None,
     on_output: OutputCallback | None = None,
     pass_fds: Sequence[int] = (),
+    cancel: threading.Event | None = None,
 ) -> CommandResult:
     """Run `argv` in a new session, under `limits` (see limits.py), and return what it did.
 
-    At the timeout, and also when the command ends, its process group and its cgroup (if it
-    has one) are killed with SIGKILL, so nothing it started in the background outlives it.
-    Without a cgroup, processes that made their own session escape the group kill; bwrap's PID
-    namespace catches those. stdout and stderr are merged; the result keeps the first and last
-    `limits.output_bytes / 2` bytes, `on_output` sees all of it as it comes. `pass_fds` are
-    inherited by the command; the caller closes them.
+    At the timeout, when `cancel` is set, and also when the command ends, its process group and
+    its cgroup (if it has one) are killed with SIGKILL, so nothing it started in the background
+    outlives it. Without a cgroup, processes that made their own session escape the group kill;
+    bwrap's PID namespace catches those. stdout and stderr are merged; the result keeps the
+    first and last `limits.output_bytes / 2` bytes, `on_output` sees all of it as it comes.
+    `pass_fds` are inherited by the command; the caller closes them.
+
+    `cancel` is looked at every CANCEL_POLL_S while the command runs; once it is set the
+    command is killed and the result says `cancelled`. Set before the start, nothing is started
+    at all (`cancelled_result`).
     """
+    if cancel is not None and cancel.is_set():
+        return cancelled_result(command)
     timeout = limits.timeout_s if timeout_s is None else timeout_s
     capture = OutputCapture(limits.output_bytes)
     confinement = confine(argv, limits)
@@ -167,7 +192,7 @@ def run_process(
             cgroup.kill()
 
     try:
-        timed_out = _communicate(proc, capture, stdin, started + timeout, kill, on_output)
+        stopped = _communicate(proc, capture, stdin, started + timeout, kill, on_output, cancel)
     finally:
         if proc.returncode is None:
             kill()
@@ -184,15 +209,20 @@ def run_process(
     output = capture.text()
     if limit_hit is not None:
         output += _limit_note(limit_hit, limits)
+    if stopped == "cancelled":
+        if output and not output.endswith("\n"):
+            output += "\n"
+        output += CANCEL_NOTE + "\n"
     return CommandResult(
         command=command,
         exit_code=128 - code if code < 0 else code,
         output=output,
         duration_s=time.monotonic() - started,
         truncated=capture.omitted_bytes > 0,
-        timed_out=timed_out,
+        timed_out=stopped == "timeout",
         omitted_bytes=capture.omitted_bytes,
-        limit_hit="timeout" if timed_out else limit_hit,
+        limit_hit=stopped or limit_hit,
+        cancelled=stopped == "cancelled",
     )
 
 
@@ -211,10 +241,12 @@ def _communicate(
     deadline: float,
     kill: Callable[[], None],
     on_output: OutputCallback | None,
-) -> bool:
+    cancel: threading.Event | None = None,
+) -> str | None:
     """Pump stdin and stdout until the command has ended and its output is read.
 
-    Returns whether the command was killed for running past `deadline`.
+    Returns why pullsmith killed the command, if it did: "timeout" for running past
+    `deadline`, "cancelled" for `cancel` being set while it ran.
     """
     assert proc.stdout is not None
     out_fd = proc.stdout.fileno()
@@ -227,7 +259,7 @@ def _communicate(
     pidfd = _pidfd(proc.pid)
     if pidfd is not None:
         sel.register(pidfd, selectors.EVENT_READ, "exit")
-    timed_out = False
+    stopped: str | None = None  # why the command was killed: "timeout" or "cancelled"
     drain_until: float | None = None  # set once the command has ended
 
     def ended() -> None:
@@ -249,16 +281,22 @@ def _communicate(
                     break
                 wait = drain_until - now
             else:
-                if now >= deadline:
-                    if timed_out:
-                        break  # killed, yet not gone: stuck in the kernel; stop waiting
-                    timed_out = True
-                    kill()
-                    deadline = now + KILL_WAIT_S
-                    continue
+                if stopped is None:
+                    if now >= deadline:
+                        stopped = "timeout"
+                    elif cancel is not None and cancel.is_set():
+                        stopped = "cancelled"
+                    if stopped is not None:
+                        kill()
+                        deadline = now + KILL_WAIT_S
+                        continue
+                elif now >= deadline:
+                    break  # killed, yet not gone: stuck in the kernel; stop waiting
                 wait = deadline - now
                 if pidfd is None:
                     wait = min(wait, POLL_INTERVAL_S)
+                if cancel is not None and stopped is None:
+                    wait = min(wait, CANCEL_POLL_S)
             for key, _ in sel.select(wait):
                 if key.fileobj not in sel.get_map():
                     continue  # unregistered by an earlier event of this round
@@ -288,7 +326,7 @@ def _communicate(
         sel.close()
         if pidfd is not None:
             os.close(pidfd)
-    return timed_out
+    return stopped
 
 
 def require_workspace(workspace: Path) -> Path:
