@@ -28,8 +28,7 @@ from sandbox_helpers import (
 )
 
 from pullsmith.config import load_settings
-from pullsmith.runner import sandbox_policy
-from pullsmith.sandbox import Sandbox, make_sandbox
+from pullsmith.sandbox import Sandbox, agent_policy, make_sandbox
 from pullsmith.sandbox.base import MIB, SandboxPolicy, policy_preset
 from pullsmith.sandbox.limits import cgroup_parents
 
@@ -136,7 +135,7 @@ def test_writes_outside_the_workspace_fail(make, workspace, home, tmp_path):
 
 def test_planted_home_secrets_cannot_be_read(make, workspace, home):
     settings = load_settings()
-    box = make(sandbox_policy(settings))
+    box = make(agent_policy(settings))
     result = box.run(
         "cat ~/.ssh/id_ed25519 ~/.aws/credentials ~/.config/gh/hosts.yml ~/.netrc "
         "~/.cargo/credentials.toml ~/notes/private.txt "

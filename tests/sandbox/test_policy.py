@@ -1,15 +1,15 @@
-"""SandboxPolicy presets, and the policy the runner builds from settings."""
+"""SandboxPolicy presets, and the policy the agent's commands get from settings."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from pullsmith.config import load_settings, user_config_path
+from pullsmith.config import Settings, load_settings, user_config_path
 from pullsmith.errors import UserError
-from pullsmith.runner import sandbox_policy
-from pullsmith.sandbox import POLICY_PRESETS, make_sandbox, policy_preset
+from pullsmith.sandbox import POLICY_PRESETS, agent_policy, make_sandbox, policy_preset
 from pullsmith.sandbox.base import MIB, Limits, SandboxPolicy
 from pullsmith.sandbox.seccomp import DENIED_SYSCALLS, build_program
 
@@ -48,7 +48,7 @@ def test_settings_choose_the_preset_and_the_limits(tmp_path, monkeypatch):
             "sandbox_cgroup": "off",
         }
     )
-    policy = sandbox_policy(settings)
+    policy = agent_policy(settings)
     assert policy.name == "workspace-write"
     assert policy.limits == Limits(
         timeout_s=9,
@@ -63,10 +63,36 @@ def test_settings_choose_the_preset_and_the_limits(tmp_path, monkeypatch):
     assert tmp_path / "pullsmith.toml" in policy.hidden_paths
     assert settings.runs_dir in policy.hidden_paths
     monkeypatch.setenv("PULLSMITH_SANDBOX_POLICY", "read-only")
-    assert not sandbox_policy(load_settings()).workspace_writable
+    assert not agent_policy(load_settings()).workspace_writable
     (tmp_path / "pullsmith.toml").write_text('sandbox_policy = "full-access"\n')
     monkeypatch.delenv("PULLSMITH_SANDBOX_POLICY")
-    assert sandbox_policy(load_settings()).network
+    assert agent_policy(load_settings()).network
+
+
+def test_agent_policy_hides_the_config_files_and_ignores_the_cwd(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    project.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    extra = tmp_path / "team.toml"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.chdir(project)
+    settings = replace(load_settings(), config_files=(*load_settings().config_files, extra))
+    assert project / "pullsmith.toml" in settings.config_files
+    policy = agent_policy(settings, hidden=["secret.txt", tmp_path / "other"])
+    for path in settings.config_files:
+        assert path in policy.hidden_paths
+    assert extra in policy.hidden_paths
+    assert tmp_path / "xdg" / "pullsmith" in policy.hidden_paths
+    assert settings.runs_dir in policy.hidden_paths
+    assert Path("secret.txt") in policy.hidden_paths and tmp_path / "other" in policy.hidden_paths
+    monkeypatch.chdir(elsewhere)
+    assert agent_policy(settings, hidden=["secret.txt", tmp_path / "other"]) == policy
+    assert not any(path.is_relative_to(elsewhere) for path in policy.hidden_paths)
+    # Settings made without load_settings name no configuration files, and none get hidden
+    # from the current directory.
+    bare = agent_policy(Settings(data_dir=tmp_path / "data"))
+    assert bare.hidden_paths == (tmp_path / "xdg" / "pullsmith", tmp_path / "data" / "runs")
 
 
 def test_seccomp_program_shape():

@@ -22,8 +22,7 @@ from pullsmith.config import Settings
 from pullsmith.errors import UserError
 from pullsmith.eval.snapshot import apply_change, copy_tree, materialize
 from pullsmith.eval.tasks import DEFAULT_TEST_TIMEOUT_S, EvalTask
-from pullsmith.runner import sandbox_policy
-from pullsmith.sandbox import make_sandbox
+from pullsmith.sandbox import agent_policy, make_sandbox
 from pullsmith.sandbox.base import Sandbox
 
 OUTPUT_TAIL_CHARS = 2000
@@ -73,7 +72,7 @@ def _tail(text: str, limit: int = OUTPUT_TAIL_CHARS) -> str:
 
 
 def scoring_sandbox(settings: Settings, tree: Path, timeout_s: float) -> Sandbox:
-    policy = sandbox_policy(settings)
+    policy = agent_policy(settings)
     policy = dataclasses.replace(
         policy, limits=dataclasses.replace(policy.limits, timeout_s=timeout_s)
     )

@@ -2,8 +2,9 @@
 
 Backends: `bwrap` (bwrap.py, the default), `docker` and `podman` (container.py) and `none`
 (none.py, unconfined, only by name). Each takes a `SandboxPolicy`, usually one of the presets
-of `policy_preset`; limits.py and process.py give every backend the same timeouts,
-cancellation, output cap and resource limits.
+of `policy_preset` (for the agent's commands, `agent_policy` in policy.py builds it from the
+settings); limits.py and process.py give every backend the same timeouts, cancellation, output
+cap and resource limits.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pullsmith.sandbox.bwrap import BwrapSandbox, bwrap_available
 from pullsmith.sandbox.container import DEFAULT_IMAGE, ContainerSandbox, engine_error
 from pullsmith.sandbox.limits import describe as describe_limits
 from pullsmith.sandbox.none import NoSandbox
+from pullsmith.sandbox.policy import agent_policy
 
 SANDBOX_NAMES: tuple[str, ...] = ("bwrap", "docker", "podman", "none")
 
@@ -38,6 +40,7 @@ __all__ = [
     "NoSandbox",
     "Sandbox",
     "SandboxPolicy",
+    "agent_policy",
     "bwrap_available",
     "describe",
     "engine_error",
