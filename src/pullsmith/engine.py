@@ -1,32 +1,28 @@
 """The engine: the one way a task runs, whichever front end asked for it.
 
-`Engine.submit(task)` hands the task's work (its attempts) to an executor — threads of this
-process, or worker processes — and returns a `RunHandle` at once. When the work is done the
-engine records the pull request through its publisher, emits `task.finished`, and the handle's
-`result()` returns the AttemptResult. Failures are results too (status "error" with the
-reason), never exceptions left for the caller to dig out of result.json; a cancel on the handle
-ends the run as "cancelled" with its worktree and log kept.
-
-`execute` is the work itself, run wherever the executor runs it: it needs only a Task and
-Settings (plain data), so a worker process or another machine can run it.
+`Engine.submit(task)` hands the task's work (`work.execute`: its attempts) to an executor —
+threads of this process, or worker processes — and returns a `RunHandle` at once. When the
+work is done the engine records the pull request through its publisher, emits
+`task.finished`, and the handle's `result()` returns the AttemptResult. Failures are results
+too (status "error" with the reason), never exceptions left for the caller to dig out of
+result.json; a cancel on the handle ends the run as "cancelled" with its worktree and log kept.
 """
 
 from __future__ import annotations
 
 import threading
-import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
-from pullsmith.attempt import Attempt, read_result, run_dir_for, write_result
-from pullsmith.best_of_n import BestOfN
+from pullsmith.attempt import read_result, run_dir_for, write_result
 from pullsmith.config import Settings
 from pullsmith.errors import UserError
-from pullsmith.events import ErrorEvent, Event, EventLog, Listener, TaskFinished, WarningEvent
+from pullsmith.events import EventLog, Listener, TaskFinished, WarningEvent
+from pullsmith.executors import Executor, Job, ThreadExecutor
 from pullsmith.models import Model
-from pullsmith.models.openai_compat import ModelError
 from pullsmith.task import AttemptResult, Task
+from pullsmith.work import check_task
 
 
 class Publisher(Protocol):
@@ -38,76 +34,6 @@ class Publisher(Protocol):
         Emits its pr.* events into `events`. A UserError means it could not; the run stands.
         """
         ...
-
-
-class Job(Protocol):
-    """A task's work as an executor runs it."""
-
-    def cancel(self) -> None: ...
-
-    def result(self, timeout: float | None = None) -> AttemptResult: ...
-
-
-class Executor(Protocol):
-    """Runs the work of tasks (see `execute`), each with its events sent to `on_event`."""
-
-    def submit(
-        self, task: Task, settings: Settings, on_event: Callable[[Event], None]
-    ) -> Job: ...
-
-    def shutdown(self, cancel: bool = False) -> None: ...
-
-
-def check_task(task: Task) -> None:
-    """Refuse a task that can not run, before anything is done for it."""
-    if task.attempts < 1:
-        raise UserError(f"--attempts must be at least 1 (got {task.attempts}).")
-    if task.attempts > 1 and task.follow_up is not None:
-        raise UserError(
-            "a follow-up continues one branch, so it runs as one attempt; drop --attempts."
-        )
-    if not task.instruction.strip():
-        raise UserError('the task is empty; say what you want done, e.g. pullsmith exec "fix X".')
-
-
-def execute(
-    task: Task,
-    settings: Settings,
-    events: EventLog,
-    model: Model | None = None,
-    cancel: threading.Event | None = None,
-) -> AttemptResult:
-    """Run the attempts of `task`; whatever goes wrong comes back as the result's error."""
-    cancel = cancel or threading.Event()
-    run_dir = run_dir_for(settings, task.task_id)
-    work: Attempt | BestOfN
-    if task.attempts == 1:
-        work = Attempt(task, settings, events, model, cancel)
-    else:
-        work = BestOfN(task, settings, events, model, cancel)
-    try:
-        return work.run()
-    except UserError as exc:
-        result = getattr(work, "result", None) or read_result(run_dir)
-        if result is None:
-            result = AttemptResult.failed_to_start(task, exc.message, str(run_dir))
-            events.emit(ErrorEvent(message=exc.message))
-        result.status, result.error = "error", exc.message
-        result.error_kind = "model" if isinstance(exc, ModelError) else "run"
-    except Exception as exc:  # a bug of ours: the run's record says so, the process goes on
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "traceback.txt").write_text(traceback.format_exc(), encoding="utf-8")
-        message = (
-            f"pullsmith failed inside the run ({type(exc).__name__}: {exc}); the traceback is in "
-            f"{run_dir / 'traceback.txt'} — please report it."
-        )
-        result = getattr(work, "result", None) or AttemptResult.failed_to_start(
-            task, message, str(run_dir)
-        )
-        result.status, result.error, result.error_kind = "error", message, "internal"
-        events.emit(ErrorEvent(message=message))
-    write_result(run_dir, result)
-    return result
 
 
 class RunHandle:
@@ -148,8 +74,6 @@ class Engine:
         executor: Executor | None = None,
         publisher: Publisher | None = None,
     ) -> None:
-        from pullsmith.executors import ThreadExecutor
-
         self.settings = settings
         self.executor: Executor = executor or ThreadExecutor(1)
         self.publisher = publisher
@@ -250,8 +174,6 @@ def run_task(
     publisher: Publisher | None = None,
 ) -> AttemptResult:
     """Run one task in this process and wait for it (the engine with one in-process worker)."""
-    from pullsmith.executors import ThreadExecutor
-
     engine = Engine(settings, ThreadExecutor(1, model=model), publisher)
     try:
         return engine.run(task, listeners)

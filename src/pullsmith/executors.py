@@ -23,15 +23,32 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pullsmith.attempt import run_dir_for
 from pullsmith.config import Settings
-from pullsmith.engine import execute
 from pullsmith.errors import UserError
 from pullsmith.events import Event, EventLog
 from pullsmith.models import Model
 from pullsmith.task import AttemptResult, Task
+from pullsmith.work import execute
+
+
+class Job(Protocol):
+    """A task's work as an executor runs it."""
+
+    def cancel(self) -> None: ...
+
+    def result(self, timeout: float | None = None) -> AttemptResult: ...
+
+
+class Executor(Protocol):
+    """Runs the work of tasks (see `execute`), each with its events sent to `on_event`."""
+
+    def submit(self, task: Task, settings: Settings, on_event: Callable[[Event], None]) -> Job: ...
+
+    def shutdown(self, cancel: bool = False) -> None: ...
+
 
 # How often the process pool's dispatcher looks for workers that died.
 WATCH_INTERVAL_S = 0.5
@@ -126,7 +143,9 @@ class ThreadExecutor:
         self._server = _SharedModelServer(workers, log_path)
         self._jobs: list[_ThreadJob] = []
 
-    def submit(self, task: Task, settings: Settings, on_event: Callable[[Event], None]) -> _ThreadJob:
+    def submit(
+        self, task: Task, settings: Settings, on_event: Callable[[Event], None]
+    ) -> _ThreadJob:
         if self.model is None:
             settings = self._server.settings_for(settings)
         job = _ThreadJob(task, settings)
@@ -341,9 +360,7 @@ class ProcessExecutor:
         from pullsmith.attempt import read_result
 
         run_dir = run_dir_for(job.settings, job.task.task_id)
-        result = read_result(run_dir) or AttemptResult.failed_to_start(
-            job.task, why, str(run_dir)
-        )
+        result = read_result(run_dir) or AttemptResult.failed_to_start(job.task, why, str(run_dir))
         result.status, result.error, result.error_kind = "error", f"{why}; run it again.", "worker"
         return result
 

@@ -24,14 +24,14 @@ from typing import Any
 from pullsmith import __version__
 from pullsmith.attempt import run_dir_for
 from pullsmith.config import Settings
-from pullsmith.engine import Engine, Executor
+from pullsmith.engine import Engine
 from pullsmith.errors import UserError
 from pullsmith.eval.report import build_report, write_reports
 from pullsmith.eval.scoring import SETUP_TIMEOUT_S, Score, score_tree, scoring_sandbox
 from pullsmith.eval.snapshot import export_commit, init_repo, materialize, remove_tree
 from pullsmith.eval.tasks import EvalTask, Suite
 from pullsmith.events import Event, read_events
-from pullsmith.executors import ProcessExecutor, ThreadExecutor
+from pullsmith.executors import Executor, ProcessExecutor, ThreadExecutor
 from pullsmith.models import Model
 from pullsmith.models.profiles import resolve_edit_forms, resolve_protocol
 from pullsmith.task import AttemptResult, Task
