@@ -55,15 +55,8 @@ WATCH_INTERVAL_S = 0.5
 
 
 def cancelled_before_start(task: Task, settings: Settings) -> AttemptResult:
-    return AttemptResult(
-        task_id=task.task_id,
-        status="cancelled",
-        exit_reason="cancelled",
-        instruction=task.instruction,
-        repo=task.repo,
-        run_dir=str(run_dir_for(settings, task.task_id)),
-        error="cancelled before it started",
-    )
+    run_dir = str(run_dir_for(settings, task.task_id))
+    return AttemptResult.failed_to_start(task, "cancelled before it started", run_dir, "cancelled")
 
 
 def run_work(

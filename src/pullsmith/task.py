@@ -172,12 +172,14 @@ class AttemptResult:
         return cls(**data)
 
     @classmethod
-    def failed_to_start(cls, task: Task, message: str, run_dir: str = "") -> AttemptResult:
-        """The result of a task that stopped before an attempt could be made."""
+    def failed_to_start(
+        cls, task: Task, message: str, run_dir: str = "", status: str = "error"
+    ) -> AttemptResult:
+        """The result of a task that stopped (or was cancelled) before an attempt was made."""
         return cls(
             task_id=task.task_id,
-            status="error",
-            exit_reason="error",
+            status=status,
+            exit_reason=status,
             instruction=task.instruction,
             repo=task.repo,
             run_dir=run_dir,
