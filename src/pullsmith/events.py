@@ -560,4 +560,3 @@ def events_schema() -> dict[str, Any]:
         "oneOf": variants,
         **({"$defs": defs} if defs else {}),
     }
-
