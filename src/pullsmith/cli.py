@@ -463,6 +463,31 @@ def model_serve_command(port: int | None, threads: int | None, parallel: int) ->
     sys.exit(code)
 
 
+@click.group("events")
+def events_group() -> None:
+    """The run log's event types (docs/events.md describes them)."""
+
+
+@events_group.command("schema")
+@click.option("--type", "type_name", metavar="NAME", default=None, help="Only this type's data.")
+def events_schema_command(type_name: str | None) -> None:
+    """Print the JSON Schema of a line of events.jsonl, or of one event type's data."""
+    from pullsmith.events import EVENT_TYPES, events_schema
+
+    schema = events_schema()
+    if type_name is not None:
+        if type_name not in EVENT_TYPES:
+            raise UserError(
+                f"unknown event type {type_name!r}; the types are: {', '.join(EVENT_TYPES)}."
+            )
+        variants = {v["properties"]["type"]["const"]: v for v in schema["oneOf"]}
+        data = dict(variants[type_name]["properties"]["data"])
+        if "$defs" in schema:
+            data["$defs"] = schema["$defs"]
+        schema = data
+    print(json.dumps(schema, indent=2))
+
+
 @main_group.command("cleanup")
 @click.option("--repo", default=".", show_default=True, help="Repository path.")
 def cleanup_command(repo: str) -> None:
@@ -548,6 +573,7 @@ def sandbox_command(
 
 main_group.add_command(eval_group)
 main_group.add_command(pr_commands.pr_group)
+main_group.add_command(events_group)
 
 
 def main(argv: list[str] | None = None) -> None:
