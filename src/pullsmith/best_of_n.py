@@ -166,7 +166,7 @@ class BestOfN:
         log = EventLog(
             sub.task_id,
             run_dir_for(settings, sub.task_id) / "events.jsonl",
-            forward=lambda event: self.events.emit(event.type, attempt=number, **event.data),
+            forward=lambda event: self.events.emit(event.type, **{**event.data, "attempt": number}),
         )
         temperature = None if number == 1 else max(settings.temperature, RETRY_TEMPERATURE)
         seed = None if settings.seed is None else settings.seed + number - 1

@@ -316,7 +316,10 @@ class Event:
 
     @property
     def payload(self) -> Payload:
-        return payload_for(self.type, self.data)
+        """The typed data; fields a newer pullsmith added (same schema version) are skipped."""
+        cls = EVENT_TYPES.get(self.type)
+        known = cls.model_fields if cls is not None else {}
+        return payload_for(self.type, {k: v for k, v in self.data.items() if k in known})
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -433,7 +436,9 @@ class EventLog:
         self._forward = forward
         self._stream: EventStream | None = None
         self.failures: list[ListenerFailed] = []
-        self._lock = threading.Lock()
+        # Held while an event is written and handed on, so listeners see the file's order;
+        # re-entrant because a failing forward is reported from inside.
+        self._lock = threading.RLock()
         self._next_id = 1
         self._file = None
         if path is not None:
@@ -464,14 +469,14 @@ class EventLog:
             if self._file is not None:
                 self._file.write(event.to_json() + "\n")
                 self._file.flush()
-        self._hand_on(event)
+            self._hand_on(event)
         return event
 
     def relay(self, event: Event) -> None:
         """Pass on an event that another process already wrote to this log's file."""
         with self._lock:
             self._next_id = max(self._next_id, event.id + 1)
-        self._hand_on(event)
+            self._hand_on(event)
 
     def _hand_on(self, event: Event) -> None:
         if self._forward is not None:
