@@ -31,6 +31,7 @@ from pullsmith.events import (
 )
 from pullsmith.models import Model, open_model
 from pullsmith.models.profiles import resolve_edit_forms, resolve_protocol
+from pullsmith.models.replay import REPLAY_PREFIX, is_replay, load_recordings
 from pullsmith.sandbox import make_sandbox
 from pullsmith.sandbox.base import Sandbox
 from pullsmith.sandbox.policy import agent_policy
@@ -80,7 +81,7 @@ class Attempt:
                 repo=str(repo),
                 base=task.base or "HEAD",
                 model=settings.model_name,
-                protocol=resolve_protocol(settings.protocol, settings.model_name),
+                protocol=self._protocol(),
                 edit_forms=list(resolve_edit_forms(settings.edit_forms, settings.model_name)),
                 sandbox=settings.sandbox,
             )
@@ -191,7 +192,7 @@ class Attempt:
                 return None
             return tests_still_fail(run.command, run.exit_code, clip(run.output, TEST_OUTPUT_CHARS))
 
-        protocol = resolve_protocol(self.settings.protocol, self.settings.model_name)
+        protocol = self._protocol()
         agent = Agent(
             self.model,
             sandbox,
@@ -224,6 +225,17 @@ class Attempt:
         after = self._run_tests(sandbox, test_command, "after")
         result.tests_after = after
         result.status = "cancelled" if self.cancel.is_set() else self._status(outcome, after)
+
+    def _protocol(self) -> str:
+        """The action protocol: the setting, or the model's profile; a replay speaks the one
+        its recording used."""
+        settings = self.settings
+        if settings.protocol == "auto" and is_replay(settings.model):
+            spec = (settings.model or "")[len(REPLAY_PREFIX) :]
+            recorded = load_recordings(spec, settings.runs_dir)
+            if recorded and recorded[0].protocol:
+                return recorded[0].protocol
+        return resolve_protocol(settings.protocol, settings.model_name)
 
     def _agent_limits(self) -> AgentLimits:
         s = self.settings

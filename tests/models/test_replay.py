@@ -438,7 +438,9 @@ def clean_env(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-def record_and_replay(example_repo: Path, tmp_path: Path, replies: list, *args: str):
+def record_and_replay(
+    example_repo: Path, tmp_path: Path, replies: list, *args: str, replay_args=None
+):
     """Record a run of `replies` on the example repo, replay it on a fresh copy; both outcomes."""
     with ScriptedServer(replies) as server:
         code, events, stderr = exec_json(
@@ -456,7 +458,8 @@ def record_and_replay(example_repo: Path, tmp_path: Path, replies: list, *args: 
     assert recorded["commit"], recorded
 
     fresh = fresh_example(tmp_path / "fresh")
-    code, replayed_events, stderr = exec_json(fresh, "--model", f"replay:{run_id}", *args)
+    again = args if replay_args is None else replay_args
+    code, replayed_events, stderr = exec_json(fresh, "--model", f"replay:{run_id}", *again)
     assert code == 0, stderr
     started = next(e for e in replayed_events if e["type"] == "task.started")
     assert started["data"]["model"] == f"replay:{run_id}"
@@ -483,10 +486,13 @@ def test_exec_replays_native_tool_calls(example_repo, tmp_path, clean_env):
         {"tool_calls": [("shell", {"command": fix})]},
         {"tool_calls": [("finish", {"summary": "to_csv exports every row"})]},
     ]
-    recorded, replayed, _ = record_and_replay(
-        example_repo, tmp_path, replies, "--protocol", "tools"
+    # The replay speaks the protocol its recording used without being told.
+    recorded, replayed, events = record_and_replay(
+        example_repo, tmp_path, replies, "--protocol", "tools", replay_args=()
     )
     assert replayed["status"] == recorded["status"] == "passed"
+    started = next(e for e in events if e["type"] == "task.started")
+    assert started["data"]["protocol"] == "tools"
 
 
 def test_exec_replays_best_of_n_attempt_by_attempt(example_repo, tmp_path, clean_env):
