@@ -463,6 +463,43 @@ def model_serve_command(port: int | None, threads: int | None, parallel: int) ->
     sys.exit(code)
 
 
+@main_group.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=8765, show_default=True, help="Port (0: a free one).")
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Tasks at once."
+)
+@click.option("--database-url", default=None, metavar="URL", help="The store (default SQLite).")
+@click.option(
+    "--token",
+    default=None,
+    help="Access token (default $PULLSMITH_TOKEN, else one kept in the data directory).",
+)
+@model_options
+def serve_command(
+    host: str,
+    port: int,
+    workers: int,
+    database_url: str | None,
+    token: str | None,
+    model: str | None,
+    base_url: str | None,
+    protocol: str | None,
+    edit_forms: str | None,
+) -> None:
+    """Run the service: a REST API over a queue of tasks (docs/api.md). Ctrl-C drains."""
+    from pullsmith.service.server import serve
+
+    settings = settings_from_flags(
+        model=model,
+        base_url=base_url,
+        protocol=protocol,
+        edit_forms=edit_forms,
+        database_url=database_url,
+    )
+    sys.exit(serve(settings, host=host, port=port, workers=workers, token=token))
+
+
 @click.group("events")
 def events_group() -> None:
     """The run log's event types (docs/events.md describes them)."""
