@@ -231,11 +231,14 @@ class Server:
             self.proc.send_signal(sig)
         return self.proc.wait(timeout=timeout)
 
-    def kill(self) -> None:
-        """SIGKILL the server process alone (its workers notice and exit)."""
+    def kill(self) -> list[int]:
+        """SIGKILL the server process alone; the processes it had started (its workers notice
+        and exit)."""
         assert self.proc is not None
+        started = descendants(self.proc.pid)
         self.proc.kill()
         self.proc.wait(timeout=30)
+        return started
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -245,6 +248,39 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below `pid`, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def alive(pids: list[int]) -> list[int]:
+    """The ones of `pids` still running (zombies count as gone)."""
+    running = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            running.append(pid)
+    return running
 
 
 def frames(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
