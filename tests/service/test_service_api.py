@@ -13,6 +13,7 @@ from service_helpers import (
     make_repo,
     recordings_fixture,  # noqa: F401 (the recordings fixture)
     server_env,
+    stream,
 )
 
 SECRET = "sk-test-do-not-show-me-0123456789"
@@ -148,12 +149,21 @@ def test_a_queued_task_is_listed_and_cancelled_and_no_secret_shows(server, repo,
     assert listed["total"] == 1 and listed["tasks"][0]["id"] == task_id
     assert server.get("/api/tasks", params={"offset": 1}).json()["tasks"] == []
     server.wait_event(task_id, lambda e: e["type"] == "command.started")
+    # One worker, and it is busy: the next task waits, and a cancel ends it before it starts.
+    behind = server.create(repo, recordings["good"])["id"]
+    assert server.task(behind)["state"] == "queued"
+    cancelled = server.post(f"/api/tasks/{behind}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["state"] == "cancelled" and cancelled.json()["cancelling"] is False
+    assert stream(server, behind) == []
     for path in ("/api/health", "/api/tasks", f"/api/tasks/{task_id}", "/openapi.json"):
         assert SECRET not in server.get(path).text
     assert server.post(f"/api/tasks/{task_id}/cancel").status_code == 202
     done = server.wait(task_id, ("cancelled",), timeout=20)
     assert SECRET not in str(done)
     refused(server.post(f"/api/tasks/{task_id}/cancel"), 409, "already cancelled")
+    never = server.task(behind)
+    assert never["state"] == "cancelled" and never["tries"] == 0 and never["started_at"] is None
     refused(server.get(f"/api/tasks/{task_id}/diff?attempt=3"), 404, "has no attempt 3")
 
 

@@ -137,7 +137,10 @@ class TaskService:
         self.engine = Engine(settings, self.executor, publisher or LocalPublisher(settings))
         self.notifier = Notifier()
         self._lock = threading.RLock()
-        self._running: dict[str, RunHandle] = {}
+        # The tasks handed to the engine (None while being handed), and their closing threads.
+        self._running: dict[str, RunHandle | None] = {}
+        self._cancel_asked: set[str] = set()
+        self._pr_lock = threading.Lock()
         self._closers: dict[str, threading.Thread] = {}
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -170,7 +173,7 @@ class TaskService:
         self._stopping.set()
         self._wake.set()
         with self._lock:
-            handles = list(self._running.values())
+            handles = [handle for handle in self._running.values() if handle is not None]
         for handle in handles:
             handle.cancel()
         self.notifier.notify()
@@ -234,9 +237,9 @@ class TaskService:
                 load_recordings(model[len(REPLAY_PREFIX) :], self.settings.runs_dir)
             except UserError as exc:
                 raise Invalid(exc.message) from None
-        with self._lock:
+        while True:
             row = ServiceTask(
-                id=self._new_id(),
+                id=new_task_id(),
                 repo=repo,
                 base=base,
                 instruction=new.instruction,
@@ -248,16 +251,16 @@ class TaskService:
                 tries=0,
                 interruptions=0,
             )
-            self.store.add(row)
+            if run_dir_for(self.settings, row.id).exists():
+                continue  # an id `exec` used: its branch and log are taken
+            try:
+                with self.store.session() as session:
+                    session.add(row)
+            except IntegrityError:
+                continue  # the same id, made in the same second
+            break
         self._wake.set()
         return row
-
-    def _new_id(self) -> str:
-        while True:
-            task_id = new_task_id()
-            if self.get(task_id) is None and not run_dir_for(self.settings, task_id).exists():
-                return task_id
-            time.sleep(0.001)
 
     def get(self, task_id: str) -> ServiceTask | None:
         with self.store.session() as session:
@@ -320,13 +323,16 @@ class TaskService:
         """
         with self._lock:
             row = self.require(task_id)
-            if row.state == QUEUED:
-                self._update(task_id, state=CANCELLED, finished_at=utcnow())
+            if row.state == QUEUED and self._move(task_id, QUEUED, CANCELLED, finished_at=utcnow()):
                 self.notifier.notify(task_id)
                 return self.require(task_id), False
-            handle = self._running.get(task_id)
-            if row.state == RUNNING and handle is not None:
-                handle.cancel()
+            row = self.require(task_id)  # the scheduler may have taken it meanwhile
+            if row.state == RUNNING:
+                handle = self._running.get(task_id)
+                if handle is not None:
+                    handle.cancel()
+                else:  # being handed to the engine: cancelled as soon as it is
+                    self._cancel_asked.add(task_id)
                 return row, True
         raise Conflict(f"task {task_id} is already {row.state}; there is nothing to cancel.")
 
@@ -425,15 +431,24 @@ class TaskService:
                 row = self._next_queued()
                 if row is None:
                     return
-                self._submit(row)
+                claimed = self._move(
+                    row.id, QUEUED, RUNNING, started_at=utcnow(), tries=row.tries + 1
+                )
+                if not claimed:
+                    continue  # cancelled meanwhile
+                self._running[row.id] = None
+            self._submit(row)
 
     def _submit(self, row: ServiceTask) -> None:
-        """Hand `row` to the engine (called with the lock held)."""
+        """Hand `row`, claimed as running, to the engine. Not under the lock: the first task
+        of the bundled model waits here for its server to start."""
         task = task_of(row)
-        self._update(row.id, state=RUNNING, started_at=utcnow(), tries=row.tries + 1)
         try:
             handle = self.engine.submit(task, [self._listener(row.id)], self.settings_for(row))
         except Exception as exc:
+            with self._lock:
+                self._running.pop(row.id, None)
+                self._cancel_asked.discard(row.id)
             message = exc.message if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
             result = AttemptResult.failed_to_start(
                 task, message, str(run_dir_for(self.settings, row.id))
@@ -446,12 +461,17 @@ class TaskService:
                 error=message,
             )
             self.notifier.notify(row.id)
+            self._wake.set()
             return
-        self._running[row.id] = handle
         closer = threading.Thread(
             target=self._await, args=(handle,), name=f"service-{row.id}", daemon=True
         )
-        self._closers[row.id] = closer
+        with self._lock:
+            self._running[row.id] = handle
+            self._closers[row.id] = closer
+            if row.id in self._cancel_asked or self._stopping.is_set():
+                self._cancel_asked.discard(row.id)
+                handle.cancel()
         closer.start()
         self.notifier.notify(row.id)
 
@@ -484,6 +504,16 @@ class TaskService:
     def _update(self, task_id: str, **values: Any) -> None:
         with self.store.session() as session:
             session.execute(update(ServiceTask).where(ServiceTask.id == task_id).values(**values))
+
+    def _move(self, task_id: str, old: str, new: str, **values: Any) -> bool:
+        """Set the task's state from `old` to `new` (and `values`); False if it was not `old`."""
+        with self.store.session() as session:
+            done = session.execute(
+                update(ServiceTask)
+                .where(ServiceTask.id == task_id, ServiceTask.state == old)
+                .values(state=new, **values)
+            )
+        return bool(getattr(done, "rowcount", 0))
 
     # --- after a crash --------------------------------------------------------------------
 
@@ -560,7 +590,7 @@ class TaskService:
 
     def record_pr(self, task_id: str) -> tuple[int, bool]:
         """Record the task's result as a pull request if its run did not; (number, new)."""
-        with self._lock:
+        with self._pr_lock:
             row = self.require(task_id)
             if row.state not in FINISHED_STATES:
                 raise Conflict(
