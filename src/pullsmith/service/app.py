@@ -349,7 +349,7 @@ def create_app(
             "status": "draining" if service.stopping else "ok",
             "version": __version__,
             "workers": service.workers,
-            "executor": type(service.executor).__name__,
+            "executor": "process",
             "model": service.settings.model_name,
             "tasks": await call(counts),
         }

@@ -244,7 +244,7 @@ class TaskService:
                 base=base,
                 instruction=new.instruction,
                 attempts=new.attempts,
-                until_pass=int(bool(new.until_pass)),
+                until_pass=bool(new.until_pass),
                 model_options=self.model_options(model),
                 state=QUEUED,
                 created_at=utcnow(),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from pullsmith.store import Base, utcnow
@@ -38,7 +38,7 @@ class ServiceTask(Base):
     base: Mapped[str | None] = mapped_column(String(255), nullable=True)
     instruction: Mapped[str] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
-    until_pass: Mapped[int] = mapped_column(Integer, default=0)
+    until_pass: Mapped[bool] = mapped_column(Boolean, default=False)
     # The model settings it runs with (model, base_url, protocol, edit_forms), fixed when it was
     # queued so that a restart with other flags runs it as it was asked. Never an API key.
     model_options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
