@@ -2,12 +2,14 @@
 
 A SQLite file in pullsmith's data directory by default; any SQLAlchemy URL (PostgreSQL for the
 service) by the `database_url` setting or `PULLSMITH_DATABASE_URL`. Rows are returned detached
-(nothing expires on commit), so callers read them freely after the session is gone.
+(nothing expires on commit), so callers read them freely after the session is gone. The schema
+comes from the Alembic revisions in `pullsmith/migrations`, run whenever a store is opened.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -29,9 +31,16 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DatabaseError,
+    NoSuchModuleError,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from pullsmith import migrations
 from pullsmith.config import Settings
 from pullsmith.errors import UserError
 
@@ -150,9 +159,30 @@ def _redact(url: str) -> str:
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     # WAL lets the service read while a run writes; foreign keys are off in SQLite by default.
-    cursor.execute("PRAGMA journal_mode=WAL")
+    _wal(cursor)
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _wal(cursor: Any, patience: float = 30.0) -> None:
+    """Switch the file to WAL (it stays so), waiting out others who do it at the same moment.
+
+    Two processes opening a new file at once both switch it, and SQLite answers the second
+    "database is locked" at once, without waiting the busy timeout: so wait here.
+    """
+    import sqlite3  # only SQLite stores come here
+
+    deadline = time.monotonic() + patience
+    pause = 0.01
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.5)
 
 
 class Store:
@@ -188,11 +218,23 @@ class Store:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
-            Base.metadata.create_all(self.engine)
-        except OperationalError as exc:
+            # The schema is Alembic's (pullsmith/migrations): a new database gets every
+            # revision, one that create_all made is stamped, an up-to-date one costs a query.
+            migrations.upgrade(self.engine)
+        except DatabaseError as exc:
             raise UserError(
                 f"could not open the store at {shown} ({_first_line(exc)}); check that the "
                 "database is reachable and writable."
+            ) from None
+        except migrations.UnknownRevisionError as exc:
+            raise UserError(
+                f"the store at {shown} is at schema revision {exc.revision}, which this "
+                "pullsmith does not know (a newer one upgraded it); upgrade pullsmith."
+            ) from None
+        except migrations.PartialSchemaError as exc:
+            raise UserError(
+                f"the store at {shown} has only some of pullsmith's tables ({exc}) and no "
+                "schema revision; point the database URL at pullsmith's own database."
             ) from None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
