@@ -129,6 +129,13 @@ class Engine:
             result.pull_request = self.publisher.publish(task, result, log)
         except UserError as exc:
             log.emit(WarningEvent(message=f"the run was not recorded as a pull request: {exc}"))
+        except Exception as exc:  # a bug of ours must not lose the finished run
+            log.emit(
+                WarningEvent(
+                    message="the run was not recorded as a pull request (pullsmith failed: "
+                    f"{type(exc).__name__}: {exc}); its branch holds the work — please report it."
+                )
+            )
         write_result(Path(result.run_dir or run_dir_for(self.settings, task.task_id)), result)
 
     def run(self, task: Task, listeners: Iterable[Listener] = ()) -> AttemptResult:
