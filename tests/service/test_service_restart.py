@@ -81,9 +81,6 @@ def test_a_task_interrupted_twice_stays_interrupted(tmp_path):
     store = Store.open(settings)
     service = TaskService(settings, store, 1, executor=ThreadExecutor(1))
     try:
-        from pullsmith.service.server import _ensure_tables
-
-        _ensure_tables(store)
         for task_id, tries in (("20990101-000000-0001", 1), ("20990101-000000-0002", 2)):
             store.add(
                 ServiceTask(

@@ -92,8 +92,7 @@ def serve(
         raise UserError(f"--workers must be at least 1 (got {workers}).")
     access = resolve_access(host, settings.data_dir, token)
     sock = bind(host, port)
-    store = Store.open(settings)
-    _ensure_tables(store)
+    store = Store.open(settings)  # its migrations make the service's tables too
     service = TaskService(settings, store, workers)
     try:
         started = service.start()
@@ -131,14 +130,6 @@ def serve(
         store.close()
         sock.close()
     return 0
-
-
-def _ensure_tables(store: Store) -> None:
-    """Create the service's tables where the store's schema does not have them yet."""
-    from pullsmith.service.tables import SERVICE_TABLES
-    from pullsmith.store import Base
-
-    Base.metadata.create_all(store.engine, tables=list(SERVICE_TABLES))
 
 
 def _announce(

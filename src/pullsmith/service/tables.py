@@ -1,7 +1,7 @@
 """The service's tables in the store: its tasks (the durable queue) and their events.
 
-They are defined on `pullsmith.store.Base`, so the store's migrations create them with the
-others. A service task's id is the engine's task id: its run directory is `runs/<id>/`, its
+They are defined on `pullsmith.store.Base`, and the store's migrations create them with the
+others (revision 0002): a change here needs a new revision in pullsmith/migrations. A service task's id is the engine's task id: its run directory is `runs/<id>/`, its
 branch `pullsmith/<id>`, and its events are the lines of that run's events.jsonl.
 """
 
@@ -69,6 +69,3 @@ class ServiceEvent(Base):
     ts: Mapped[float] = mapped_column(Float)
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     v: Mapped[int] = mapped_column(Integer, default=1)
-
-
-SERVICE_TABLES = (ServiceTask.__table__, ServiceEvent.__table__)
