@@ -40,7 +40,7 @@ RECORDS_FILE = "records.jsonl"
 RUN_FILE = "run.json"
 # Errors that are not the agent's doing; such tasks run again on resume, and this many in a
 # row stop the run (the model server is gone, the sandbox can not start, ...).
-RETRIED_ERRORS = ("model", "run", "setup", "task", "internal")
+RETRIED_ERRORS = ("model", "run", "setup", "task", "internal", "worker")
 MAX_ERRORS_IN_A_ROW = 3
 
 
