@@ -17,9 +17,11 @@ import contextlib
 import dataclasses
 import itertools
 import multiprocessing
+import os
 import queue
 import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from pathlib import Path
@@ -50,6 +52,8 @@ class Executor(Protocol):
     def shutdown(self, cancel: bool = False) -> None: ...
 
 
+# How often a worker checks that the process that started it is still there.
+PARENT_CHECK_S = 0.25
 # How often the process pool's dispatcher looks for workers that died.
 WATCH_INTERVAL_S = 0.5
 
@@ -159,10 +163,20 @@ class ThreadExecutor:
 # --- worker processes --------------------------------------------------------------------
 
 
-def _worker_main(inbox: Any, outbox: Any) -> None:
+def _watch_parent(parent: int) -> None:
+    """Exit as soon as the process that started this worker is gone (killed, OOM): nobody
+    would record what the worker does, and a restarted service would run its task again."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_S)
+    os._exit(1)  # the sandbox (bwrap --die-with-parent) takes the running command along
+
+
+def _worker_main(inbox: Any, outbox: Any, parent: int | None = None) -> None:
     """A worker process: run the jobs sent on `inbox` one at a time; report on `outbox`."""
     # Ctrl-C at a terminal reaches the whole process group; cancelling is the parent's call.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if parent is not None:
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     cancels: dict[int, threading.Event] = {}
     running: threading.Thread | None = None
 
@@ -269,7 +283,10 @@ class ProcessExecutor:
     def _spawn(self) -> _Worker:
         receive, send = self._ctx.Pipe(duplex=False)
         process = self._ctx.Process(
-            target=_worker_main, args=(receive, self._outbox), name="pullsmith-worker", daemon=True
+            target=_worker_main,
+            args=(receive, self._outbox, os.getpid()),
+            name="pullsmith-worker",
+            daemon=True,
         )
         process.start()
         receive.close()

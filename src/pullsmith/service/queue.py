@@ -36,7 +36,7 @@ from pullsmith.config import Settings
 from pullsmith.engine import Engine, Publisher, RunHandle
 from pullsmith.errors import UserError
 from pullsmith.events import Event, EventLog, WarningEvent, read_events
-from pullsmith.executors import Executor
+from pullsmith.executors import Executor, ProcessExecutor
 from pullsmith.models.replay import REPLAY_PREFIX, is_replay, load_recordings
 from pullsmith.pr.publish import LocalPublisher
 from pullsmith.service.errors import Conflict, Invalid, NotFound
@@ -52,7 +52,6 @@ from pullsmith.service.tables import (
     ServiceEvent,
     ServiceTask,
 )
-from pullsmith.service.workers import ServiceExecutor
 from pullsmith.store import Store, utcnow
 from pullsmith.task import AttemptResult, Task, new_task_id
 from pullsmith.workspace import BRANCH_PREFIX, GitError, git, is_url, resolve_repo
@@ -131,7 +130,7 @@ class TaskService:
         self.settings = settings
         self.store = store
         self.workers = workers
-        self.executor: Executor = executor or ServiceExecutor(
+        self.executor: Executor = executor or ProcessExecutor(
             workers, log_path=settings.data_dir / "service-model-server.log"
         )
         self.engine = Engine(settings, self.executor, publisher or LocalPublisher(settings))
