@@ -7,5 +7,4 @@
 - `app`: the FastAPI app (docs/api.md), with Server-Sent Events for a task's events.
 - `access`: the access token and the refusal to serve the network without one chosen.
 - `server`: binding, printing what it uses, uvicorn, and the drain on SIGINT/SIGTERM.
-- `workers`: the process pool whose workers exit when the service dies.
 """
