@@ -205,7 +205,7 @@ class ProgressView(Listener):
     "--workers",
     "--jobs",
     "workers",
-    type=int,
+    type=click.IntRange(min=1),
     default=1,
     show_default=True,
     help="Worker processes running tasks at once. With the bundled model they share one "
