@@ -12,11 +12,19 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    StreamingResponse,
+)
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
@@ -25,6 +33,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pullsmith import __version__
 from pullsmith.errors import UserError
+from pullsmith.events import EVENT_TYPES
 from pullsmith.pr import local as local_prs
 from pullsmith.pr.merge import merge as merge_pr
 from pullsmith.service.access import COOKIE, Access, token_matches
@@ -37,6 +46,15 @@ from pullsmith.task import AttemptResult
 # How long an idle event stream waits before it sends a comment to keep the connection open.
 KEEPALIVE_S = 15.0
 EVENT_BATCH = 500
+# The web UI: one page (index.html) and its two static files, no build step.
+WEB = Path(__file__).resolve().parent / "web"
+STATIC = {"app.css": "text/css", "app.js": "text/javascript"}
+# Nothing the pages load comes from another origin.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+}
 
 
 # --- request bodies ----------------------------------------------------------------------
@@ -326,6 +344,8 @@ def create_app(
                 COOKIE, access.token, httponly=True, samesite="strict", max_age=30 * 86400
             )
             return response
+        if "text/html" in request.headers.get("accept", ""):
+            return page()
         signed_in = token_matches(request.cookies.get(COOKIE), access.token)
         return {
             "service": "pullsmith",
@@ -337,6 +357,22 @@ def create_app(
             if signed_in
             else "open the URL `pullsmith serve` printed (with ?token=) once to sign in",
         }
+
+    # --- the web UI's pages (their data comes from /api, with the cookie) -------------
+
+    @app.get("/tasks/{task_id}", include_in_schema=False)
+    async def task_page(task_id: str) -> HTMLResponse:
+        return page()
+
+    @app.get("/prs", include_in_schema=False)
+    async def prs_page() -> HTMLResponse:
+        return page()
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(name: str) -> FileResponse:
+        if name not in STATIC:
+            raise StarletteHTTPException(404)
+        return FileResponse(WEB / name, media_type=STATIC[name], headers=PAGE_HEADERS)
 
     # --- health ------------------------------------------------------------------------
 
@@ -497,6 +533,16 @@ def create_app(
         return await call(run)
 
     return app
+
+
+@cache
+def _page_text() -> str:
+    return (WEB / "index.html").read_text().replace("{{event_types}}", ",".join(EVENT_TYPES))
+
+
+def page() -> HTMLResponse:
+    """The web UI's page; it renders the task list, a task or the PR list by its path."""
+    return HTMLResponse(_page_text(), headers=PAGE_HEADERS)
 
 
 def _pull_request(service: TaskService, number: int) -> PullRequestRecord:
