@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format e2e unit sandbox-deps clean
+.PHONY: demo test lint format e2e unit sandbox-deps browser-deps clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
@@ -20,10 +20,17 @@ sandbox-deps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq bubblewrap; \
 	  else echo "bubblewrap is missing: run 'sudo apt-get install bubblewrap' and retry."; exit 1; fi; }
 
+# The web UI's test drives Debian's Chromium (/usr/bin/chromium) through Playwright; without
+# it that test is skipped.
+browser-deps:
+	@[ -x /usr/bin/chromium ] || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else echo "Chromium is missing, so the web UI's test is skipped: run 'sudo apt-get install chromium' to run it."; fi; }
+
 demo: $(STAMP) sandbox-deps
 	bash examples/demo.sh
 
-test: $(STAMP) sandbox-deps lint
+test: $(STAMP) sandbox-deps browser-deps lint
 	$(BIN)/pytest -ra
 
 unit: $(STAMP) sandbox-deps
