@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format e2e unit sandbox-deps browser-deps clean
+.PHONY: demo test lint format e2e unit sandbox-deps postgres-deps browser-deps clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
@@ -12,13 +12,20 @@ $(STAMP): pyproject.toml
 	  else echo "Python's venv module is missing: run 'sudo apt-get install python3-venv' and retry."; exit 1; fi; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[local,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[local,dev,postgres]'
 	touch $(STAMP)
 
 sandbox-deps:
 	@command -v bwrap >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq bubblewrap; \
 	  else echo "bubblewrap is missing: run 'sudo apt-get install bubblewrap' and retry."; exit 1; fi; }
+
+# The store's tests also run on a real PostgreSQL server (tests/postgres_fixture.py starts one);
+# without it they are skipped.
+postgres-deps:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+	  else echo "PostgreSQL is missing, so its tests are skipped: run 'sudo apt-get install postgresql' to run them."; fi; }
 
 # The web UI's test drives Debian's Chromium (/usr/bin/chromium) through Playwright; without
 # it that test is skipped.
@@ -30,10 +37,10 @@ browser-deps:
 demo: $(STAMP) sandbox-deps
 	bash examples/demo.sh
 
-test: $(STAMP) sandbox-deps browser-deps lint
+test: $(STAMP) sandbox-deps postgres-deps browser-deps lint
 	$(BIN)/pytest -ra
 
-unit: $(STAMP) sandbox-deps
+unit: $(STAMP) sandbox-deps postgres-deps
 	$(BIN)/pytest -ra -m "not e2e"
 
 e2e: $(STAMP) sandbox-deps

@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from postgres_fixture import postgres_databases, postgres_url, store_url  # noqa: F401
 
 from pullsmith.models.base import Reply, Usage
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import multiprocessing
-import os
 import re
 import shutil
 import sqlite3
@@ -320,21 +319,11 @@ def test_processes_opening_one_store_at_once_all_succeed(tmp_path, legacy):
         assert _diff(store) == []
 
 
-POSTGRES_URL = os.environ.get("PULLSMITH_TEST_POSTGRES_URL")
-
-
-@pytest.mark.skipif(
-    not POSTGRES_URL, reason="PULLSMITH_TEST_POSTGRES_URL names no throwaway PostgreSQL database"
-)
 @pytest.mark.parametrize("legacy", [False, True], ids=["new", "create_all"])
-def test_postgres_processes_opening_one_store_at_once_all_succeed(legacy):
-    """The advisory lock. pullsmith's tables in that database are dropped first."""
-    url = str(POSTGRES_URL)
+def test_postgres_processes_opening_one_store_at_once_all_succeed(postgres_url, legacy):
+    """The advisory lock, on an empty database of the PostgreSQL server of the tests."""
+    url = postgres_url
     engine = create_engine(url)
-    with engine.begin() as connection:
-        for table in ("service_events", "service_tasks", "attempts", "pull_requests", "tasks"):
-            connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
-        connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
     if legacy:  # FIRST's tables without alembic_version, as create_all left them
         migrations.upgrade(engine, head=migrations.FIRST)
         with engine.begin() as connection:

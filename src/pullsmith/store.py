@@ -8,6 +8,7 @@ comes from the Alembic revisions in `pullsmith/migrations`, run whenever a store
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import time
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import (
     ArgumentError,
     DatabaseError,
+    DataError,
     NoSuchModuleError,
     OperationalError,
     SQLAlchemyError,
@@ -152,6 +154,16 @@ def database_url(settings: Settings) -> str:
     return f"sqlite:///{Path(settings.data_dir).expanduser() / 'pullsmith.db'}"
 
 
+def _with_driver(url: str) -> str:
+    """`url` with PostgreSQL's driver named: a bare postgresql:// (or a host's postgres://)
+    means psycopg 3, the one `pip install 'pullsmith[postgres]'` brings, not SQLAlchemy's
+    default psycopg2, when psycopg is there."""
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("postgresql", "postgres") and importlib.util.find_spec("psycopg"):
+        return f"postgresql+psycopg://{rest}"
+    return url
+
+
 def _redact(url: str) -> str:
     return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", url)
 
@@ -185,6 +197,41 @@ def _wal(cursor: Any, patience: float = 30.0) -> None:
         pause = min(pause * 2, 0.5)
 
 
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(item) for item in value.values())
+    if type(value) in (list, tuple):
+        return any(_has_nul(item) for item in value)
+    return False
+
+
+def _no_nul(value: Any) -> Any:
+    """`value` with every NUL in its strings (also in dicts, lists, tuples) made U+FFFD."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {key: _no_nul(item) for key, item in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_no_nul(item) for item in value)
+    return value
+
+
+def _postgres_text(
+    _conn: Any,
+    _cursor: Any,
+    statement: str,
+    parameters: Any,
+    _context: Any,
+    _executemany: bool,
+) -> tuple[str, Any]:
+    """PostgreSQL's text can't hold NUL, which SQLite stores: a test's output with one would
+    fail the whole write. It is stored as U+FFFD, as bytes that aren't UTF-8 are (JSON keeps
+    it, escaped, either way)."""
+    return statement, _no_nul(parameters) if _has_nul(parameters) else parameters
+
+
 class Store:
     """Tasks, attempts and pull requests, behind one SQLAlchemy engine."""
 
@@ -203,8 +250,15 @@ class Store:
                 ) from None
             # Parallel runs share the file: wait for a lock rather than fail at once.
             connect_args["timeout"] = 30
+        options: dict[str, Any] = {}
+        if not url.startswith("sqlite"):
+            # A server may end idle connections (a restart, a proxy's timeout): check each
+            # pooled one before use, so a long-lived service reconnects instead of failing.
+            options["pool_pre_ping"] = True
         try:
-            self.engine: Engine = create_engine(url, connect_args=connect_args)
+            self.engine: Engine = create_engine(
+                _with_driver(url), connect_args=connect_args, **options
+            )
         except (ArgumentError, NoSuchModuleError) as exc:
             raise UserError(
                 f"the database URL {shown} is not one SQLAlchemy understands ({exc}); fix "
@@ -213,10 +267,13 @@ class Store:
         except ModuleNotFoundError as exc:
             raise UserError(
                 f"the database driver for {shown} is not installed ({exc.name}); install it "
-                "with pip, or unset the database URL to use the SQLite file."
+                "with pip (for PostgreSQL: pip install 'pullsmith[postgres]'), or unset the "
+                "database URL to use the SQLite file."
             ) from None
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
+        elif self.engine.dialect.name == "postgresql":
+            event.listen(self.engine, "before_cursor_execute", _postgres_text, retval=True)
         try:
             # The schema is Alembic's (pullsmith/migrations): a new database gets every
             # revision, one that create_all made is stamped, an up-to-date one costs a query.
@@ -264,6 +321,14 @@ class Store:
             raise UserError(
                 f"the store at {_redact(self.url)} could not be written ({_first_line(exc)}); "
                 "retry, or check that the database is reachable and not full."
+            ) from None
+        except DataError as exc:
+            # A server database checks what SQLite lets through: VARCHAR sizes, say.
+            session.rollback()
+            raise UserError(
+                f"the store at {_redact(self.url)} refused a value ({_first_line(exc)}); "
+                "unlike SQLite, this database holds each column to its declared size: shorten "
+                "the value (a branch or model name, say) and retry."
             ) from None
         except SQLAlchemyError:
             session.rollback()
