@@ -73,6 +73,14 @@ class TaskRequest(BaseModel):
     model: str | None = Field(None, description="Model name, or replay:RUN (the service's).")
 
 
+class FollowUpRequest(BaseModel):
+    """More work on a finished task's pull request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instruction: str = Field(description="What to do next on the same branch, in words.")
+
+
 class MergeRequest(BaseModel):
     """How to merge a pull request."""
 
@@ -107,6 +115,7 @@ def task_view(service: TaskService, row: ServiceTask, detail: bool = False) -> d
         "tries": row.tries,
         "interruptions": row.interruptions,
         "pr": row.pr_number,
+        "follows": row.follows,
         "branch": result.get("branch") or None,
         "commit": result.get("commit"),
         "summary": result.get("summary") or "",
@@ -429,6 +438,15 @@ def create_app(
         view = task_view(service, row)
         view["cancelling"] = running
         return JSONResponse(view, status_code=202 if running else 200)
+
+    @app.post(
+        "/api/tasks/{task_id}/follow-up",
+        status_code=201,
+        summary="Queue a follow-up: a new instruction on the task's pull request branch",
+    )
+    async def follow_up_task(task_id: str, body: FollowUpRequest) -> dict[str, Any]:
+        row = await call(service.follow_up, task_id, body.instruction)
+        return task_view(service, row, detail=True)
 
     @app.post("/api/tasks/{task_id}/pr", summary="Record the task's pull request")
     async def task_pr(task_id: str) -> JSONResponse:

@@ -261,6 +261,58 @@ class TaskService:
         self._wake.set()
         return row
 
+    def follow_up(self, task_id: str, instruction: str) -> ServiceTask:
+        """Queue a follow-up of `task_id`: a new instruction on its pull request's branch,
+        recorded as one more run of the same PR."""
+        text = instruction.strip()
+        if not text:
+            raise Invalid('the instruction is empty; say what to do next, e.g. "add a test".')
+        earlier = self.require(task_id)
+        if earlier.state not in FINISHED_STATES:
+            raise Conflict(f"task {task_id} is {earlier.state}; follow it up once it has finished.")
+        number = earlier.pr_number
+        if number is None:
+            raise Conflict(
+                f"task {task_id} has no pull request to continue (it made no commit); queue a "
+                "new task instead."
+            )
+        pr = self.store.pull_request(number)
+        if pr.state != "open":
+            raise Conflict(
+                f"pull request #{number} of task {task_id} is {pr.state}; only an open pull "
+                "request can be followed up (queue a new task instead)."
+            )
+        row = ServiceTask(
+            id=new_task_id(),
+            repo=earlier.repo,
+            base=pr.head,
+            instruction=text,
+            attempts=1,
+            until_pass=False,
+            model_options=dict(earlier.model_options or {}),
+            state=QUEUED,
+            created_at=utcnow(),
+            tries=0,
+            interruptions=0,
+            follows=earlier.id,
+            pr_number=number,
+        )
+        with self.store.session() as session:
+            session.add(row)
+        self._wake.set()
+        return row
+
+    def _task_for(self, row: ServiceTask) -> Task:
+        """The engine's Task for `row`; a follow-up checks its PR's branch out again."""
+        if row.follows is None or row.pr_number is None:
+            return task_of(row)
+        from pullsmith.pr.followup import prepare_follow_up
+
+        prepared = prepare_follow_up(
+            self.store, self.settings_for(row), str(row.pr_number), row.instruction, task_id=row.id
+        )
+        return prepared.task
+
     def get(self, task_id: str) -> ServiceTask | None:
         with self.store.session() as session:
             return session.get(ServiceTask, task_id)
@@ -443,6 +495,7 @@ class TaskService:
         of the bundled model waits here for its server to start."""
         task = task_of(row)
         try:
+            task = self._task_for(row)
             handle = self.engine.submit(task, [self._listener(row.id)], self.settings_for(row))
         except Exception as exc:
             with self._lock:

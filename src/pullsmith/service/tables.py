@@ -54,6 +54,8 @@ class ServiceTask(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     pr_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # A follow-up: the task whose pull request this one continues (same branch, more commits).
+    follows: Mapped[str | None] = mapped_column(String(80), nullable=True)
 
 
 class ServiceEvent(Base):
