@@ -188,6 +188,28 @@ def test_a_task_from_the_form_to_a_merged_pr(page, server, tmp_path, capsys):
     expect(create).to_be_hidden()
     page.unroute(f"**/api/tasks/{task_id}")
 
+    # A follow-up through the box opens the new task's page, which links back to this one.
+    # It would replay the whole recording (~25 s); cancelled, it ends sooner, and it is let
+    # end before the merge so the PR's branch is not busy.
+    blank = server.post(f"/api/tasks/{task_id}/follow-up", json={"instruction": " "})
+    assert blank.status_code == 422
+    follow = page.get_by_role("button", name="Follow up")
+    follow.click()
+    expect(message).to_have_text(blank.json()["error"])
+    page.get_by_label("Follow-up instruction").fill("Add a test for the last row.")
+    follow.click()
+    page.wait_for_url(re.compile(r"/tasks/(?!" + re.escape(task_id) + r"$)[^/]+$"))
+    follows = page.locator("#task-follows")
+    expect(follows).to_have_text(f"follow-up of {task_id}")
+    expect(page.locator("#task-head h1")).to_have_text("Add a test for the last row.")
+    follow_up = server.task(page.url.rsplit("/", 1)[1])
+    assert (follow_up["follows"], follow_up["pr"]) == (task_id, task["pr"])
+    page.get_by_role("button", name="Cancel task").click()
+    finished = "passed|failed|passed-unfinished|untested|error|cancelled|interrupted"
+    expect(state).to_have_text(re.compile(f"^({finished})$"), timeout=40_000)
+    follows.get_by_role("link", name=task_id).click()
+    page.wait_for_url(f"**/tasks/{task_id}")
+
     # Merge it from the task page; the base branch of the repository gets the fix.
     pr = page.locator("#task-pr")
     expect(pr).to_contain_text("open")
@@ -197,6 +219,7 @@ def test_a_task_from_the_form_to_a_merged_pr(page, server, tmp_path, capsys):
     expect(message).to_contain_text(f"Merged pull request #{task['pr']} into main")
     expect(pr).to_contain_text("merged")
     expect(merge).to_be_hidden()
+    expect(page.locator("#follow-up")).to_have_count(0)
     assert "for row in rows:" in git("show", "main:inventory/export.py", cwd=repo)
     page.locator("#task-head").scroll_into_view_if_needed()
     shoot(page, tmp_path / "3-task-page.png", capsys, full_page=True)

@@ -706,6 +706,33 @@ function taskView(main, id) {
     return `Merged pull request #${done.number} into ${done.base} (${done.method}, ${short(done.commit)}).`;
   });
 
+  // The follow-up box: built once, so what is typed survives the head's re-renders.
+  const followText = h("textarea", { id: "follow-up-instruction", name: "instruction", rows: "3",
+    placeholder: "What to do next on this pull request's branch, e.g. \"add a test for it\"." });
+  const followButton = h("button", { type: "submit", class: "primary", text: "Follow up" });
+  const followBox = h("form", { id: "follow-up", class: "follow-up", novalidate: true },
+    h("div", { class: "field" },
+      h("label", { for: "follow-up-instruction", text: "Follow-up instruction" }), followText,
+      h("span", { class: "hint", text: "a new task that adds its commits to this task's pull request" })),
+    h("div", { class: "actions" }, followButton));
+  followBox.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (page.busy) return;
+    page.busy = true;
+    page.message = null;
+    renderHead();
+    try {
+      const task = await api("POST", `${path}/follow-up`, { instruction: followText.value });
+      location.href = `/tasks/${encodeURIComponent(task.id)}`;
+      return;
+    } catch (e) {
+      page.message = e.message;
+      page.messageOk = false;
+    }
+    page.busy = false;
+    await refresh();
+  });
+
   function renderHead() {
     const task = page.task;
     if (!task) return;
@@ -718,7 +745,7 @@ function taskView(main, id) {
     if (finished && task.commit && !task.pr) {
       buttons.push(h("button", { id: "create-pr", class: "primary", disabled: page.busy, onclick: createPr, text: "Create PR" }));
     }
-    if (pr && pr.state === "open") {
+    if (finished && pr && pr.state === "open") { // not while a follow-up works on its branch
       buttons.push(h("button", { id: "merge-pr", class: "primary", disabled: page.busy, onclick: merge, text: `Merge PR #${pr.number} into ${pr.base}` }));
     }
     const usage = task.usage;
@@ -738,8 +765,12 @@ function taskView(main, id) {
     ].filter(Boolean);
     const message = h("p", { id: "action-message" });
     say(message, page.message, page.messageOk);
+    const followable = finished && pr && pr.state === "open";
+    followButton.disabled = page.busy;
     fill(head,
       h("div", { class: "title" }, badge(task.state), h("h1", { title: task.instruction, text: task.instruction })),
+      task.follows ? h("p", { class: "follows", id: "task-follows" }, "follow-up of ",
+        h("a", { href: `/tasks/${encodeURIComponent(task.follows)}`, text: task.follows })) : null,
       h("dl", { class: "facts" }, facts.map(([k, v]) => h("div", {}, h("dt", { text: k }), h("dd", {}, v)))),
       task.summary ? h("p", { class: "summary" }, "Summary: ", task.summary) : null,
       task.error ? h("p", { class: "say error", text: task.error }) : null,
@@ -749,7 +780,8 @@ function taskView(main, id) {
           h("span", { class: "muted", text: `${pr.head} → ${pr.base}` }), " ",
           badge(pr.state, "p"), " ", badge(`checks ${pr.checks}`, "c"))
           : null),
-      message);
+      message,
+      followable ? followBox : null);
   }
 
   function renderAttempts() {
