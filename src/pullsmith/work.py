@@ -29,6 +29,8 @@ def check_task(task: Task) -> None:
         )
     if not task.instruction.strip():
         raise UserError('the task is empty; say what you want done, e.g. pullsmith exec "fix X".')
+    if "\x00" in task.instruction:
+        raise UserError("the task holds a NUL character, which git can not keep; leave it out.")
 
 
 def execute(

@@ -25,8 +25,9 @@ Then, boundary values the generator rarely reaches (64-bit integers, NUL bytes),
 schemathesis cases with the same checks; and the schema's own gaps. Each known bug is an
 `xfail(strict=True, raises=KnownBug)` that names it: the test still runs, it fails if the
 failure is another one than the bug named (KnownBug is raised only when the failure shows the
-bug's signature), and it fails once the bug is fixed (then remove the mark). While a bug
-stands, generated cases that would hit it are skipped (`_known_bug`).
+bug's signature), and it fails once the bug is fixed (then remove the mark). No bug is known
+now: the ones this test found (64-bit overflows, NUL bytes, a non-UTF-8 body, undocumented
+statuses, the 405's Allow header) are fixed.
 
 What is not checked here: `positive_data_acceptance` (the schema allows inputs the service
 rightly refuses with 422: an empty instruction, an unknown state, a repo that does not exist).
@@ -50,7 +51,7 @@ import pytest
 import requests
 import schemathesis
 from conftest import git
-from hypothesis import HealthCheck, Phase, given, reject, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -75,6 +76,7 @@ OPERATIONS = [
     ("GET", "/api/tasks/{task_id}/diff"),
     ("GET", "/api/tasks/{task_id}/events"),
     ("POST", "/api/tasks/{task_id}/cancel"),
+    ("POST", "/api/tasks/{task_id}/follow-up"),
     ("POST", "/api/tasks/{task_id}/pr"),
     ("GET", "/api/prs"),
     ("GET", "/api/prs/{number}"),
@@ -255,12 +257,6 @@ def test_the_list_is_complete(api):
     assert listed == sorted(OPERATIONS)
 
 
-@known(
-    "POST /api/tasks accepts an instruction with a NUL byte (201), and the run then ends "
-    "'error': 'pullsmith failed inside the run (GitError: git ... commit ... failed: error: a "
-    "NUL byte in commit log message not allowed ...) — please report it'; the service (or "
-    "check_task) does not refuse it with 422"
-)
 def test_an_accepted_instruction_can_be_run(api, tmp_path):
     # First, so that it does not wait behind the tasks the generated requests queue.
     repo = make_repo(tmp_path / "calc")
@@ -298,19 +294,6 @@ def _steer(api: Api, case: Any, data: Any) -> None:
             case.body["model"] = model
 
 
-def _known_bug(case: Any) -> bool:
-    """Whether `case` hits a bug that an xfail below names (while it stands, generated cases
-    that would hit it are skipped, so that the rest of the operation is still checked)."""
-    values = [*(case.path_parameters or {}).values(), *(case.query or {}).values()]
-    header = {k.lower(): v for k, v in (case.headers or {}).items()}.get("last-event-id")
-    if isinstance(header, str) and header.strip().isdigit():
-        values.append(int(header.strip()))
-    if any(isinstance(v, int) and not isinstance(v, bool) and v >= BIG for v in values):
-        return True
-    body = case.body if isinstance(case.body, dict) else {}
-    return isinstance(body.get("base"), str) and "\x00" in body["base"]
-
-
 @pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
 def test_generated_requests(api, method, path):
     operation = api.operation(method, path)
@@ -342,8 +325,6 @@ def test_generated_requests(api, method, path):
         case = data.draw(strategies[mode], label="case")
         if mode == GenerationMode.POSITIVE:
             _steer(api, case, data)
-        if _known_bug(case):
-            reject()  # test_boundary_values names the bug
         response = api.validate(case)
         key = f"{mode.value} {response.status_code}"
         seen[key] = seen.get(key, 0) + 1
@@ -381,34 +362,24 @@ EDGES = [
         "tasks offset 2**63",
         "GET",
         "/api/tasks",
-        bug=f"GET /api/tasks?offset=9223372036854775808 answers 500: {OVERFLOW} (queue.py list)",
-        signature="OverflowError",
         query={"offset": BIG},
     ),
     _edge(
         "pr 2**63",
         "GET",
         "/api/prs/{number}",
-        bug=f"GET /api/prs/9223372036854775808 answers 500: {OVERFLOW} (app.py _pull_request)",
-        signature="OverflowError",
         path_parameters={"number": BIG},
     ),
     _edge(
         "merge pr 2**63",
         "POST",
         "/api/prs/{number}/merge",
-        bug=f"POST /api/prs/9223372036854775808/merge answers 500: {OVERFLOW} (app.py _pull_request)",
-        signature="OverflowError",
         path_parameters={"number": BIG},
     ),
     _edge(
         "events after 2**63",
         "GET",
         "/api/tasks/{task_id}/events",
-        bug="GET /api/tasks/{id}/events?after=9223372036854775808 of a real task answers 200, "
-        f"then the stream breaks with a traceback in the server's output: {OVERFLOW} "
-        "(queue.py events_after, from app.py _stream)",
-        signature="OverflowError",
         path_parameters={"task_id": "REAL"},
         query={"after": BIG},
     ),
@@ -416,9 +387,6 @@ EDGES = [
         "events Last-Event-ID 2**63",
         "GET",
         "/api/tasks/{task_id}/events",
-        bug="GET /api/tasks/{id}/events with Last-Event-ID: 9223372036854775808 answers 200, then "
-        f"the stream breaks with a traceback in the server's output: {OVERFLOW}",
-        signature="OverflowError",
         path_parameters={"task_id": "REAL"},
         headers={"Last-Event-ID": str(BIG)},
     ),
@@ -445,9 +413,6 @@ EDGES = [
         "base with NUL",
         "POST",
         "/api/tasks",
-        bug='POST /api/tasks with "base": "main\\u0000" answers 500 (ValueError: embedded null '
-        "byte): queue.py check_base passes the base to `git rev-parse` unchecked",
-        signature="ValueError",
         body={"repo": "REPO", "instruction": "fix it", "base": "main\x00", "model": NO_RUN},
     ),
     _edge(
@@ -474,12 +439,6 @@ def test_boundary_values(api, method, path, parts, signature):
         api.validate(case)
 
 
-@known(
-    "POST /api/tasks with a body that is not UTF-8 (b'\\xb5\\x9b3', Content-Type: "
-    "application/json) answers 400 {'error': 'There was an error parsing the body.'} "
-    "(FastAPI's message, which says nothing of what to do); docs/api.md says a body that is "
-    "not JSON is a 422 with a sentence saying what to send"
-)
 def test_a_body_that_is_not_utf8_is_refused_like_other_bad_json(api):
     response = api.server.post(
         "/api/tasks", content=b"\xb5\x9b3", headers={"Content-Type": "application/json"}
@@ -496,12 +455,6 @@ def _response(response: httpx.Response) -> Any:
 # --- the schema's own gaps ---------------------------------------------------------------
 
 
-@known(
-    "/openapi.json documents only 200 (201 for POST /api/tasks) and 422 per operation; "
-    "the API also answers 404 (an unknown task or PR), 409 (e.g. cancelling a finished task), "
-    "202 (cancelling a running task), 201 (POST /api/tasks/{id}/pr recording a PR) and 401 "
-    "(no token; no securityScheme is declared either), as docs/api.md says"
-)
 def test_every_status_sent_is_documented(api):
     unknown = api.operation("GET", "/api/tasks/{task_id}").Case(path_parameters={"task_id": "x"})
     finished = api.operation("POST", "/api/tasks/{task_id}/cancel").Case(
@@ -519,10 +472,6 @@ def test_every_status_sent_is_documented(api):
         raise KnownBug(f"undocumented statuses: {failed}")
 
 
-@known(
-    "the schema's 422 response is FastAPI's HTTPValidationError ({'detail': [...]}); "
-    "the API sends {'error': 'one sentence.'} (app.py turns validation errors into that)"
-)
 def test_the_documented_error_is_the_one_sent(api):
     responses = api.schema.raw_schema["paths"]["/api/tasks"]["post"]["responses"]
     schema = responses["422"]["content"]["application/json"]["schema"]
@@ -532,11 +481,6 @@ def test_the_documented_error_is_the_one_sent(api):
         assert schema.get("required") == ["error"], schema
 
 
-@known(
-    "a 405 on /api/tasks (e.g. OPTIONS or DELETE) sends 'Allow: POST', though GET is "
-    "allowed too: Starlette names the methods of the first route that matched the path, and "
-    "list_tasks and create_task are two routes"
-)
 def test_a_405_allows_every_method_of_the_path(api):
     case = api.operation("GET", "/api/tasks").Case(method="OPTIONS")
     with known_bug("Missing documented methods: GET"):

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Header, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import (
     FileResponse,
     HTMLResponse,
@@ -58,6 +60,68 @@ PAGE_HEADERS = {
 
 
 # --- request bodies ----------------------------------------------------------------------
+
+
+# The largest id, number or offset the API takes: the store's integers are 64-bit.
+MAX_ID = 2**63 - 1
+
+
+# What each API operation may answer besides its success, as docs/api.md says.
+ERROR_STATUSES = {
+    "401": "No token, or a wrong one: send `Authorization: Bearer TOKEN` (or open the printed URL).",
+    "403": "A cookie-signed request from another origin.",
+    "404": "No such task, pull request or path.",
+    "409": "The request conflicts with the state of the task or pull request.",
+    "422": "The request is not valid: the sentence says what to send.",
+}
+EXTRA_SUCCESS = {
+    ("post", "/api/tasks/{task_id}/cancel"): ("202", "The running task was asked to stop."),
+    ("post", "/api/tasks/{task_id}/pr"): ("201", "The pull request was recorded now."),
+}
+
+
+def documented(schema: dict[str, Any]) -> dict[str, Any]:
+    """The app's OpenAPI schema with what it really sends: its error shape on every status it
+    may answer, the extra success codes, and the token as the security scheme."""
+    components = schema.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    schemas["Error"] = {
+        "type": "object",
+        "properties": {"error": {"type": "string", "description": "One sentence: what to do."}},
+        "required": ["error"],
+    }
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    components["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer"},
+        "cookie": {"type": "apiKey", "in": "cookie", "name": COOKIE},
+    }
+    error_body = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    for path, operations in schema.get("paths", {}).items():
+        for method, operation in operations.items():
+            if not path.startswith("/api/"):
+                continue
+            responses = operation.setdefault("responses", {})
+            for status, meaning in ERROR_STATUSES.items():
+                responses[status] = {"description": meaning, "content": error_body}
+            extra = EXTRA_SUCCESS.get((method, path))
+            if extra is not None:
+                responses[extra[0]] = {
+                    "description": extra[1],
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                }
+            operation["security"] = [{"bearer": []}, {"cookie": []}]
+    return schema
+
+
+def _allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """Every method some route of `app` serves at `path` (several routes may share a path)."""
+    methods: set[str] = set()
+    for route in app.routes:
+        pattern = getattr(route, "path_regex", None)
+        if pattern is not None and pattern.match(path):
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods - {"HEAD"})
 
 
 class TaskRequest(BaseModel):
@@ -322,7 +386,18 @@ def create_app(
         if exc.status_code == 404:
             message = f"there is no {request.url.path}; /openapi.json lists the paths there are."
         elif exc.status_code == 405:
-            message = f"{request.method} is not allowed on {request.url.path}; see /openapi.json."
+            allowed = _allowed_methods(app, request.url.path)
+            message = (
+                f"{request.method} is not allowed on {request.url.path}; use "
+                f"{' or '.join(allowed) or 'another path'} (see /openapi.json)."
+            )
+            return error(405, message, {"Allow": ", ".join(allowed)})
+        elif exc.status_code == 400 and "parsing the body" in str(exc.detail):
+            return error(
+                422,
+                "the request body is not JSON (UTF-8); send a JSON object, e.g. "
+                '{"repo": "/path/to/repo", "instruction": "fix X"}.',
+            )
         else:
             message = str(exc.detail).rstrip(".") + "."
         return error(exc.status_code, message, getattr(exc, "headers", None))
@@ -337,6 +412,20 @@ def create_app(
             f"pullsmith failed handling this request ({type(exc).__name__}); the server's "
             "output has the details.",
         )
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = documented(
+                get_openapi(
+                    title=app.title,
+                    version=app.version,
+                    description=app.description,
+                    routes=app.routes,
+                )
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     def call(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Awaitable[Any]:
         return run_in_threadpool(func, *args, **kwargs)
@@ -412,7 +501,7 @@ def create_app(
         state: str | None = Query(None, description="A state, or several comma-separated."),
         repo: str | None = Query(None, description="Only the tasks of this repository."),
         limit: int = Query(50, ge=1, le=500),
-        offset: int = Query(0, ge=0),
+        offset: int = Query(0, ge=0, le=MAX_ID),
     ) -> dict[str, Any]:
         states = tuple(s.strip() for s in (state or "").split(",") if s.strip())
         rows, total = await call(service.list, states, repo, limit, offset)
@@ -429,7 +518,9 @@ def create_app(
         return task_view(service, row, detail=True)
 
     @app.get("/api/tasks/{task_id}/diff", summary="The diff of the chosen attempt (or ?attempt=N)")
-    async def task_diff(task_id: str, attempt: int | None = Query(None, ge=1)) -> dict[str, Any]:
+    async def task_diff(
+        task_id: str, attempt: int | None = Query(None, ge=1, le=MAX_ID)
+    ) -> dict[str, Any]:
         return {"task_id": task_id, **(await call(service.diff, task_id, attempt))}
 
     @app.post("/api/tasks/{task_id}/cancel", summary="Cancel a queued or running task")
@@ -467,7 +558,7 @@ def create_app(
     )
     async def task_events(
         task_id: str,
-        after: int | None = Query(None, ge=0, description="Resume after this event id."),
+        after: int | None = Query(None, ge=0, le=MAX_ID, description="Resume after this event id."),
         last_event_id: str | None = Header(None, description="Resume after this event id."),
     ) -> StreamingResponse:
         await call(service.require, task_id)
@@ -475,6 +566,8 @@ def create_app(
         if last_event_id is not None and last_event_id.strip():
             try:
                 cursor = int(last_event_id.strip())
+                if not 0 <= cursor <= MAX_ID:
+                    raise ValueError(cursor)
             except ValueError:
                 raise RequestValidationError(
                     [
@@ -513,11 +606,11 @@ def create_app(
         return {"prs": [pr_view(pr) for pr in await call(load)]}
 
     @app.get("/api/prs/{number}", summary="A pull request, with its description")
-    async def get_pr(number: int) -> dict[str, Any]:
+    async def get_pr(number: int = PathParam(ge=1, le=MAX_ID)) -> dict[str, Any]:
         return pr_view(await call(_pull_request, service, number), body=True)
 
     @app.post("/api/prs/{number}/merge", summary="Merge a pull request into its base")
-    async def merge(number: int, request: Request) -> dict[str, Any]:
+    async def merge(request: Request, number: int = PathParam(ge=1, le=MAX_ID)) -> dict[str, Any]:
         raw = await request.body()
         options = MergeRequest()
         if raw.strip():

@@ -219,6 +219,9 @@ class TaskService:
 
     def create(self, new: NewTask) -> ServiceTask:
         """Check `new` and queue it (Invalid says what is wrong with it)."""
+        for name in ("repo", "instruction", "base", "model"):
+            if "\x00" in (getattr(new, name) or ""):
+                raise Invalid(f"{name} holds a NUL character; send it without one.")
         instruction = new.instruction.strip()
         if not instruction:
             raise Invalid('the instruction is empty; say what you want done, e.g. "fix X".')
@@ -267,6 +270,8 @@ class TaskService:
         text = instruction.strip()
         if not text:
             raise Invalid('the instruction is empty; say what to do next, e.g. "add a test".')
+        if "\x00" in text:
+            raise Invalid("instruction holds a NUL character; send it without one.")
         earlier = self.require(task_id)
         if earlier.state not in FINISHED_STATES:
             raise Conflict(f"task {task_id} is {earlier.state}; follow it up once it has finished.")
