@@ -17,7 +17,7 @@ from pullsmith.errors import UserError
 from pullsmith.pr.local import branch_tip, repo_path
 from pullsmith.store import AttemptRecord, PullRequestRecord, Store
 from pullsmith.task import FollowUp, Task, new_task_id
-from pullsmith.workspace import GitError, git
+from pullsmith.workspace import GitError, git, worktree_lock
 
 DIFF_CHARS = 4000
 SUMMARY_CHARS = 400
@@ -63,7 +63,8 @@ def _checkout_branch(
         if branch != pr.head:
             continue
         if not path.exists():
-            git("worktree", "prune", cwd=repo)
+            with worktree_lock(repo):
+                git("worktree", "prune", cwd=repo)
             break
         if not _is_within(path, settings.worktrees_dir):
             raise UserError(
@@ -81,7 +82,8 @@ def _checkout_branch(
     path = Path(settings.worktrees_dir).expanduser().resolve() / run_id
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        git(*_NO_HOOKS, "worktree", "add", "--quiet", str(path), pr.head, cwd=repo)
+        with worktree_lock(repo):
+            git(*_NO_HOOKS, "worktree", "add", "--quiet", str(path), pr.head, cwd=repo)
     except GitError as exc:
         raise UserError(
             f"could not check out branch '{pr.head}' for the follow-up ({exc.last_line})."
