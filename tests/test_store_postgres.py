@@ -343,22 +343,55 @@ def test_nul_characters_are_kept_or_replaced(store_url):
 
 
 @both
+def test_user_text_of_any_length_is_stored_and_read_back(store_url):
+    """A base ref, a branch and a model name are the user's to choose (migration 0004 made
+    their columns TEXT): 1,000 characters each go in and come back whole on both backends."""
+    base = "release/" + "b" * 992
+    branch = "feature/" + "h" * 992
+    model = "openai/" + "m" * 993
+    assert len(base) == len(branch) == len(model) == 1000
+    with Store(store_url) as store:
+        store.add(TaskRecord(id="t1", instruction="fix it", repo="/src/app", base_ref=base))
+        store.add(pr_row("t1", head=branch, base=base))
+        store.add(attempt_row("t1", "t1", 1, branch=branch, model=model))
+        with store.session() as session:
+            session.add(
+                ServiceTask(
+                    id="s1",
+                    repo="/src/app",
+                    base=base,
+                    instruction="fix it",
+                    model_options={"model": model},
+                    state="queued",
+                )
+            )
+    with Store(store_url) as store:  # read back through a new engine, from the database
+        assert store.task("t1").base_ref == base
+        pr = store.pull_request(1)
+        assert (pr.head, pr.base) == (branch, base)
+        (attempt,) = store.attempts(1)
+        assert (attempt.branch, attempt.model) == (branch, model)
+        with store.session() as session:
+            assert session.get(ServiceTask, "s1").base == base
+
+
+@both
 def test_a_value_the_database_can_not_hold_is_one_sentence(store_url):
     """PostgreSQL checks VARCHAR sizes (SQLite does not): an over-long value is a UserError
     that names the store and the reason, and the store is usable after it."""
     with Store(store_url) as store:
         store.add(task_row("t1"))
-        long_branch = "feature/" + "x" * 300
+        long_repo = "owner/" + "x" * 300  # remote_repo stays VARCHAR(255): GitHub's are shorter
         if store.engine.dialect.name == "sqlite":
-            store.add(pr_row("t1", base=long_branch))
-            assert store.pull_request(1).base == long_branch
+            store.add(pr_row("t1", remote_repo=long_repo))
+            assert store.pull_request(1).remote_repo == long_repo
             return
         with pytest.raises(
             UserError, match=r"refused .*value too long for type character varying\(255\)"
         ):
-            store.add(pr_row("t1", base=long_branch))
+            store.add(pr_row("t1", remote_repo=long_repo))
         store.add(pr_row("t1"))
-        assert [p.base for p in store.pull_requests()] == ["main"]
+        assert [p.remote_repo for p in store.pull_requests()] == [None]
 
 
 def test_connections_the_server_dropped_are_replaced(postgres_url):

@@ -35,7 +35,7 @@ class ServiceTask(Base):
 
     id: Mapped[str] = mapped_column(String(80), primary_key=True)
     repo: Mapped[str] = mapped_column(Text, index=True)
-    base: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    base: Mapped[str | None] = mapped_column(Text, nullable=True)
     instruction: Mapped[str] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     until_pass: Mapped[bool] = mapped_column(Boolean, default=False)
