@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -25,6 +26,8 @@ from pullsmith.events import (
     ErrorEvent,
     EventLog,
     RanTests,
+    SetupRan,
+    SetupStarted,
     StartedTests,
     TaskStarted,
     WorkspaceCreated,
@@ -33,7 +36,7 @@ from pullsmith.models import Model, open_model
 from pullsmith.models.profiles import resolve_edit_forms, resolve_protocol
 from pullsmith.models.replay import REPLAY_PREFIX, is_replay, load_recordings
 from pullsmith.sandbox import make_sandbox
-from pullsmith.sandbox.base import Sandbox
+from pullsmith.sandbox.base import Sandbox, SandboxPolicy
 from pullsmith.sandbox.policy import agent_policy
 from pullsmith.task import AttemptResult, Task, TestRun
 from pullsmith.workspace import Workspace, resolve_repo
@@ -109,15 +112,20 @@ class Attempt:
             model=settings.model_name,
         )
         self.result = result
+        policy = agent_policy(settings, task.hidden_paths)
         sandbox = make_sandbox(
             settings.sandbox,
             workspace.path,
-            agent_policy(settings, task.hidden_paths),
+            policy,
             image=settings.sandbox_image,
             cancel=self.cancel,
         )
         owns_model = self.model is None
         try:
+            if settings.environment is not None:
+                workspace, failure = self._setup(workspace, policy)
+                if failure:
+                    raise UserError(failure)
             self._attempt(workspace, sandbox, result)
         except UserError as exc:
             result.status, result.exit_reason, result.error = "error", "error", exc.message
@@ -145,6 +153,73 @@ class Attempt:
             follow_up.start_commit,
             self.task.task_id,
             base_ref=follow_up.base_ref,
+        )
+
+    def _setup(self, workspace: Workspace, policy: SandboxPolicy) -> tuple[Workspace, str]:
+        """Run the environment's setup command in its own sandbox: the agent's policy, plus the
+        network when the environment allows it and its secrets, with the environment's timeout.
+
+        Returns the workspace with setup's leftovers recorded (out of the diff from now on) and,
+        when setup failed, the sentence that ends the attempt ("" when it succeeded).
+        """
+        env = self.settings.environment
+        assert env is not None
+        limits = dataclasses.replace(
+            policy.limits,
+            timeout_s=env.timeout_s,
+            cpu_seconds=max(policy.limits.cpu_seconds, int(env.timeout_s)),
+        )
+        setup_policy = dataclasses.replace(
+            policy,
+            name=f"{policy.name} + setup",
+            workspace_writable=True,
+            network=policy.network or env.network,
+            env_set={**policy.env_set, **dict(env.secrets)},
+            limits=limits,
+        )
+        command = env.redact(env.setup)
+        self.events.emit(
+            SetupStarted(
+                command=command,
+                network=setup_policy.network,
+                secrets=env.secret_names,
+                timeout_s=env.timeout_s,
+            )
+        )
+        sandbox = make_sandbox(
+            self.settings.sandbox,
+            workspace.path,
+            setup_policy,
+            image=self.settings.sandbox_image,
+            cancel=self.cancel,
+        )
+        try:
+            res = sandbox.run(env.setup, timeout_s=env.timeout_s)
+        finally:
+            sandbox.close()
+        workspace = workspace.after_setup()
+        output = env.redact(res.output)
+        self.events.emit(
+            SetupRan(
+                command=command,
+                exit_code=res.exit_code,
+                seconds=round(res.duration_s, 3),
+                output=output,
+                timed_out=res.timed_out,
+                left_out=[path for path, _ in workspace.left_out],
+            )
+        )
+        if res.cancelled or self.cancel.is_set() or res.exit_code == 0:
+            return workspace, ""
+        last = next((line.strip() for line in reversed(output.splitlines()) if line.strip()), "")
+        what = (
+            f"did not finish within {env.timeout_s:g} s"
+            if res.timed_out
+            else f"failed with exit code {res.exit_code}" + (f" ({_short(last)})" if last else "")
+        )
+        return workspace, (
+            f"the environment's setup command `{_short(command)}` {what}; fix the setup of "
+            "this repository's environment (its whole output is in the setup.ran event)."
         )
 
     def _instruction(self) -> str:
@@ -321,6 +396,12 @@ class Attempt:
                 error=result.error,
             )
         )
+
+
+def _short(text: str, limit: int = 200) -> str:
+    """`text` on one line, cut to `limit` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def write_result(run_dir: Path, result: AttemptResult) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -30,6 +31,36 @@ def cache_dir() -> Path:
 
 def user_config_path() -> Path:
     return _xdg("XDG_CONFIG_HOME", ".config") / "pullsmith" / "config.toml"
+
+
+SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Environment:
+    """A repository's environment: a setup command run once per attempt before the agent.
+
+    The setup command runs in the sandbox on the fresh worktree with the network when `network`
+    is set and with `secrets` (name, value) in its environment; then the agent, and pullsmith's
+    own test runs, go on with the network off and no secrets. What setup leaves in the worktree
+    (a virtualenv, a build directory) is kept out of the attempt's diff and commit.
+    """
+
+    setup: str
+    network: bool = False
+    secrets: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    timeout_s: float = 600.0
+
+    @property
+    def secret_names(self) -> list[str]:
+        return [name for name, _ in self.secrets]
+
+    def redact(self, text: str) -> str:
+        """`text` with every secret's value replaced by its name."""
+        for name, value in self.secrets:
+            if value:
+                text = text.replace(value, f"[secret {name}]")
+        return text
 
 
 @dataclass(frozen=True)
@@ -85,6 +116,9 @@ class Settings:
     # The configuration files these settings were read from (load_settings fills it in); the
     # agent's sandbox hides them, since they may hold API keys.
     config_files: tuple[Path, ...] = ()
+    # The repository's environment (`[environment]` in pullsmith.toml, or the service's
+    # environment for the task's repository): a setup command before the agent, or None.
+    environment: Environment | None = None
 
     @property
     def uses_local_model(self) -> bool:
@@ -112,7 +146,10 @@ class Settings:
         return self.data_dir / "worktrees"
 
 
-_FIELD_TYPES = {f.name: f.type for f in fields(Settings) if f.name != "config_files"}
+_FIELD_TYPES = {
+    f.name: f.type for f in fields(Settings) if f.name not in ("config_files", "environment")
+}
+ENVIRONMENT_KEYS = ("setup", "network", "secrets", "timeout")
 
 _ENV_VARS = {
     "OPENAI_API_KEY": "api_key",
@@ -171,8 +208,10 @@ def _from_toml(path: Path) -> dict[str, Any]:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path} is not valid TOML ({exc}); fix or remove that file.") from None
-    table = raw.get("pullsmith", raw)
+    table = dict(raw.get("pullsmith", raw))
     values: dict[str, Any] = {}
+    if "environment" in table:
+        values["environment"] = environment_from_table(table.pop("environment"), str(path))
     for key, value in table.items():
         name = key.replace("-", "_")
         if name not in _FIELD_TYPES:
@@ -183,6 +222,59 @@ def _from_toml(path: Path) -> dict[str, Any]:
             )
         values[name] = _coerce(name, value, str(path))
     return values
+
+
+def environment_from_table(
+    table: Any, source: str, environ: dict[str, str] | None = None
+) -> Environment:
+    """The `[environment]` table of a config file: `setup`, `network`, `secrets` (the names of
+    environment variables whose values the setup command gets) and `timeout` (seconds)."""
+    environ = os.environ if environ is None else environ  # type: ignore[assignment]
+    if not isinstance(table, dict):
+        raise UserError(f"'environment' in {source} must be a table ([environment]); fix it there.")
+    unknown = sorted(set(table) - set(ENVIRONMENT_KEYS))
+    if unknown:
+        raise UserError(
+            f"[environment] in {source} sets unknown key '{unknown[0]}'; valid ones are: "
+            + ", ".join(ENVIRONMENT_KEYS)
+            + "."
+        )
+    setup = table.get("setup")
+    if not isinstance(setup, str) or not setup.strip():
+        raise UserError(
+            f'[environment] in {source} needs setup = "a shell command" (e.g. "pip install -e .").'
+        )
+    network = table.get("network", False)
+    if not isinstance(network, bool):
+        raise UserError(f"'network' of [environment] in {source} must be true or false.")
+    names = table.get("secrets", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise UserError(
+            f"'secrets' of [environment] in {source} must be a list of environment variable "
+            'names, e.g. ["PIP_INDEX_TOKEN"].'
+        )
+    secrets = []
+    for name in names:
+        if not SECRET_NAME.match(name):
+            raise UserError(
+                f"secret name {name!r} in {source} is not an environment variable name; "
+                "use letters, digits and underscores."
+            )
+        value = environ.get(name)  # type: ignore[union-attr]
+        if not value:
+            raise UserError(
+                f"[environment] in {source} names secret {name}, but ${name} is not set; "
+                "export it before starting pullsmith, or remove it from the list."
+            )
+        secrets.append((name, value))
+    timeout = table.get("timeout", 600)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise UserError(
+            f"'timeout' of [environment] in {source} must be a positive number of seconds."
+        )
+    return Environment(
+        setup=setup.strip(), network=network, secrets=tuple(secrets), timeout_s=float(timeout)
+    )
 
 
 def load_settings(overrides: dict[str, Any] | None = None, cwd: Path | None = None) -> Settings:

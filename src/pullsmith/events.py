@@ -53,6 +53,24 @@ class WorkspaceCreated(Payload):
     user_tree_dirty: bool = False
 
 
+class SetupStarted(Payload):
+    type: ClassVar[str] = "setup.started"
+    command: str
+    network: bool
+    secrets: list[str]
+    timeout_s: float
+
+
+class SetupRan(Payload):
+    type: ClassVar[str] = "setup.ran"
+    command: str
+    exit_code: int
+    seconds: float
+    output: str
+    timed_out: bool = False
+    left_out: list[str] = []
+
+
 class StartedTests(Payload):
     type: ClassVar[str] = "tests.started"
     phase: str
@@ -266,6 +284,8 @@ EVENT_TYPES: dict[str, type[Payload]] = {
     for cls in (
         TaskStarted,
         WorkspaceCreated,
+        SetupStarted,
+        SetupRan,
         StartedTests,
         RanTests,
         ModelReply,

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -350,6 +350,10 @@ class Workspace:
     base_ref: str
     base_commit: str
     task_id: str
+    # What the environment's setup command left in the worktree, kept out of the diff and the
+    # commit: (path, its blob hash then) for a file, "" for a directory git shows as untracked
+    # as a whole, "-" for a file setup deleted (see `after_setup`).
+    left_out: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     @classmethod
     def create(
@@ -454,7 +458,50 @@ class Workspace:
 
     def to_dict(self) -> dict[str, str]:
         """A JSON-ready record from which `from_dict` rebuilds this workspace."""
-        return {k: str(v) for k, v in asdict(self).items()}
+        return {k: str(v) for k, v in asdict(self).items() if k != "left_out"}
+
+    def after_setup(self) -> Workspace:
+        """This workspace, with what a setup command changed so far recorded as `left_out`.
+
+        Each path git shows as changed now (an untracked directory as a whole) is left out of
+        `diff`, `changed_files` and `commit` for as long as it stays as setup left it: a file
+        the agent edits afterwards is part of the change again.
+        """
+        out = git(
+            "--no-optional-locks",
+            "status",
+            "--porcelain=v1",
+            "-z",
+            "--untracked-files=normal",
+            "--no-renames",
+            cwd=self.path,
+        )
+        entries: list[tuple[str, str]] = []
+        for record in out.split("\0"):
+            if len(record) < 4:
+                continue
+            path = record[3:]
+            if path.endswith("/"):
+                entries.append((path.rstrip("/"), ""))
+            else:
+                entries.append((path, self._blob(path)))
+        return replace(self, left_out=tuple(entries))
+
+    def _blob(self, path: str) -> str:
+        """The blob hash of the worktree's file `path` now, or "-" when it is not there."""
+        full = self.path / path
+        if not full.is_file() and not full.is_symlink():
+            return "-"
+        return git("hash-object", "--no-filters", "--", path, cwd=self.path).strip()
+
+    def _pathspec(self) -> list[str]:
+        """Everything in the worktree but the setup's leftovers that are still as it left them."""
+        spec = ["--", "."]
+        for path, blob in self.left_out:
+            if blob and self._blob(path) != blob:
+                continue
+            spec.append(f":(exclude,literal){path}")
+        return spec
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Workspace:
@@ -502,7 +549,7 @@ class Workspace:
                 # files changed in the same second as the index and miss their edits.
                 shutil.copy2(index, scratch)
             env = {"GIT_INDEX_FILE": str(scratch)}
-            git("add", "--all", "--", ".", cwd=self.path, env=env)
+            git("add", "--all", *self._pathspec(), cwd=self.path, env=env)
             return git("write-tree", cwd=self.path, env=env).strip()
 
     def _diff_tree(self, *options: str) -> str:
@@ -547,7 +594,7 @@ class Workspace:
         The author is the user's configured identity, or pullsmith's where none is configured.
         The user's hooks do not run and signing is off, so nothing can block or prompt.
         """
-        git("add", "--all", "--", ".", cwd=self.path)
+        git("add", "--all", *self._pathspec(), cwd=self.path)
         if _succeeds("diff-index", "--cached", "--quiet", "HEAD", "--", cwd=self.path):
             return None
         text = message.strip() or f"pullsmith: task {self.task_id}"
