@@ -51,6 +51,32 @@ CHECKS = ("passing", "failing", "untested", "error")
 DATABASE_URL_ENV = "PULLSMITH_DATABASE_URL"
 
 
+class StoreUnavailable(UserError):
+    """The store could not be written (or reached) just now: read-only, full, locked, gone.
+
+    Nothing of the write is kept (its transaction was rolled back); retrying once the cause is
+    fixed is safe. The service answers 503 with the sentence."""
+
+
+def _unwritable(url: str, exc: OperationalError) -> StoreUnavailable:
+    reason = _first_line(exc)
+    code = getattr(getattr(exc, "orig", None), "sqlite_errorname", "") or ""
+    lowered = reason.lower()
+    if (
+        code.startswith("SQLITE_READONLY")
+        or "readonly database" in lowered
+        or "read-only" in lowered
+    ):
+        advice = "the database is read-only; make the database file and its directory writable"
+    elif code == "SQLITE_FULL" or "is full" in lowered or "no space left" in lowered:
+        advice = "the disk it is on is full; free some space there"
+    else:
+        advice = "check that the database is reachable and not full"
+    return StoreUnavailable(
+        f"the store at {_redact(url)} could not be written ({reason}): {advice}, then retry."
+    )
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
@@ -318,10 +344,7 @@ class Store:
             session.commit()
         except OperationalError as exc:
             session.rollback()
-            raise UserError(
-                f"the store at {_redact(self.url)} could not be written ({_first_line(exc)}); "
-                "retry, or check that the database is reachable and not full."
-            ) from None
+            raise _unwritable(self.url, exc) from None
         except DataError as exc:
             # A server database checks what SQLite lets through: VARCHAR sizes, say.
             session.rollback()

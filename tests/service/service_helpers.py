@@ -220,7 +220,11 @@ class Server:
         """The first stored event of the task that `predicate` accepts, waiting for it."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for event in stream(self, task_id, until=lambda e: bool(predicate(e)), timeout=5):
+            try:
+                events = stream(self, task_id, until=lambda e: bool(predicate(e)), timeout=5)
+            except httpx.ReadTimeout:
+                continue  # nothing new for 5 s (a loaded machine): ask again
+            for event in events:
                 if predicate(event):
                     return event
         raise AssertionError(f"task {task_id} had no such event{self.logs}")

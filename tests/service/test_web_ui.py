@@ -204,6 +204,18 @@ def test_a_task_from_the_form_to_a_merged_pr(page, server, tmp_path, capsys):
     expect(page.locator("#task-head h1")).to_have_text("Add a test for the last row.")
     follow_up = server.task(page.url.rsplit("/", 1)[1])
     assert (follow_up["follows"], follow_up["pr"]) == (task_id, task["pr"])
+    # While it is queued or running the PR can not be merged: the first task's page shows no
+    # Merge button but what the merge waits for, and the API refuses it (409).
+    follows.get_by_role("link", name=task_id).click()
+    page.wait_for_url(f"**/tasks/{task_id}")
+    waits = page.locator("#merge-wait")
+    expect(waits).to_contain_text(f"Merge waits for follow-up {follow_up['id']}")
+    expect(page.get_by_role("button", name=re.compile(r"^Merge PR"))).to_have_count(0)
+    refused = server.post(f"/api/prs/{task['pr']}/merge", json={})
+    assert refused.status_code == 409, refused.text
+    assert f"follow-up task {follow_up['id']}" in refused.json()["error"]
+    waits.get_by_role("link", name=follow_up["id"]).click()
+    page.wait_for_url(f"**/tasks/{follow_up['id']}")
     page.get_by_role("button", name="Cancel task").click()
     finished = "passed|failed|passed-unfinished|untested|error|cancelled|interrupted"
     expect(state).to_have_text(re.compile(f"^({finished})$"), timeout=40_000)
@@ -215,6 +227,7 @@ def test_a_task_from_the_form_to_a_merged_pr(page, server, tmp_path, capsys):
     expect(pr).to_contain_text("open")
     expect(pr).to_contain_text("checks passing")
     merge = page.get_by_role("button", name=re.compile(r"Merge PR #\d+ into main"))
+    expect(page.locator("#merge-wait")).to_have_count(0)
     merge.click()
     expect(message).to_contain_text(f"Merged pull request #{task['pr']} into main")
     expect(pr).to_contain_text("merged")

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from functools import cache
@@ -42,7 +43,7 @@ from pullsmith.service.access import COOKIE, Access, token_matches
 from pullsmith.service.errors import Conflict, Invalid, NotFound, ServiceError
 from pullsmith.service.queue import MAX_ATTEMPTS, NewTask, TaskService
 from pullsmith.service.tables import FINISHED_STATES, ServiceTask
-from pullsmith.store import PR_STATES, PullRequestRecord
+from pullsmith.store import PR_STATES, PullRequestRecord, StoreUnavailable
 from pullsmith.task import AttemptResult
 
 # How long an idle event stream waits before it sends a comment to keep the connection open.
@@ -227,8 +228,11 @@ def verdicts(result: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def pr_view(pr: PullRequestRecord, body: bool = False) -> dict[str, Any]:
-    view = {
+def pr_view(
+    pr: PullRequestRecord, body: bool = False, working: Iterable[ServiceTask] = ()
+) -> dict[str, Any]:
+    """A pull request as the API shows it; `working`: its follow-ups queued or running."""
+    view: dict[str, Any] = {
         "number": pr.number,
         "task_id": pr.task_id,
         "repo": pr.repo,
@@ -246,6 +250,8 @@ def pr_view(pr: PullRequestRecord, body: bool = False) -> dict[str, Any]:
         "merge_method": pr.merge_method,
         "closed_at": _time(pr.closed_at),
         "remote_url": pr.remote_url,
+        # The follow-ups queued or running on its branch: it can be merged once there is none.
+        "working": [{"id": row.id, "state": row.state} for row in working],
     }
     if body:
         view["body"] = pr.body
@@ -376,6 +382,16 @@ def create_app(
     @app.exception_handler(UserError)
     async def user_error(_request: Request, exc: UserError) -> JSONResponse:
         return error(409, exc.message)
+
+    @app.exception_handler(StoreUnavailable)
+    async def store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        # The service's fault (or its disk's), not the request's: 503, said in the log too.
+        print(
+            f"pullsmith serve: {request.method} {request.url.path} failed: {exc.message}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return error(503, exc.message)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -543,10 +559,11 @@ def create_app(
     async def task_pr(task_id: str) -> JSONResponse:
         number, created = await call(service.record_pr, task_id)
 
-        def load() -> PullRequestRecord:
-            return service.store.pull_request(number)
+        def load() -> dict[str, Any]:
+            working = service.working_on([number]).get(number, [])
+            return pr_view(service.store.pull_request(number), body=True, working=working)
 
-        view = pr_view(await call(load), body=True)
+        view = await call(load)
         view["created"] = created
         return JSONResponse(view, status_code=201 if created else 200)
 
@@ -600,14 +617,21 @@ def create_app(
                     f"unknown pull request state {unknown[0]!r}; use open, merged, closed or all."
                 )
 
-        def load() -> list[PullRequestRecord]:
-            return service.store.pull_requests(repo=repo, states=states)
+        def load() -> list[dict[str, Any]]:
+            prs = service.store.pull_requests(repo=repo, states=states)
+            working = service.working_on()
+            return [pr_view(pr, working=working.get(pr.number, [])) for pr in prs]
 
-        return {"prs": [pr_view(pr) for pr in await call(load)]}
+        return {"prs": await call(load)}
 
     @app.get("/api/prs/{number}", summary="A pull request, with its description")
     async def get_pr(number: int = PathParam(ge=1, le=MAX_ID)) -> dict[str, Any]:
-        return pr_view(await call(_pull_request, service, number), body=True)
+        def load() -> dict[str, Any]:
+            pr = _pull_request(service, number)
+            working = service.working_on([number]).get(number, [])
+            return pr_view(pr, body=True, working=working)
+
+        return await call(load)
 
     @app.post("/api/prs/{number}/merge", summary="Merge a pull request into its base")
     async def merge(request: Request, number: int = PathParam(ge=1, le=MAX_ID)) -> dict[str, Any]:
@@ -625,14 +649,17 @@ def create_app(
         def run() -> dict[str, Any]:
             pr = _pull_request(service, number)
             try:
-                merged = merge_pr(
-                    service.store,
-                    pr,
-                    service.settings,
-                    squash=options.squash,
-                    into=options.into,
-                    delete_branch=options.delete_branch,
-                )
+                with service.merging(number):
+                    merged = merge_pr(
+                        service.store,
+                        pr,
+                        service.settings,
+                        squash=options.squash,
+                        into=options.into,
+                        delete_branch=options.delete_branch,
+                    )
+            except (ServiceError, StoreUnavailable):
+                raise
             except UserError as exc:
                 raise Conflict(exc.message) from None
             view = pr_view(merged.pull_request)

@@ -2,8 +2,12 @@
 
 `TaskService` owns the engine (a process pool of `workers` and the local publisher). Creating a
 task only writes its row; a scheduler thread hands queued rows to the engine while fewer than
-`workers` run, and a thread per run stores the result and the final state when the RunHandle is
-done. Each run's events are written to the `service_events` table by a listener on the
+`workers` have their work in the executor, and a thread per run stores the result and the final
+state when the RunHandle is done. A task's slot is freed the moment its work hands back a result
+(`_SlotExecutor`), before the engine records its PR and the service stores its end: the next
+task is claimed and sent to the worker meanwhile, so a worker does not wait for the closing of
+the task before. A task is "running" from its claim until its end is stored, so for that short
+overlap one more task than `workers` can be "running" while at most `workers` are at work. Each run's events are written to the `service_events` table by a listener on the
 RunHandle (its own thread) before any client is sent them, and again from the run's
 events.jsonl when the run ends, so the table holds every line of the log.
 
@@ -23,7 +27,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +40,7 @@ from pullsmith.config import Settings
 from pullsmith.engine import Engine, Publisher, RunHandle
 from pullsmith.errors import UserError
 from pullsmith.events import Event, EventLog, WarningEvent, read_events
-from pullsmith.executors import Executor, ProcessExecutor
+from pullsmith.executors import Executor, Job, ProcessExecutor
 from pullsmith.models.replay import REPLAY_PREFIX, is_replay, load_recordings
 from pullsmith.pr.publish import LocalPublisher
 from pullsmith.service.errors import Conflict, Invalid, NotFound
@@ -52,13 +56,15 @@ from pullsmith.service.tables import (
     ServiceEvent,
     ServiceTask,
 )
-from pullsmith.store import Store, utcnow
+from pullsmith.store import Store, StoreUnavailable, utcnow
 from pullsmith.task import AttemptResult, Task, new_task_id
 from pullsmith.workspace import BRANCH_PREFIX, GitError, git, is_url, resolve_repo
 
 # A task interrupted this many times (the service stopped under it) is not run again.
 MAX_TRIES = 2
 MAX_ATTEMPTS = 20
+# The longest pause between tries to store a run's end in a store that can't be written.
+END_RETRY_MAX_S = 5.0
 # The model settings a task keeps from the service's settings when it is queued.
 MODEL_OPTIONS = ("model", "base_url", "protocol", "edit_forms")
 
@@ -110,6 +116,57 @@ class Notifier:
                 loop.call_soon_threadsafe(event.set)
 
 
+class _SlotJob:
+    """A Job that calls `on_done` once, when its result (or its failure) is first handed back."""
+
+    def __init__(self, job: Job, on_done: Callable[[], None]) -> None:
+        self._job = job
+        self._on_done = on_done
+        self._lock = threading.Lock()
+        self._fired = False
+
+    def cancel(self) -> None:
+        self._job.cancel()
+
+    def result(self, timeout: float | None = None) -> AttemptResult:
+        try:
+            result = self._job.result(timeout)
+        except TimeoutError:
+            raise  # still running: its slot stays taken
+        except BaseException:
+            self._fire()  # the executor lost the work: over all the same
+            raise
+        self._fire()
+        return result
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._fired:
+                return
+            self._fired = True
+        self._on_done()
+
+
+class _SlotExecutor:
+    """The service's view of its executor: tells the scheduler when a task's work is over
+    (the engine asks for the result as soon as the executor has it), so that its slot is
+    free while the engine and the service close the task."""
+
+    def __init__(self, executor: Executor, on_done: Callable[[str], None]) -> None:
+        self.inner = executor
+        self._on_done = on_done
+
+    def submit(self, task: Task, settings: Settings, on_event: Callable[[Event], None]) -> Job:
+        job = self.inner.submit(task, settings, on_event)
+        return _SlotJob(job, lambda: self._on_done(task.task_id))
+
+    def shutdown(self, cancel: bool = False) -> None:
+        self.inner.shutdown(cancel)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 def _say(message: str) -> None:
     print(f"pullsmith serve: {message}", file=sys.stderr, flush=True)
 
@@ -133,13 +190,20 @@ class TaskService:
         self.executor: Executor = executor or ProcessExecutor(
             workers, log_path=settings.data_dir / "service-model-server.log"
         )
-        self.engine = Engine(settings, self.executor, publisher or LocalPublisher(settings))
+        self.engine = Engine(
+            settings,
+            _SlotExecutor(self.executor, self._work_done),
+            publisher or LocalPublisher(settings),
+        )
         self.notifier = Notifier()
         self._lock = threading.RLock()
         # The tasks handed to the engine (None while being handed), and their closing threads.
         self._running: dict[str, RunHandle | None] = {}
+        # The tasks of `_running` whose work is still in the executor: at most `workers`.
+        self._busy: set[str] = set()
         self._cancel_asked: set[str] = set()
         self._pr_lock = threading.Lock()
+        self._follow_up_lock = threading.Lock()
         self._closers: dict[str, threading.Thread] = {}
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -272,6 +336,10 @@ class TaskService:
             raise Invalid('the instruction is empty; say what to do next, e.g. "add a test".')
         if "\x00" in text:
             raise Invalid("instruction holds a NUL character; send it without one.")
+        with self._follow_up_lock:  # not while its PR merges (`merging`)
+            return self._follow_up(task_id, text)
+
+    def _follow_up(self, task_id: str, text: str) -> ServiceTask:
         earlier = self.require(task_id)
         if earlier.state not in FINISHED_STATES:
             raise Conflict(f"task {task_id} is {earlier.state}; follow it up once it has finished.")
@@ -419,11 +487,19 @@ class TaskService:
         self.notifier.notify(task_id)
 
     def _listener(self, task_id: str) -> Callable[[Event], None]:
+        failed = [0]  # events of this run not stored: the first one is said, then a count
+
         def store_run_event(event: Event) -> None:
             try:
                 self.store_event(task_id, event)
             except Exception as exc:  # the log file has it: the run's end copies it over
-                _say(f"could not store event {event.id} of task {task_id} ({exc}).")
+                failed[0] += 1
+                if failed[0] == 1:
+                    reason = exc.message if isinstance(exc, UserError) else repr(exc)
+                    _say(
+                        f"could not store event {event.id} of task {task_id} ({reason}); its "
+                        "log keeps the events, and they are copied over when it ends."
+                    )
 
         return store_run_event
 
@@ -460,14 +536,26 @@ class TaskService:
     # --- the scheduler --------------------------------------------------------------------
 
     def _schedule_loop(self) -> None:
+        said = ""  # what the last failure said: a store that stays unwritable is said once
         while not self._stopping.is_set():
             self._wake.wait(timeout=1.0)
             self._wake.clear()
             try:
                 self._fill()
+            except UserError as exc:  # the store can't be written: the task stays queued
+                if exc.message != said:
+                    said = exc.message
+                    _say(f"could not take the next task from the queue ({exc.message})")
+                time.sleep(1.0)
+                continue
             except Exception:  # keep scheduling; the next wake tries again
+                said = ""
                 _say("the scheduler failed:\n" + traceback.format_exc())
                 time.sleep(1.0)
+                continue
+            if said:
+                said = ""
+                _say("the store can be written again; the queue moves on.")
 
     def _next_queued(self) -> ServiceTask | None:
         query = (
@@ -482,7 +570,7 @@ class TaskService:
     def _fill(self) -> None:
         while True:
             with self._lock:
-                if self._stopping.is_set() or len(self._running) >= self.workers:
+                if self._stopping.is_set() or len(self._busy) >= self.workers:
                     return
                 row = self._next_queued()
                 if row is None:
@@ -493,6 +581,7 @@ class TaskService:
                 if not claimed:
                     continue  # cancelled meanwhile
                 self._running[row.id] = None
+                self._busy.add(row.id)
             self._submit(row)
 
     def _submit(self, row: ServiceTask) -> None:
@@ -505,6 +594,7 @@ class TaskService:
         except Exception as exc:
             with self._lock:
                 self._running.pop(row.id, None)
+                self._busy.discard(row.id)
                 self._cancel_asked.discard(row.id)
             message = exc.message if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
             result = AttemptResult.failed_to_start(
@@ -536,27 +626,67 @@ class TaskService:
         task_id = handle.task_id
         try:
             result = handle.result()
-            try:
-                self.sync_events(task_id)
-            except Exception as exc:
-                _say(f"could not copy the events of task {task_id} from its log ({exc}).")
-            state = result.status if result.status in RESULT_STATES else ERROR
-            self._update(
-                task_id,
-                state=state,
-                finished_at=utcnow(),
-                result=result.to_dict(),
-                pr_number=result.pull_request,
-                error=result.error,
-            )
+            self._record_end(task_id, result)
         except Exception:
             _say(f"could not record the end of task {task_id}:\n" + traceback.format_exc())
         finally:
             with self._lock:
                 self._running.pop(task_id, None)
+                self._busy.discard(task_id)
                 self._closers.pop(task_id, None)
             self.notifier.notify(task_id)
             self._wake.set()
+
+    def _record_end(self, task_id: str, result: AttemptResult) -> None:
+        """Store the end of a run: the events its log has and the table misses, then its
+        state and result in one write. A store that can't be written (read-only, disk full)
+        is said once and retried until it can, or until the service stops: then the task
+        stays "running" and the next start runs it again (its branch kept)."""
+        state = result.status if result.status in RESULT_STATES else ERROR
+        pause = 1.0
+        said = False
+        while True:
+            try:
+                # The events first: a stream that sees the final state has them all.
+                try:
+                    self.sync_events(task_id)
+                except UserError:
+                    raise
+                except Exception as exc:  # the log itself is unreadable: the state still goes
+                    _say(f"could not copy the events of task {task_id} from its log ({exc}).")
+                self._update(
+                    task_id,
+                    state=state,
+                    finished_at=utcnow(),
+                    result=result.to_dict(),
+                    pr_number=result.pull_request,
+                    error=result.error,
+                )
+            except UserError as exc:
+                if self._stopping.is_set():
+                    _say(
+                        f"could not record the end of task {task_id} ({exc.message}); it "
+                        "stays running in the store, and the next start runs it again."
+                    )
+                    return
+                if not said:
+                    said = True
+                    _say(
+                        f"could not record the end of task {task_id} ({exc.message}); it "
+                        f"ended {state}, which is stored as soon as the store can be written."
+                    )
+                self._stopping.wait(pause)
+                pause = min(pause * 2, END_RETRY_MAX_S)
+                continue
+            if said:
+                _say(f"recorded the end of task {task_id} ({state}) after all.")
+            return
+
+    def _work_done(self, task_id: str) -> None:
+        """The work of `task_id` is over (its result is back): its slot takes the next task."""
+        with self._lock:
+            self._busy.discard(task_id)
+        self._wake.set()
 
     def _update(self, task_id: str, **values: Any) -> None:
         with self.store.session() as session:
@@ -669,6 +799,8 @@ class TaskService:
             log = EventLog(task_id, path, forward=lambda event: self.store_event(task_id, event))
             try:
                 number = LocalPublisher(self.settings).publish(task_of(row), result, log)
+            except StoreUnavailable:
+                raise  # the service's trouble (503), not the request's
             except UserError as exc:
                 raise Conflict(exc.message) from None
             finally:
@@ -681,6 +813,39 @@ class TaskService:
                     write_result(Path(result.run_dir), result)
             self._update(task_id, result=result.to_dict(), pr_number=number)
             return number, True
+
+    def working_on(self, numbers: Iterable[int] | None = None) -> dict[int, list[ServiceTask]]:
+        """The tasks queued or running on a pull request's branch (its follow-ups), oldest
+        first, by PR number: of `numbers`, or of every PR."""
+        query = (
+            select(ServiceTask)
+            .where(ServiceTask.pr_number.is_not(None), ServiceTask.state.in_((QUEUED, RUNNING)))
+            .order_by(ServiceTask.created_at, ServiceTask.id)
+        )
+        if numbers is not None:
+            query = query.where(ServiceTask.pr_number.in_(list(numbers)))
+        found: dict[int, list[ServiceTask]] = {}
+        with self.store.session() as session:
+            for row in session.scalars(query):
+                found.setdefault(int(row.pr_number or 0), []).append(row)
+        return found
+
+    @contextlib.contextmanager
+    def merging(self, number: int) -> Iterator[None]:
+        """Hold off new follow-ups of pull request `number` while it merges; Conflict while
+        one is queued or running already (the merge would leave out the commits it is about
+        to add to the branch)."""
+        with self._follow_up_lock:
+            working = self.working_on([number]).get(number)
+            if working:
+                row = working[0]
+                more = f" (and {len(working) - 1} more)" if len(working) > 1 else ""
+                raise Conflict(
+                    f"follow-up task {row.id}{more} of pull request #{number} is {row.state}; "
+                    f"wait for it to finish, or cancel it (POST /api/tasks/{row.id}/cancel), "
+                    "then merge."
+                )
+            yield
 
     # --- diffs ------------------------------------------------------------------------------
 

@@ -745,9 +745,17 @@ function taskView(main, id) {
     if (finished && task.commit && !task.pr) {
       buttons.push(h("button", { id: "create-pr", class: "primary", disabled: page.busy, onclick: createPr, text: "Create PR" }));
     }
-    if (finished && pr && pr.state === "open") { // not while a follow-up works on its branch
+    // Not while this task runs, nor while a follow-up of its PR is queued or running on the
+    // branch (the API refuses that merge with a 409): then a line says what to wait for.
+    const working = pr && pr.working && pr.working.length ? pr.working[0] : null;
+    if (finished && pr && pr.state === "open" && !working) {
       buttons.push(h("button", { id: "merge-pr", class: "primary", disabled: page.busy, onclick: merge, text: `Merge PR #${pr.number} into ${pr.base}` }));
     }
+    const mergeWait = finished && pr && pr.state === "open" && working
+      ? h("p", { class: "muted", id: "merge-wait" }, "Merge waits for follow-up ",
+        h("a", { href: `/tasks/${encodeURIComponent(working.id)}`, text: working.id }),
+        ` (${working.state}) on this branch: let it finish, or cancel it.`)
+      : null;
     const usage = task.usage;
     const facts = [
       ["task", h("code", { text: task.id })],
@@ -780,6 +788,7 @@ function taskView(main, id) {
           h("span", { class: "muted", text: `${pr.head} → ${pr.base}` }), " ",
           badge(pr.state, "p"), " ", badge(`checks ${pr.checks}`, "c"))
           : null),
+      mergeWait,
       message,
       followable ? followBox : null);
   }
@@ -903,8 +912,12 @@ function prsView(main) {
   };
   const row = (pr) => {
     const task = taskOfPr.get(pr.number) || pr.task_id;
-    const button = pr.state === "open" ? h("button", { class: "small primary", text: "Merge" }) : null;
+    const working = pr.working && pr.working.length ? pr.working[0] : null;
+    const button = pr.state === "open" && !working ? h("button", { class: "small primary", text: "Merge" }) : null;
     if (button) button.addEventListener("click", () => merge(pr, button));
+    const waiting = pr.state === "open" && working
+      ? h("a", { class: "muted", href: `/tasks/${encodeURIComponent(working.id)}`, title: "merge once this follow-up has finished", text: `follow-up ${working.state}` })
+      : null;
     return h("tr", { id: `pr-${pr.number}`, "data-number": pr.number },
       h("td", { class: "num", text: `#${pr.number}` }),
       h("td", { class: "instruction" }, h("a", { href: `/tasks/${encodeURIComponent(task)}`, title: pr.title, text: pr.title })),
@@ -915,7 +928,7 @@ function prsView(main) {
       h("td", { class: "age", title: pr.created_at, text: age(pr.created_at) }),
       h("td", { class: "muted", title: pr.merged_at || "" },
         pr.merged_at ? `${age(pr.merged_at)} ago${pr.merge_method ? ` (${pr.merge_method})` : ""}` : "—"),
-      h("td", {}, button));
+      h("td", {}, button || waiting));
   };
   main.append(h("section", { class: "card" },
     h("div", { class: "card-head" }, h("h2", { text: "Pull requests" }), h("label", { class: "muted" }, "state ", filter)),
