@@ -81,6 +81,11 @@ OPERATIONS = [
     ("GET", "/api/prs"),
     ("GET", "/api/prs/{number}"),
     ("POST", "/api/prs/{number}/merge"),
+    ("GET", "/api/environments"),
+    ("POST", "/api/environments"),
+    ("GET", "/api/environments/lookup"),
+    ("GET", "/api/environments/{env_id}"),
+    ("DELETE", "/api/environments/{env_id}"),
 ]
 BIG = 2**63  # one past SQLite's largest INTEGER
 NO_RUN = "replay:/nonexistent/pullsmith-run"
@@ -131,9 +136,14 @@ def known(reason: str) -> pytest.MarkDecorator:
 class Api:
     """The server, its schema, and what the fixtures made there."""
 
-    def __init__(self, server: Server, repo: str, task_id: str, pr: int, good: str) -> None:
+    def __init__(
+        self, server: Server, repo: str, task_id: str, pr: int, good: str, env_repo: str
+    ) -> None:
         self.server = server
         self.repo = repo
+        # Generated environments go to this repository of their own: their setup commands
+        # never run before the fixture's or the generated tasks.
+        self.env_repo = env_repo
         self.task_id = task_id
         self.pr = pr
         self.good = good
@@ -243,7 +253,8 @@ def api(tmp_path_factory):
         created = server.create(repo, good)
         task = server.wait(created["id"], FINISHED, timeout=60)
         assert task["state"] == "passed" and task["pr"], task
-        yield Api(server, str(repo), task["id"], task["pr"], good)
+        env_repo = make_repo(root / "env-calc")
+        yield Api(server, str(repo), task["id"], task["pr"], good, str(env_repo))
     finally:
         server.close()
 
@@ -277,6 +288,11 @@ def _steer(api: Api, case: Any, data: Any) -> None:
         params["task_id"] = api.task_id
     if params and "number" in params and data.draw(st.booleans(), label="real PR"):
         params["number"] = api.pr
+    if case.path.startswith("/api/environments") and data.draw(st.booleans(), label="env repo"):
+        if isinstance(case.body, dict):
+            case.body["repo"] = api.env_repo
+        if isinstance(case.query, dict) and "repo" in case.query:
+            case.query["repo"] = api.env_repo
     if case.method == "POST" and case.path == "/api/tasks" and isinstance(case.body, dict):
         repo = case.body.get("repo")
         if data.draw(st.booleans(), label="real repo") or not isinstance(repo, str):

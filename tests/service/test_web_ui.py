@@ -293,3 +293,41 @@ def test_without_the_cookie_the_page_says_how_to_sign_in(browser, server):
         expect(page.locator("#notice")).to_have_text(refusal)
     finally:
         context.close()
+
+
+def test_an_environment_from_its_page_to_a_tasks_setup_step(
+    page, server, recordings, tmp_path, capsys
+):
+    repo = make_repo(tmp_path / "inventory")
+    secret = "ui-secret-31337"
+    sign_in(page, server)
+    page.get_by_role("link", name="Environments").click()
+    page.wait_for_url(f"{server.base}/environments")
+    page.get_by_label("Repository path").fill(str(repo))
+    page.get_by_label("Setup command").fill(
+        'echo "using $INDEX_TOKEN" && mkdir -p .venv && touch .venv/ok'
+    )
+    page.get_by_label("Secrets (NAME=value, one a line)").fill(f"INDEX_TOKEN={secret}")
+    page.get_by_role("button", name="Save environment").click()
+    expect(page.locator("#env-message")).to_contain_text("Saved the environment of")
+    row = page.locator(f'#env-table tr[data-repo="{repo}"]')
+    expect(row).to_contain_text("INDEX_TOKEN")
+    expect(page.get_by_label("Secrets (NAME=value, one a line)")).to_have_value("")
+    assert secret not in page.content()
+
+    # A line that is not NAME=value is refused on the page, before anything is sent.
+    page.get_by_label("Secrets (NAME=value, one a line)").fill("just-a-value")
+    page.get_by_role("button", name="Save environment").click()
+    expect(page.locator("#env-message")).to_contain_text("is not NAME=value")
+    shoot(page, tmp_path / "6-environments.png", capsys)
+
+    # A task on that repository shows its setup step, the secret by name only.
+    created = server.create(repo, recordings["good"])
+    page.goto(f"{server.base}/tasks/{created['id']}")
+    step = page.locator('#log li[data-type="setup.ran"]')
+    expect(step).to_contain_text("kept out of the diff: .venv", timeout=60_000)
+    expect(page.locator("#task-head .title .badge")).to_have_text("passed", timeout=60_000)
+    step.locator("details").first.click()
+    expect(step).to_contain_text("using [secret INDEX_TOKEN]")
+    assert secret not in page.content()
+    shoot(page, tmp_path / "7-setup-step.png", capsys)

@@ -40,8 +40,9 @@ from pullsmith.events import EVENT_TYPES
 from pullsmith.pr import local as local_prs
 from pullsmith.pr.merge import merge as merge_pr
 from pullsmith.service.access import COOKIE, Access, token_matches
+from pullsmith.service.environments import environments_router
 from pullsmith.service.errors import Conflict, Invalid, NotFound, ServiceError
-from pullsmith.service.queue import MAX_ATTEMPTS, NewTask, TaskService
+from pullsmith.service.queue import MAX_ATTEMPTS, NewTask, TaskService, check_repo
 from pullsmith.service.tables import FINISHED_STATES, ServiceTask
 from pullsmith.store import PR_STATES, PullRequestRecord, StoreUnavailable
 from pullsmith.task import AttemptResult
@@ -78,6 +79,7 @@ ERROR_STATUSES = {
 EXTRA_SUCCESS = {
     ("post", "/api/tasks/{task_id}/cancel"): ("202", "The running task was asked to stop."),
     ("post", "/api/tasks/{task_id}/pr"): ("201", "The pull request was recorded now."),
+    ("post", "/api/environments"): ("200", "The repository's environment was replaced."),
 }
 
 
@@ -482,11 +484,24 @@ def create_app(
     async def prs_page() -> HTMLResponse:
         return page()
 
+    @app.get("/environments", include_in_schema=False)
+    async def environments_page() -> HTMLResponse:
+        return page()
+
     @app.get("/static/{name}", include_in_schema=False)
     async def static(name: str) -> FileResponse:
         if name not in STATIC:
             raise StarletteHTTPException(404)
         return FileResponse(WEB / name, media_type=STATIC[name], headers=PAGE_HEADERS)
+
+    app.include_router(
+        environments_router(
+            service.environments,
+            lambda repo: check_repo(repo, service.settings),
+            call,
+            MAX_ID,
+        )
+    )
 
     # --- health ------------------------------------------------------------------------
 

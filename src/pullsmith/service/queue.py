@@ -40,9 +40,10 @@ from pullsmith.config import Settings
 from pullsmith.engine import Engine, Publisher, RunHandle
 from pullsmith.errors import UserError
 from pullsmith.events import Event, EventLog, WarningEvent, read_events
-from pullsmith.executors import Executor, Job, ProcessExecutor
+from pullsmith.executors import Executor, Job, make_executor
 from pullsmith.models.replay import REPLAY_PREFIX, is_replay, load_recordings
 from pullsmith.pr.publish import LocalPublisher
+from pullsmith.service.environments import Environments
 from pullsmith.service.errors import Conflict, Invalid, NotFound
 from pullsmith.service.tables import (
     CANCELLED,
@@ -187,14 +188,15 @@ class TaskService:
         self.settings = settings
         self.store = store
         self.workers = workers
-        self.executor: Executor = executor or ProcessExecutor(
-            workers, log_path=settings.data_dir / "service-model-server.log"
+        self.executor: Executor = executor or make_executor(
+            settings, workers, log_path=settings.data_dir / "service-model-server.log"
         )
         self.engine = Engine(
             settings,
             _SlotExecutor(self.executor, self._work_done),
             publisher or LocalPublisher(settings),
         )
+        self.environments = Environments(store)
         self.notifier = Notifier()
         self._lock = threading.RLock()
         # The tasks handed to the engine (None while being handed), and their closing threads.
@@ -274,12 +276,18 @@ class TaskService:
             values["model"] = model
         return {name: value for name, value in values.items() if value is not None}
 
-    def settings_for(self, row: ServiceTask) -> Settings:
+    def _model_settings(self, row: ServiceTask) -> Settings:
         options = {k: v for k, v in (row.model_options or {}).items() if k in MODEL_OPTIONS}
         return dataclasses.replace(self.settings, **options)
 
+    def settings_for(self, row: ServiceTask) -> Settings:
+        """The settings `row` runs with: its model options, and its repository's environment
+        (read when it starts, so that an environment changed meanwhile applies)."""
+        environment = self.environments.for_repo(row.repo)
+        return dataclasses.replace(self._model_settings(row), environment=environment)
+
     def model_name(self, row: ServiceTask) -> str:
-        return self.settings_for(row).model_name
+        return self._model_settings(row).model_name
 
     def create(self, new: NewTask) -> ServiceTask:
         """Check `new` and queue it (Invalid says what is wrong with it)."""
@@ -292,6 +300,10 @@ class TaskService:
         if not 1 <= new.attempts <= MAX_ATTEMPTS:
             raise Invalid(f"attempts must be between 1 and {MAX_ATTEMPTS} (got {new.attempts}).")
         repo = check_repo(new.repo, self.settings)
+        try:
+            self.environments.for_repo(repo)
+        except UserError as exc:
+            raise Invalid(exc.message) from None
         base = (new.base or "").strip() or None
         if base is not None and not is_url(repo):
             check_base(Path(repo), base)

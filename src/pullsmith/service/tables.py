@@ -71,3 +71,23 @@ class ServiceEvent(Base):
     ts: Mapped[float] = mapped_column(Float)
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     v: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class ServiceEnvironment(Base):
+    """A repository's environment as the service keeps it (see pullsmith.service.environments).
+
+    `secrets` holds the values the setup command gets, in the store as they were sent (the
+    database is the service's own, in its data directory); the API only ever shows the names.
+    """
+
+    __tablename__ = "service_environments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # The repository as a task names it once checked (its top level, or its URL).
+    repo: Mapped[str] = mapped_column(Text, unique=True)
+    setup: Mapped[str] = mapped_column(Text)
+    network: Mapped[bool] = mapped_column(Boolean, default=False)
+    secrets: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    timeout_s: Mapped[float] = mapped_column(Float, default=600.0)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -424,6 +424,22 @@ function eventEntry(page, event) {
       body.push("branch ", h("code", { text: d.branch }), ` from ${short(d.base_commit)}`,
         d.user_tree_dirty ? " (your working tree had uncommitted changes; they are not in the base)" : "");
       break;
+    case "setup.started":
+      label = "setup";
+      cls = "running";
+      body.push(commandLine(d.command), h("span", { class: "muted",
+        text: ` running… network ${d.network ? "on" : "off"}${d.secrets && d.secrets.length ? ` · secrets ${d.secrets.join(", ")}` : ""}` }));
+      break;
+    case "setup.ran":
+      label = "setup";
+      cls = d.exit_code === 0 ? "good" : "bad";
+      body.push(commandLine(d.command), " ", exitBadge(d.exit_code),
+        h("span", { class: "muted", text: ` ${seconds(d.seconds)}` }),
+        d.timed_out ? h("span", { class: "badge s-failed", text: "timed out" }) : null,
+        d.left_out && d.left_out.length
+          ? h("div", { class: "muted", text: `kept out of the diff: ${d.left_out.join(", ")}` }) : null,
+        output(d.output, "output", true));
+      break;
     case "tests.started":
       label = "tests";
       cls = "running";
@@ -959,6 +975,138 @@ function prsView(main) {
   every(POLL_MS, refresh);
 }
 
+// --- environments ------------------------------------------------------------------------------
+
+// Secrets typed as NAME=value lines; null when the box is empty (the saved values stay).
+function parseSecrets(text) {
+  const found = {};
+  const rows = String(text || "").split("\n").map((l) => l.trim()).filter(Boolean);
+  if (!rows.length) return null;
+  for (const row of rows) {
+    const at = row.indexOf("=");
+    if (at < 1) throw new Error(`"${row.slice(0, 40)}" is not NAME=value; write one secret a line.`);
+    found[row.slice(0, at).trim()] = row.slice(at + 1);
+  }
+  return found;
+}
+
+function environmentsView(main) {
+  document.title = "Environments · pullsmith";
+  const body = h("tbody");
+  const empty = h("p", { class: "empty", hidden: true,
+    text: "No environments yet: a task's attempts then start the agent right away." });
+  const listMessage = h("p", { class: "say", hidden: true, id: "env-list-message" });
+  const field = (id, label, input, hint) => h("div", { class: "field" },
+    h("label", { for: id, text: label }), input, hint ? h("span", { class: "hint", text: hint }) : null);
+  const repo = h("input", { id: "e-repo", name: "repo", type: "text", autocomplete: "off",
+    spellcheck: "false", placeholder: "/home/me/project" });
+  const setup = h("textarea", { id: "e-setup", name: "setup", rows: "3", spellcheck: "false",
+    placeholder: "pip install -e '.[test]'" });
+  const network = h("input", { id: "e-network", name: "network", type: "checkbox" });
+  const secrets = h("textarea", { id: "e-secrets", name: "secrets", rows: "2", spellcheck: "false",
+    autocomplete: "off", placeholder: "PIP_INDEX_TOKEN=…" });
+  const clear = h("input", { id: "e-clear", name: "clear", type: "checkbox" });
+  const timeout = h("input", { id: "e-timeout", name: "timeout_s", type: "number", min: "1", value: "600" });
+  const submit = h("button", { type: "submit", class: "primary", text: "Save environment" });
+  const message = h("p", { class: "say", hidden: true, id: "env-message" });
+  const form = h("form", { id: "env-form", novalidate: true },
+    field("e-repo", "Repository path", repo, "as tasks name it: a git repository on the server's machine, or a URL"),
+    field("e-setup", "Setup command", setup, "runs in the sandbox on each attempt's fresh worktree, before the agent"),
+    h("div", { class: "check" }, network,
+      h("label", { for: "e-network", text: "Network during setup (the agent never has it)" })),
+    field("e-secrets", "Secrets (NAME=value, one a line)", secrets,
+      "given to the setup command only; empty keeps the values saved before"),
+    h("div", { class: "check" }, clear, h("label", { for: "e-clear", text: "Remove the saved secrets" })),
+    field("e-timeout", "Timeout (seconds)", timeout),
+    h("div", { class: "actions" }, submit),
+    message);
+  let refresh;
+  const edit = (env) => {
+    repo.value = env.repo;
+    setup.value = env.setup;
+    network.checked = env.network;
+    timeout.value = String(env.timeout_s);
+    secrets.value = "";
+    clear.checked = false;
+    say(message, env.secrets.length
+      ? `Editing: secrets ${env.secrets.join(", ")} are kept unless you type new ones.` : "Editing.", true);
+    repo.focus();
+  };
+  const remove = async (env, button) => {
+    button.disabled = true;
+    try {
+      await api("DELETE", `/api/environments/${env.id}`);
+      say(listMessage, `Removed the environment of ${env.repo}.`, true);
+    } catch (e) {
+      say(listMessage, e.message);
+    }
+    await refresh();
+  };
+  const row = (env) => {
+    const editButton = h("button", { class: "small", text: "Edit" });
+    const removeButton = h("button", { class: "small", text: "Remove" });
+    editButton.addEventListener("click", () => edit(env));
+    removeButton.addEventListener("click", () => remove(env, removeButton));
+    return h("tr", { id: `env-${env.id}`, "data-repo": env.repo },
+      h("td", { class: "repo", title: env.repo, text: basename(env.repo) }),
+      h("td", {}, h("code", { class: "setup", text: env.setup })),
+      h("td", { text: env.network ? "on" : "off" }),
+      h("td", { class: "muted", text: env.secrets.length ? env.secrets.join(", ") : "—" }),
+      h("td", { text: seconds(env.timeout_s) }),
+      h("td", { class: "age", title: env.updated_at, text: age(env.updated_at) }),
+      h("td", {}, editButton, " ", removeButton));
+  };
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    let body;
+    try {
+      body = { repo: repo.value.trim(), setup: setup.value, network: network.checked,
+        timeout_s: Number(timeout.value || 600) };
+      const typed = parseSecrets(secrets.value);
+      if (typed) body.secrets = typed;
+      else if (clear.checked) body.secrets = {};
+    } catch (e) {
+      say(message, e.message);
+      return;
+    }
+    submit.disabled = true;
+    try {
+      const env = await api("POST", "/api/environments", body);
+      secrets.value = "";
+      clear.checked = false;
+      say(message, `${env.created ? "Saved" : "Updated"} the environment of ${env.repo}${
+        env.secrets.length ? ` (secrets: ${env.secrets.join(", ")})` : ""}.`, true);
+      await refresh();
+    } catch (e) {
+      say(message, e.message);
+    } finally {
+      submit.disabled = false;
+    }
+  });
+  main.append(h("div", { class: "split" },
+    h("section", { class: "card" }, h("h2", { text: "Set a repository's environment" }), form),
+    h("section", { class: "card" },
+      h("h2", { text: "Environments" }),
+      h("p", { class: "muted", text: "A repository without one here may have [environment] in its own pullsmith.toml." }),
+      listMessage,
+      h("table", { class: "list", id: "env-table" },
+        h("thead", {}, h("tr", {}, ["Repository", "Setup", "Network", "Secrets", "Timeout", "Changed", ""]
+          .map((title) => h("th", { text: title })))),
+        body),
+      empty)));
+  refresh = async () => {
+    try {
+      const page = await api("GET", "/api/environments");
+      fill(body, ...page.environments.map(row));
+      empty.hidden = page.environments.length > 0;
+      notice("environments", null);
+    } catch (e) {
+      notice("environments", e.message);
+    }
+  };
+  refresh();
+}
+
 // --- the page ----------------------------------------------------------------------------------
 
 function route() {
@@ -976,8 +1124,11 @@ function route() {
   } else if (path === "/prs") {
     nav = "prs";
     prsView(main);
+  } else if (path === "/environments") {
+    nav = "environments";
+    environmentsView(main);
   } else {
-    main.append(h("p", { class: "say error", text: `there is no page ${path}; see the Tasks and Pull requests pages.` }));
+    main.append(h("p", { class: "say error", text: `there is no page ${path}; see the Tasks, Pull requests and Environments pages.` }));
   }
   for (const link of document.querySelectorAll("[data-nav]")) {
     link.classList.toggle("current", link.dataset.nav === nav);
