@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	  else echo "Python's venv module is missing: run 'sudo apt-get install python3-venv' and retry."; exit 1; fi; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[local,dev,postgres]'
+	$(BIN)/python -m pip install --quiet -e '.[local,dev,postgres,ray]'
 	touch $(STAMP)
 
 sandbox-deps:

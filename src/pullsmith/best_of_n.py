@@ -11,9 +11,17 @@ from pullsmith.agent.failures import failure_count
 from pullsmith.attempt import Attempt, run_dir_for, write_result
 from pullsmith.config import Settings
 from pullsmith.errors import UserError
-from pullsmith.events import AttemptScored, AttemptsSelected, AttemptsStarted, ErrorEvent, EventLog
+from pullsmith.events import (
+    AttemptScored,
+    AttemptsSelected,
+    AttemptsStarted,
+    ErrorEvent,
+    EventLog,
+    WarningEvent,
+)
 from pullsmith.models import Model, open_model
 from pullsmith.models.openai_compat import ModelError
+from pullsmith.models.prices import check_budget, pricing_for
 from pullsmith.task import AttemptResult, Task
 
 # Attempt 1 samples at the configured temperature (the model's best guess); the others
@@ -78,7 +86,66 @@ def attempt_summary(result: AttemptResult, rank: Rank) -> dict[str, Any]:
         "wall_seconds": result.wall_seconds,
         "run_dir": result.run_dir,
         "error": result.error,
+        "cache_write_tokens": result.usage.cache_write_tokens,
+        "cost_usd": result.cost_usd,
     }
+
+
+def attempt_task(task: Task, number: int) -> Task:
+    """Attempt `number` of a best-of-N task: one attempt, on its own branch and run directory."""
+    return dataclasses.replace(
+        task,
+        task_id=f"{task.task_id}-{number}",
+        attempts=1,
+        until_pass=False,
+        # A model stuck repeating itself gets a fresh start in the next attempt.
+        stop_when_stuck=number < task.attempts,
+    )
+
+
+def attempt_sampling(settings: Settings, number: int) -> tuple[float | None, int | None]:
+    """(temperature, seed) of attempt `number`; a None temperature means the configured one."""
+    temperature = None if number == 1 else max(settings.temperature, RETRY_TEMPERATURE)
+    seed = None if settings.seed is None else settings.seed + number - 1
+    return temperature, seed
+
+
+def score_attempt(result: AttemptResult, events: EventLog) -> Rank:
+    """Rank one finished attempt and record its score (attempt.scored)."""
+    rank = attempt_rank(result)
+    events.emit(AttemptScored(**attempt_summary(result, rank)))
+    return rank
+
+
+def select_attempt(
+    task: Task,
+    results: list[tuple[Rank, AttemptResult]],
+    events: EventLog,
+    cancelled: bool = False,
+    stopped: UserError | None = None,
+) -> AttemptResult:
+    """The attempt the visible tests like best (the last one when the user cancelled), with
+    every attempt's summary; emits attempts.selected (and the error that stopped the rest)."""
+    if not results:
+        raise stopped or UserError("no attempt ran; see the run log.")
+    ranked = sorted(results, key=lambda pair: (pair[0], pair[1].attempt))
+    chosen = ranked[0][1]
+    if cancelled:
+        # What the user stopped is the last attempt; the result says so, whatever ran before.
+        chosen = results[-1][1]
+    chosen.attempts = [attempt_summary(r, k) for k, r in results]
+    if stopped is not None:
+        events.emit(ErrorEvent(message=stopped.message))
+    events.emit(
+        AttemptsSelected(
+            attempt=chosen.attempt,
+            of=len(results),
+            branch=chosen.branch,
+            status=chosen.status,
+            reason=_selection_reason(chosen, [r for _, r in results], task.attempts),
+        )
+    )
+    return chosen
 
 
 class BestOfN:
@@ -111,67 +178,59 @@ class BestOfN:
         owns_model = self.model is None
         results: list[tuple[Rank, AttemptResult]] = []
         stopped: UserError | None = None
+        check_budget(settings, pricing_for(settings))
+        spent = 0.0  # what the attempts so far cost: max_cost is the whole task's budget
         try:
             if self.model is None:
                 self.model = open_model(settings, log_path=self.run_dir / "model-server.log")
             for number in range(1, task.attempts + 1):
                 if self.cancel.is_set():
                     break
+                if settings.max_cost is not None and spent >= settings.max_cost:
+                    self.events.emit(
+                        WarningEvent(
+                            message=f"the cost limit (${settings.max_cost:g}) was reached after "
+                            f"{number - 1} of {task.attempts} attempts (${spent:.4f}); the "
+                            "others were not started."
+                        )
+                    )
+                    break
                 try:
-                    result = self._attempt(number)
+                    result = self._attempt(number, spent)
                 except ModelError as exc:
                     # The model is gone: the attempts already made still count.
                     stopped = exc
                     break
-                rank = attempt_rank(result)
+                spent += result.cost_usd or 0.0
+                rank = score_attempt(result, self.events)
                 results.append((rank, result))
-                self.events.emit(AttemptScored(**attempt_summary(result, rank)))
                 if result.status == "cancelled" or (task.until_pass and result.tests_pass):
                     break
         finally:
             if owns_model and self.model is not None:
                 self.model.close()
-        if not results:
-            raise stopped or UserError("no attempt ran; see the run log.")
-        ranked = sorted(results, key=lambda pair: (pair[0], pair[1].attempt))
-        chosen = ranked[0][1]
-        if self.cancel.is_set():
-            # What the user stopped is the last attempt; the result says so, whatever ran before.
-            chosen = results[-1][1]
-        chosen.attempts = [attempt_summary(r, k) for k, r in results]
-        if stopped is not None:
-            self.events.emit(ErrorEvent(message=stopped.message))
-        self.events.emit(
-            AttemptsSelected(
-                attempt=chosen.attempt,
-                of=len(results),
-                branch=chosen.branch,
-                status=chosen.status,
-                reason=_selection_reason(chosen, [r for _, r in results], task.attempts),
-            )
-        )
+        chosen = select_attempt(task, results, self.events, self.cancel.is_set(), stopped)
         write_result(self.run_dir, chosen)
         return chosen
 
-    def _attempt(self, number: int) -> AttemptResult:
+    def _attempt(self, number: int, cost_before: float = 0.0) -> AttemptResult:
         task, settings = self.task, self.settings
-        sub = dataclasses.replace(
-            task,
-            task_id=f"{task.task_id}-{number}",
-            attempts=1,
-            until_pass=False,
-            # A model stuck repeating itself gets a fresh start in the next attempt.
-            stop_when_stuck=number < task.attempts,
-        )
+        sub = attempt_task(task, number)
         log = EventLog(
             sub.task_id,
             run_dir_for(settings, sub.task_id) / "events.jsonl",
             forward=lambda event: self.events.emit(event.type, **{**event.data, "attempt": number}),
         )
-        temperature = None if number == 1 else max(settings.temperature, RETRY_TEMPERATURE)
-        seed = None if settings.seed is None else settings.seed + number - 1
+        temperature, seed = attempt_sampling(settings, number)
         assert self.model is not None
-        attempt = Attempt(sub, settings, log, _Sampling(self.model, temperature, seed), self.cancel)
+        attempt = Attempt(
+            sub,
+            settings,
+            log,
+            _Sampling(self.model, temperature, seed),
+            self.cancel,
+            cost_before=cost_before,
+        )
         try:
             result = attempt.run()
         except ModelError:

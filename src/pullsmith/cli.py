@@ -17,12 +17,19 @@ from rich.table import Table
 
 from pullsmith import __version__
 from pullsmith.attempt import run_dir_for
-from pullsmith.cli_options import attempt_options, model_options, settings_from_flags
+from pullsmith.cli_options import (
+    attempt_options,
+    executor_option,
+    max_cost_option,
+    model_options,
+    settings_from_flags,
+)
 from pullsmith.engine import Engine, RunHandle
 from pullsmith.errors import UserError
 from pullsmith.eval.commands import eval_group
 from pullsmith.events import Event
 from pullsmith.executors import ThreadExecutor
+from pullsmith.models.prices import format_cost
 from pullsmith.pr import commands as pr_commands
 from pullsmith.pr.publish import GitHubPublisher, LocalPublisher
 from pullsmith.task import AttemptResult, Task
@@ -40,6 +47,8 @@ class TerminalView:
         self.verbose = verbose
         self.attempts = 1
         self.after_summary: list[str] = []
+        # Where a zero price came from ("the bundled local model", ...), for the summary.
+        self.price_source: str | None = None
 
     def __call__(self, event: Event) -> None:
         handler = getattr(self, "on_" + event.type.replace(".", "_"), None)
@@ -76,6 +85,8 @@ class TerminalView:
         )
 
     def on_task_started(self, d: dict[str, Any]) -> None:
+        price = d.get("price")
+        self.price_source = price["source"] if price and not price.get("output") else None
         if d.get("attempt"):
             self.console.rule(f"attempt {d['attempt']} of {self.attempts}")
             if d["attempt"] > 1:
@@ -112,9 +123,11 @@ class TerminalView:
             self._tail(d["output"], 6)
 
     def on_model_reply(self, d: dict[str, Any]) -> None:
+        cost = d.get("cost_usd")
         self.console.rule(
             f"turn {d['turn']} · {d['seconds']:.1f} s · {d['prompt_tokens']}+"
-            f"{d['completion_tokens']} tokens ({d['cached_tokens']} cached)",
+            f"{d['completion_tokens']} tokens ({d['cached_tokens']} cached)"
+            + (f" · {format_cost(cost)}" if cost else ""),
             style="dim",
         )
         thought = d["text"].split("```")[0].strip()
@@ -174,13 +187,14 @@ class TerminalView:
     def on_task_finished(self, d: dict[str, Any]) -> None:
         if d["status"] == "error":
             return  # the error is the one sentence the command ends with
-        print_summary(self.console, d)
+        print_summary(self.console, d, self.price_source)
         for line in self.after_summary:
             self.console.print(escape(line))
 
 
-def print_summary(console: Console, d: dict[str, Any]) -> None:
-    """The end of a run, as `exec` prints it: from the task.finished event alone."""
+def print_summary(console: Console, d: dict[str, Any], price_source: str | None = None) -> None:
+    """The end of a run, as `exec` prints it: from the task.finished event (and, for a free
+    model, where its zero price came from)."""
     colors = {"passed": "green", "failed": "red", "error": "red"}
     color = colors.get(d["status"], "yellow")
     console.print(f"[bold {color}]{d['status']}[/] · {escape(d['exit_reason'])}")
@@ -203,15 +217,18 @@ def print_summary(console: Console, d: dict[str, Any]) -> None:
         console.print("no changes were made.")
     if d["worktree"]:
         console.print(f"worktree kept at {escape(d['worktree'])}")
+    written = d.get("cache_write_tokens") or 0
     console.print(
         f"{d['turns']} turns · {d['wall_seconds']:.0f} s · {d['prompt_tokens']} prompt + "
-        f"{d['completion_tokens']} completion tokens ({d['cached_tokens']} cached)"
+        f"{d['completion_tokens']} completion tokens ({d['cached_tokens']} cached"
+        + (f", {written} written to the cache" if written else "")
+        + f") · cost {format_cost(d.get('cost_usd'), price_source)}"
     )
     console.print(f"run log: {escape(str(Path(d['run_dir']) / 'events.jsonl'))}")
     attempts = d["attempts"]
     if len(attempts) > 1:
         table = Table(title=f"attempts (chose {d['chosen_attempt']})", title_justify="left")
-        for column in ("#", "status", "tests", "changed", "turns", "seconds", "branch"):
+        for column in ("#", "status", "tests", "changed", "turns", "seconds", "cost", "branch"):
             table.add_column(column)
         for a in attempts:
             tests = "pass" if a["tests_pass"] else f"{a['failing_tests']} failing"
@@ -222,6 +239,7 @@ def print_summary(console: Console, d: dict[str, Any]) -> None:
                 str(a["changed_lines"]),
                 str(a["turns"]),
                 f"{a['wall_seconds']:.0f}",
+                "unknown" if a.get("cost_usd") is None else format_cost(a["cost_usd"]),
                 escape(a["branch"]),
             )
         console.print(table)
@@ -251,6 +269,7 @@ def main_group() -> None:
     help="What the model's commands may do (default workspace-write).",
 )
 @click.option("--max-turns", type=int, default=None, help="Stop after this many model turns.")
+@max_cost_option
 @click.option("--test-command", default=None, help="Command that runs the repository's tests.")
 @attempt_options
 @click.option("--json", "as_json", is_flag=True, help="Stream events as JSON lines to stdout.")
@@ -275,6 +294,7 @@ def exec_command(
     sandbox: str | None,
     sandbox_policy: str | None,
     max_turns: int | None,
+    max_cost: float | None,
     test_command: str | None,
     attempts: int,
     until_pass: bool,
@@ -293,6 +313,7 @@ def exec_command(
         sandbox=sandbox,
         sandbox_policy=sandbox_policy,
         max_turns=max_turns,
+        max_cost=max_cost,
         test_command=test_command,
     )
     if not instruction.strip():
@@ -476,6 +497,7 @@ def model_serve_command(port: int | None, threads: int | None, parallel: int) ->
     help="Access token (default $PULLSMITH_TOKEN, else one kept in the data directory).",
 )
 @model_options
+@executor_option
 def serve_command(
     host: str,
     port: int,
@@ -486,6 +508,7 @@ def serve_command(
     base_url: str | None,
     protocol: str | None,
     edit_forms: str | None,
+    executor: str | None,
 ) -> None:
     """Run the service: a REST API over a queue of tasks (docs/api.md). Ctrl-C drains."""
     from pullsmith.service.server import serve
@@ -496,6 +519,7 @@ def serve_command(
         protocol=protocol,
         edit_forms=edit_forms,
         database_url=database_url,
+        executor=executor,
     )
     sys.exit(serve(settings, host=host, port=port, workers=workers, token=token))
 

@@ -72,6 +72,29 @@ def attempt_options(func: Callable[..., Any]) -> Any:
     )
 
 
+def executor_option(func: Callable[..., Any]) -> Any:
+    """--executor local|ray (`pullsmith serve` and `pullsmith eval run`)."""
+    return click.option(
+        "--executor",
+        type=click.Choice(["local", "ray"]),
+        default=None,
+        help="Where tasks run: worker processes here (local), or one Ray task per attempt on "
+        "the cluster at ray_address (ray; needs pullsmith[ray]). Default: the executor setting.",
+    )(func)
+
+
+def max_cost_option(func: Callable[..., Any]) -> Any:
+    """--max-cost USD (`pullsmith exec` and `pullsmith eval run`)."""
+    return click.option(
+        "--max-cost",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        metavar="USD",
+        help="End a task cleanly once its model calls cost this many US dollars (every "
+        "attempt counted; checked before each call). Needs a price for the model.",
+    )(func)
+
+
 def settings_from_flags(**flags: Any) -> Settings:
     """Settings from config and environment, with the flags given on the command line on top."""
     return load_settings({k: v for k, v in flags.items() if v is not None})

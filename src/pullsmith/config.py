@@ -13,7 +13,13 @@ from pullsmith.errors import UserError
 
 LOCAL_MODEL_NAME = "qwen2.5-coder-1.5b-instruct"
 PROTOCOLS = ("auto", "text", "tools")
+EXECUTORS = ("local", "ray")
 EDIT_FORMS = ("whole-file", "replace-function", "search-replace", "apply-patch")
+# Who serves a named model: "auto" (a `claude-…` name is Anthropic's, anything else an
+# OpenAI-compatible server), or one of them by name.
+PROVIDERS = ("auto", "openai", "anthropic")
+ANTHROPIC_DEFAULT_MODEL = "claude-sonnet-4-5"
+PRICE_KEYS = ("input", "cached_input", "cache_write", "output")
 
 
 def _xdg(var: str, fallback: str) -> Path:
@@ -63,6 +69,57 @@ class Environment:
         return text
 
 
+MCP_SERVER_KEYS = (
+    "command",
+    "args",
+    "env",
+    "cwd",
+    "enabled_tools",
+    "startup_timeout",
+    "call_timeout",
+    "trusted",
+)
+# A server's name becomes part of its tools' native names (`mcp__NAME__TOOL`), which the
+# model APIs allow only letters, digits, `_` and `-` in.
+MCP_SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+
+
+@dataclass(frozen=True)
+class McpServer:
+    """An MCP server from the config (`[mcp_servers.NAME]`), started over stdio for each run.
+
+    It runs inside the run's sandbox, with the agent's policy and its environment scrubbed
+    (plus `env`), unless `trusted` is set: then it runs on this machine as the user, as other
+    agents run their MCP servers. `cwd` defaults to the run's workspace; `enabled_tools`
+    (None: every tool) picks the tools the model is offered.
+    """
+
+    name: str
+    command: str
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    cwd: str | None = None
+    enabled_tools: tuple[str, ...] | None = None
+    startup_timeout_s: float = 10.0
+    call_timeout_s: float = 60.0
+    trusted: bool = False
+
+
+@dataclass(frozen=True)
+class PriceSetting:
+    """A price from the config (`[prices."PATTERN"]`): US dollars per million tokens.
+
+    `pattern` is an fnmatch pattern (or a plain name) matched against the lower-cased model
+    name; config rows are looked at before the shipped table (models/prices.toml).
+    """
+
+    pattern: str
+    input: float
+    output: float
+    cached_input: float | None = None
+    cache_write: float | None = None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything that shapes a run besides the task itself."""
@@ -70,6 +127,15 @@ class Settings:
     model: str | None = None
     base_url: str | None = None
     api_key: str | None = field(default=None, repr=False)
+    # "auto", "openai" or "anthropic" (see PROVIDERS); the key of the Anthropic API
+    # ($ANTHROPIC_API_KEY), kept apart from the OpenAI-compatible one.
+    provider: str = "auto"
+    anthropic_api_key: str | None = field(default=None, repr=False)
+    # End a task when what its model calls cost reaches this many US dollars (every attempt
+    # of best-of-N counted); None: no limit. Needs a price for the model.
+    max_cost: float | None = None
+    # Prices from the config, looked at before the shipped table (pullsmith.models.prices).
+    prices: tuple[PriceSetting, ...] = ()
     # How the model sends commands: "text" (```bash blocks), "tools" (native tool calls) or
     # "auto" (the model's profile in pullsmith.models.profiles decides).
     protocol: str = "auto"
@@ -113,12 +179,24 @@ class Settings:
     database_url: str | None = field(default=None, repr=False)
     github_api_url: str | None = None
     github_repo: str | None = None
+    # Where tasks run: "local" (threads or worker processes of this machine) or "ray" (one Ray
+    # task per attempt on the cluster at `ray_address`: "auto", "host:port" of its head, or
+    # "ray://host:10001"; "local" starts a private Ray instance on this machine). The Ray
+    # resources each attempt asks for cap how many run at once on a node; a Ray worker that
+    # dies is retried `ray_max_retries` times.
+    executor: str = "local"
+    ray_address: str = "auto"
+    ray_num_cpus: float = 1.0
+    ray_memory_mb: int = 1024
+    ray_max_retries: int = 2
     # The configuration files these settings were read from (load_settings fills it in); the
     # agent's sandbox hides them, since they may hold API keys.
     config_files: tuple[Path, ...] = ()
     # The repository's environment (`[environment]` in pullsmith.toml, or the service's
     # environment for the task's repository): a setup command before the agent, or None.
     environment: Environment | None = None
+    # The MCP servers whose tools the model is offered (`[mcp_servers.NAME]`, see McpServer).
+    mcp_servers: tuple[McpServer, ...] = ()
 
     @property
     def uses_local_model(self) -> bool:
@@ -129,12 +207,29 @@ class Settings:
         """
         if self.model and self.model.startswith("replay:"):
             return False
+        if self.provider_name == "anthropic":
+            return False
         return self.base_url is None and self.api_key is None
+
+    @property
+    def provider_name(self) -> str:
+        """Who answers: "replay", "anthropic", "openai" (any compatible server) or "local"."""
+        if self.model and self.model.startswith("replay:"):
+            return "replay"
+        if self.provider == "anthropic" or (
+            self.provider == "auto" and (self.model or "").lower().startswith("claude-")
+        ):
+            return "anthropic"
+        if self.provider == "openai":
+            return "openai"
+        return "local" if self.base_url is None and self.api_key is None else "openai"
 
     @property
     def model_name(self) -> str:
         if self.model:
             return self.model
+        if self.provider == "anthropic":
+            return ANTHROPIC_DEFAULT_MODEL
         return LOCAL_MODEL_NAME if self.uses_local_model else "gpt-4.1-mini"
 
     @property
@@ -147,13 +242,18 @@ class Settings:
 
 
 _FIELD_TYPES = {
-    f.name: f.type for f in fields(Settings) if f.name not in ("config_files", "environment")
+    f.name: f.type
+    for f in fields(Settings)
+    if f.name not in ("config_files", "environment", "prices", "mcp_servers")
 }
 ENVIRONMENT_KEYS = ("setup", "network", "secrets", "timeout")
 
 _ENV_VARS = {
     "OPENAI_API_KEY": "api_key",
     "OPENAI_BASE_URL": "base_url",
+    "ANTHROPIC_API_KEY": "anthropic_api_key",
+    "PULLSMITH_PROVIDER": "provider",
+    "PULLSMITH_MAX_COST": "max_cost",
     "PULLSMITH_MODEL": "model",
     "PULLSMITH_PROTOCOL": "protocol",
     "PULLSMITH_EDIT_FORMS": "edit_forms",
@@ -168,11 +268,24 @@ _ENV_VARS = {
     "PULLSMITH_DATABASE_URL": "database_url",
     "PULLSMITH_GITHUB_API_URL": "github_api_url",
     "PULLSMITH_GITHUB_REPO": "github_repo",
+    "PULLSMITH_EXECUTOR": "executor",
+    "PULLSMITH_RAY_ADDRESS": "ray_address",
 }
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
     kind = str(_FIELD_TYPES[name])
+    if name == "executor" and value not in EXECUTORS:
+        raise UserError(
+            f"setting 'executor' in {source} must be local or ray, not {value!r}; fix it there."
+        )
+    if name == "provider" and value not in PROVIDERS:
+        raise UserError(
+            f"setting 'provider' in {source} must be auto, openai or anthropic, not {value!r}; "
+            "fix it there."
+        )
+    if name == "max_cost":
+        return _max_cost(value, source)
     if name == "protocol" and value not in PROTOCOLS:
         raise UserError(
             f"setting 'protocol' in {source} must be auto, text or tools, not {value!r}; fix it there."
@@ -201,6 +314,51 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         ) from None
 
 
+def _max_cost(value: Any, source: str) -> float:
+    try:
+        cost = float(value)
+    except (TypeError, ValueError):
+        cost = -1.0
+    if isinstance(value, bool) or not cost > 0 or cost == float("inf"):
+        raise UserError(
+            f"setting 'max_cost' in {source} must be a positive number of US dollars, "
+            f"not {value!r}; fix it there."
+        )
+    return cost
+
+
+def prices_from_table(table: Any, source: str) -> tuple[PriceSetting, ...]:
+    """The `[prices."PATTERN"]` tables of a config file: input, output and optionally
+    cached_input and cache_write, each in US dollars per million tokens."""
+    if not isinstance(table, dict):
+        raise UserError(f"'prices' in {source} must be a table of models ([prices.\"NAME\"]).")
+    rows = []
+    for pattern, row in table.items():
+        where = f'[prices."{pattern}"] in {source}'
+        if not isinstance(row, dict):
+            raise UserError(f"{where} must be a table with input and output prices.")
+        unknown = sorted(set(row) - set(PRICE_KEYS))
+        if unknown:
+            raise UserError(
+                f"{where} sets unknown key '{unknown[0]}'; valid ones are: "
+                + ", ".join(PRICE_KEYS)
+                + "."
+            )
+        for key in ("input", "output"):
+            if key not in row:
+                raise UserError(f"{where} needs {key} = USD per million tokens.")
+        values: dict[str, float] = {}
+        for key, value in row.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise UserError(
+                    f"'{key}' of {where} must be a number of US dollars per million tokens, "
+                    f"not {value!r}."
+                )
+            values[key] = float(value)
+        rows.append(PriceSetting(pattern=str(pattern).strip().lower(), **values))
+    return tuple(rows)
+
+
 def _from_toml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
@@ -212,6 +370,10 @@ def _from_toml(path: Path) -> dict[str, Any]:
     values: dict[str, Any] = {}
     if "environment" in table:
         values["environment"] = environment_from_table(table.pop("environment"), str(path))
+    if "prices" in table:
+        values["prices"] = prices_from_table(table.pop("prices"), str(path))
+    if "mcp_servers" in table:
+        values["mcp_servers"] = mcp_servers_from_table(table.pop("mcp_servers"), str(path))
     for key, value in table.items():
         name = key.replace("-", "_")
         if name not in _FIELD_TYPES:
@@ -277,12 +439,92 @@ def environment_from_table(
     )
 
 
+def mcp_servers_from_table(table: Any, source: str) -> tuple[McpServer, ...]:
+    """The `[mcp_servers.NAME]` tables of a config file, in the order they are written."""
+    if not isinstance(table, dict):
+        raise UserError(
+            f"'mcp_servers' in {source} must be a table of servers ([mcp_servers.NAME]); "
+            "fix it there."
+        )
+    return tuple(_mcp_server(name, row, source) for name, row in table.items())
+
+
+def _mcp_server(name: str, row: Any, source: str) -> McpServer:
+    where = f"[mcp_servers.{name}] in {source}"
+    if not MCP_SERVER_NAME.match(name):
+        raise UserError(
+            f"MCP server name {name!r} in {source} may hold only letters, digits, '_' and '-' "
+            "(at most 32 characters); rename it there."
+        )
+    if not isinstance(row, dict):
+        raise UserError(f'{where} must be a table with command = "the server\'s program".')
+    unknown = sorted(set(row) - set(MCP_SERVER_KEYS))
+    if unknown:
+        raise UserError(
+            f"{where} sets unknown key '{unknown[0]}'; valid ones are: "
+            + ", ".join(MCP_SERVER_KEYS)
+            + "."
+        )
+    command = row.get("command")
+    if not isinstance(command, str) or not command.strip():
+        raise UserError(f'{where} needs command = "the server\'s program" (e.g. "npx").')
+
+    def strings(key: str) -> tuple[str, ...] | None:
+        value = row.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise UserError(f"'{key}' of {where} must be a list of strings.")
+        return tuple(value)
+
+    env = row.get("env", {})
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and SECRET_NAME.match(k) and isinstance(v, str) for k, v in env.items()
+    ):
+        raise UserError(
+            f"'env' of {where} must be a table of environment variables and string values, "
+            'e.g. env = { API_URL = "http://127.0.0.1:8080" }.'
+        )
+    cwd = row.get("cwd")
+    if cwd is not None and (not isinstance(cwd, str) or not cwd.strip()):
+        raise UserError(f"'cwd' of {where} must be the path of a directory.")
+    timeouts = {}
+    for key, default in (("startup_timeout", 10.0), ("call_timeout", 60.0)):
+        value = row.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise UserError(f"'{key}' of {where} must be a positive number of seconds.")
+        timeouts[key] = float(value)
+    trusted = row.get("trusted", False)
+    if not isinstance(trusted, bool):
+        raise UserError(f"'trusted' of {where} must be true or false.")
+    return McpServer(
+        name=name,
+        command=command.strip(),
+        args=strings("args") or (),
+        env=tuple(env.items()),
+        cwd=os.path.expanduser(cwd) if cwd else None,
+        enabled_tools=strings("enabled_tools"),
+        startup_timeout_s=timeouts["startup_timeout"],
+        call_timeout_s=timeouts["call_timeout"],
+        trusted=trusted,
+    )
+
+
 def load_settings(overrides: dict[str, Any] | None = None, cwd: Path | None = None) -> Settings:
     """Merge every source of settings; `overrides` are command-line flags (None = not given)."""
     merged: dict[str, Any] = {}
     files = (user_config_path(), (cwd or Path.cwd()).resolve() / "pullsmith.toml")
     for path in files:
-        merged.update(_from_toml(path))
+        values = _from_toml(path)
+        if "prices" in values:
+            # Both files' prices count, the nearer file's first (the first match wins).
+            values["prices"] = values["prices"] + merged.get("prices", ())
+        if "mcp_servers" in values:
+            # Both files' servers run; a server of the nearer file replaces one of the same name.
+            nearer = {server.name for server in values["mcp_servers"]}
+            earlier = tuple(s for s in merged.get("mcp_servers", ()) if s.name not in nearer)
+            values["mcp_servers"] = earlier + values["mcp_servers"]
+        merged.update(values)
     merged["config_files"] = files
     for var, name in _ENV_VARS.items():
         if os.environ.get(var):

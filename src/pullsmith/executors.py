@@ -8,7 +8,8 @@
   dies fails only its task, and a new worker takes its place.
 
 Both run at most N tasks at once, and when their tasks use the bundled model they share one
-llama.cpp server with N slots, started on first use and stopped at shutdown.
+llama.cpp server with N slots, started on first use and stopped at shutdown. `make_executor`
+picks the one the settings name; `executor = "ray"` is `pullsmith.ray_executor.RayExecutor`.
 """
 
 from __future__ import annotations
@@ -400,3 +401,16 @@ class ProcessExecutor:
             for job in list(self._jobs.values()):
                 self._finish(job, self._lost(job, "the executor shut down before it finished"))
         self._server.close()
+
+
+def make_executor(settings: Settings, workers: int = 1, log_path: Path | None = None) -> Executor:
+    """The executor the settings ask for: `workers` worker processes of this machine, or the
+    Ray cluster of `settings.ray_address` (`executor = "ray"`; UserError when it can not be
+    reached or ray is not installed)."""
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1 (got {workers}).")
+    if settings.executor == "ray":
+        from pullsmith.ray_executor import RayExecutor
+
+        return RayExecutor(settings, workers)
+    return ProcessExecutor(workers, log_path=log_path)

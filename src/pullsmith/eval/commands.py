@@ -29,6 +29,8 @@ from rich.table import Table
 
 from pullsmith.cli_options import (
     attempt_options,
+    executor_option,
+    max_cost_option,
     model_options,
     settings_from_flags,
     stack_options,
@@ -199,6 +201,7 @@ class ProgressView(Listener):
 @model_options
 @click.option("--sandbox", type=click.Choice(SANDBOX_NAMES), default=None, help="Sandbox.")
 @click.option("--max-turns", type=int, default=None, help="Turn limit per task.")
+@max_cost_option
 @click.option("--seed", type=int, default=None, help="Sampling seed, where the model takes one.")
 @attempt_options
 @click.option(
@@ -211,6 +214,7 @@ class ProgressView(Listener):
     help="Worker processes running tasks at once. With the bundled model they share one "
     "server with a slot each; on a 2-core machine more than one mostly queue at the model.",
 )
+@executor_option
 @selection_options
 @click.option(
     "--out",
@@ -232,10 +236,12 @@ def run_command(
     protocol: str | None,
     edit_forms: str | None,
     max_turns: int | None,
+    max_cost: float | None,
     seed: int | None,
     attempts: int,
     until_pass: bool,
     workers: int,
+    executor: str | None,
     task_ids: tuple[str, ...],
     subset: str | None,
     limit: int | None,
@@ -261,7 +267,9 @@ def run_command(
         protocol=protocol,
         edit_forms=edit_forms,
         max_turns=max_turns,
+        max_cost=max_cost,
         seed=seed,
+        executor=executor,
     )
     suite = _load(suite_path, swebench_repos, swebench_test_cmd, swebench_setup, test_timeout)
     tasks = _select(suite, task_ids, subset, limit)
@@ -277,6 +285,11 @@ def run_command(
         f"[bold]pullsmith eval[/] · suite {escape(suite.name)} · {len(tasks)} task(s)"
         + (f", {len(done)} already done" if done else "")
         + f" · model {escape(settings.model_name)} · sandbox {settings.sandbox} · workers {workers}"
+        + (
+            f" · executor ray ({escape(settings.ray_address)})"
+            if settings.executor == "ray"
+            else ""
+        )
     )
     console.print(f"results in {escape(str(out))}")
     view = ProgressView(console, len(tasks), len(done), sum(r.resolved for r in done))
@@ -327,6 +340,10 @@ def _print_totals(console: Console, report: dict[str, Any], out: Path) -> None:
         f"median per task: {num(per['median_wall_seconds'], ' s')}, "
         f"{num(per['median_tokens'])} tokens, {num(per['median_turns'])} turns · per resolved "
         f"task: {num(res['median_wall_seconds'], ' s')}, {num(res['median_tokens'])} tokens"
+    )
+    cost = t.get("sum_cost_usd")
+    console.print(
+        "cost: unknown (no price for this model)" if cost is None else f"cost: ${cost:.4f} in all"
     )
     if report.get("pending"):
         console.print(f"[yellow]{len(report['pending'])} task(s) not yet run[/]")

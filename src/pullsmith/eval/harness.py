@@ -31,7 +31,7 @@ from pullsmith.eval.scoring import SETUP_TIMEOUT_S, Score, score_tree, scoring_s
 from pullsmith.eval.snapshot import export_commit, init_repo, materialize, remove_tree
 from pullsmith.eval.tasks import EvalTask, Suite
 from pullsmith.events import Event, read_events
-from pullsmith.executors import Executor, ProcessExecutor, ThreadExecutor
+from pullsmith.executors import Executor, ThreadExecutor, make_executor
 from pullsmith.models import Model
 from pullsmith.models.profiles import resolve_edit_forms, resolve_protocol
 from pullsmith.task import AttemptResult, Task
@@ -63,6 +63,9 @@ class TaskRecord:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    # What the task cost in US dollars (every attempt); None when the model's price is unknown.
+    cost_usd: float | None = None
     status: str = ""
     exit_reason: str = ""
     error: str | None = None
@@ -219,8 +222,9 @@ def run_suite(
 ) -> EvalRun:
     """Run `tasks` of `suite` and score them, `opts.workers` at a time.
 
-    The tasks run on `executor`, by default a pool of worker processes (sharing one bundled
-    model server); a `model` object given instead is shared by threads of this process.
+    The tasks run on `executor`, by default the one the settings name (a pool of worker
+    processes sharing one bundled model server, or the Ray cluster); a `model` object given
+    instead is shared by threads of this process.
     """
     listener = listener or Listener()
     if opts.attempts < 1:
@@ -250,7 +254,7 @@ def run_suite(
     if executor is None and model is not None:
         executor = ThreadExecutor(opts.workers, model=model)
     elif executor is None:
-        executor = ProcessExecutor(opts.workers, log_path=out / "model-server.log")
+        executor = make_executor(settings, opts.workers, log_path=out / "model-server.log")
     engine = Engine(settings, executor)
     try:
         with records_path.open("a+", encoding="utf-8") as sink:

@@ -93,7 +93,13 @@ def serve(
     access = resolve_access(host, settings.data_dir, token)
     sock = bind(host, port)
     store = Store.open(settings)  # its migrations make the service's tables too
-    service = TaskService(settings, store, workers)
+    try:
+        # The executor connects here (Ray: its cluster); failing, every task stays queued.
+        service = TaskService(settings, store, workers)
+    except BaseException:
+        store.close()
+        sock.close()
+        raise
     try:
         started = service.start()
     except BaseException:
@@ -103,7 +109,7 @@ def serve(
         raise
     actual_port = sock.getsockname()[1]
     base = f"http://{url_host(host)}:{actual_port}"
-    _announce(settings, access, base, workers, started)
+    _announce(settings, access, base, workers, started, service.executor)
 
     def drain() -> None:
         service.close(timeout=DRAIN_TIMEOUT_S)
@@ -132,8 +138,20 @@ def serve(
     return 0
 
 
+def describe_executor(executor: object, workers: int) -> str:
+    describe = getattr(executor, "describe", None)
+    if callable(describe):
+        return str(describe())
+    return f"{workers} worker process{'es' if workers != 1 else ''}"
+
+
 def _announce(
-    settings: Settings, access: Access, base: str, workers: int, started: dict[str, int]
+    settings: Settings,
+    access: Access,
+    base: str,
+    workers: int,
+    started: dict[str, int],
+    executor: object = None,
 ) -> None:
     lines = [
         f"pullsmith serve: listening on {base}",
@@ -141,7 +159,7 @@ def _announce(
         f"  api       {base}/api (Authorization: Bearer <token>; docs/api.md, {base}/openapi.json)",
         f"  token     {access.source}" + (" (mode 0600)" if access.path is not None else ""),
         f"  database  {redact(database_url(settings))}",
-        f"  executor  {workers} worker process{'es' if workers != 1 else ''}",
+        f"  executor  {describe_executor(executor, workers)}",
         f"  model     {describe_model(settings, workers)}",
         f"  data      {settings.data_dir}",
     ]
