@@ -33,6 +33,7 @@ from pullsmith.events import (
     WorkspaceCreated,
 )
 from pullsmith.models import Model, open_model
+from pullsmith.models.prices import check_budget, pricing_for
 from pullsmith.models.profiles import resolve_edit_forms, resolve_protocol
 from pullsmith.models.replay import REPLAY_PREFIX, is_replay, load_recordings
 from pullsmith.sandbox import make_sandbox
@@ -64,12 +65,17 @@ class Attempt:
         events: EventLog,
         model: Model | None = None,
         cancel: threading.Event | None = None,
+        cost_before: float = 0.0,
     ) -> None:
         self.task = task
         self.settings = settings
         self.events = events
         self.model = model
         self.cancel = cancel or threading.Event()
+        # The model's price, and what earlier attempts of the task spent (best-of-N): the
+        # task's max_cost counts them all.
+        self.pricing = pricing_for(settings)
+        self.cost_before = cost_before
         self.run_dir = run_dir_for(settings, task.task_id)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.result: AttemptResult | None = None
@@ -77,6 +83,7 @@ class Attempt:
     def run(self) -> AttemptResult:
         started = time.monotonic()
         task, settings = self.task, self.settings
+        check_budget(settings, self.pricing)
         repo = resolve_repo(task.repo, settings.data_dir / "clones")
         self.events.emit(
             TaskStarted(
@@ -87,6 +94,8 @@ class Attempt:
                 protocol=self._protocol(),
                 edit_forms=list(resolve_edit_forms(settings.edit_forms, settings.model_name)),
                 sandbox=settings.sandbox,
+                price=self.pricing.describe(),
+                max_cost=settings.max_cost,
             )
         )
         workspace = self._workspace(repo)
@@ -284,6 +293,7 @@ class Attempt:
             ),
             protocol=protocol,
             cancel=self.cancel,
+            pricing=self.pricing,
         )
         try:
             edit_forms = resolve_edit_forms(self.settings.edit_forms, self.settings.model_name)
@@ -323,6 +333,8 @@ class Attempt:
             format_errors=s.format_error_limit,
             finish_retries=s.finish_retries,
             stuck_repeats=1 if self.task.stop_when_stuck else None,
+            max_cost=s.max_cost,
+            cost_before=self.cost_before,
         )
 
     @staticmethod
@@ -376,6 +388,7 @@ class Attempt:
             workspace.remove()
             result.worktree = ""
         result.wall_seconds = round(time.monotonic() - started, 3)
+        result.cost_usd = self.pricing.cost(result.usage)
         write_result(self.run_dir, result)
         self.events.emit(
             AttemptFinished(
@@ -394,6 +407,8 @@ class Attempt:
                 wall_seconds=result.wall_seconds,
                 worktree=result.worktree,
                 error=result.error,
+                cache_write_tokens=result.usage.cache_write_tokens,
+                cost_usd=result.cost_usd,
             )
         )
 

@@ -170,6 +170,8 @@ def finished_event(result: AttemptResult) -> TaskFinished:
         chosen_attempt=result.attempt,
         attempts=result.attempts,
         pull_request=result.pull_request,
+        cache_write_tokens=totals["cache_write_tokens"],
+        cost_usd=totals["cost_usd"],
     )
 
 

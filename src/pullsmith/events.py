@@ -43,6 +43,8 @@ class TaskStarted(Payload):
     protocol: str
     edit_forms: list[str]
     sandbox: str
+    price: dict[str, Any] | None = None
+    max_cost: float | None = None
 
 
 class WorkspaceCreated(Payload):
@@ -96,6 +98,8 @@ class ModelReply(Payload):
     completion_tokens: int = 0
     cached_tokens: int = 0
     tool_calls: list[dict[str, Any]] | None = None
+    cache_write_tokens: int = 0
+    cost_usd: float | None = None
 
 
 class CommandStarted(Payload):
@@ -170,6 +174,8 @@ class AttemptFinished(Payload):
     wall_seconds: float = 0.0
     worktree: str = ""
     error: str | None = None
+    cache_write_tokens: int = 0
+    cost_usd: float | None = None
 
 
 class AttemptsStarted(Payload):
@@ -197,6 +203,8 @@ class AttemptScored(Payload):
     wall_seconds: float
     run_dir: str
     error: str | None = None
+    cache_write_tokens: int = 0
+    cost_usd: float | None = None
 
 
 class AttemptsSelected(Payload):
@@ -271,6 +279,8 @@ class TaskFinished(Payload):
     chosen_attempt: int = 1
     attempts: list[dict[str, Any]] = []
     pull_request: int | None = None
+    cache_write_tokens: int = 0
+    cost_usd: float | None = None
 
 
 class ListenerFailed(Payload):

@@ -129,6 +129,8 @@ class AttemptResult:
     attempts: list[dict[str, Any]] = field(default_factory=list)
     # The pull request recorded for this run, once a publisher recorded one.
     pull_request: int | None = None
+    # What this attempt's model calls cost in US dollars; None when the price is unknown.
+    cost_usd: float | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -147,15 +149,28 @@ class AttemptResult:
                 "prompt_tokens": self.usage.prompt_tokens,
                 "completion_tokens": self.usage.completion_tokens,
                 "cached_tokens": self.usage.cached_tokens,
+                "cache_write_tokens": self.usage.cache_write_tokens,
                 "model_seconds": self.model_seconds,
                 "wall_seconds": self.wall_seconds,
+                "cost_usd": self.cost_usd,
             }
         ]
-        counts = ("turns", "prompt_tokens", "completion_tokens", "cached_tokens")
+        counts = (
+            "turns",
+            "prompt_tokens",
+            "completion_tokens",
+            "cached_tokens",
+            "cache_write_tokens",
+        )
         seconds = ("model_seconds", "wall_seconds")
         totals: dict[str, Any] = {k: sum(int(a.get(k) or 0) for a in spent) for k in counts}
         for key in seconds:
             totals[key] = round(sum(float(a.get(key) or 0.0) for a in spent), 3)
+        # One attempt of unknown cost makes the total unknown: never a partial sum.
+        costs = [a.get("cost_usd") for a in spent]
+        totals["cost_usd"] = (
+            None if any(c is None for c in costs) else round(sum(float(c) for c in costs), 6)
+        )
         return totals
 
     def to_dict(self) -> dict[str, Any]:

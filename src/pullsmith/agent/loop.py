@@ -4,7 +4,7 @@
 carrying what the model is told instead, and `Agent.run` handles them all in one place:
 FormatError (a malformed reply, or `Repeated`: the same reply again), `CommandFailed` (a finish
 after a failed command), `FinishRejected` (the verifier's objection), `Finished`, and
-`LimitReached` (turns, time, tokens, context window, stuck, or `Cancelled`).
+`LimitReached` (turns, time, tokens, cost, context window, stuck, or `Cancelled`).
 
 Two protocols carry the commands (see protocol.py): "text", a fenced ```bash block per reply
 answered by a user message, and "tools", a native `shell` or `finish` tool call answered by a
@@ -26,6 +26,7 @@ from pullsmith.agent.prompts import observation
 from pullsmith.agent.protocol import ActionProtocol, FormatError, assistant_message, protocol_for
 from pullsmith.events import EventLog
 from pullsmith.models.base import Message, Model, Reply, Usage
+from pullsmith.models.prices import Pricing
 from pullsmith.sandbox.base import CommandResult, Sandbox
 
 # Checks the work when the model says it is done: None means accepted, a string is what the
@@ -94,6 +95,11 @@ class AgentLimits:
     format_errors: int = 3
     finish_retries: int = 2
     observation_chars: int = 4000
+    # The task's budget in US dollars (None: none), and what earlier attempts of the task
+    # already spent. Checked before each model call, so the last call may go over by one
+    # reply's cost; it needs a known price (the Agent's `pricing`).
+    max_cost: float | None = None
+    cost_before: float = 0.0
     # End the run at this many exact repeats in a row (None: repeats only count as format
     # errors). A small model that repeats itself rarely recovers (3 of 46 runs measured), so
     # when another attempt will follow, a fresh start is the better use of the time.
@@ -108,6 +114,8 @@ class Outcome:
     turns: int = 0
     usage: Usage = field(default_factory=Usage)
     model_seconds: float = 0.0
+    # What this run's model calls cost in US dollars; None when the price is unknown.
+    cost_usd: float | None = None
 
 
 def clip(text: str, limit: int) -> str:
@@ -131,6 +139,7 @@ class Agent:
         after_command: AfterCommand | None = None,
         protocol: str | ActionProtocol = "text",
         cancel: threading.Event | None = None,
+        pricing: Pricing | None = None,
     ) -> None:
         self.wire = protocol_for(protocol) if isinstance(protocol, str) else protocol
         self.protocol = self.wire.name  # the name ("text" or "tools"), which prompts_for takes
@@ -142,6 +151,7 @@ class Agent:
         self.after_command = after_command
         self.history_path = history_path
         self.cancel = cancel
+        self.pricing = pricing
         self.messages: list[Message] = []
         self.usage = Usage()
         self.turns = 0
@@ -241,6 +251,11 @@ class Agent:
             return
         self._append(*self.wire.answer(reply, text))
 
+    @property
+    def cost_usd(self) -> float | None:
+        """What the replies so far cost in US dollars; None without a known price."""
+        return self.pricing.cost(self.usage) if self.pricing is not None else None
+
     def _temperature(self) -> float | None:
         # After a repeated reply, sample hotter: at low temperature a small model that
         # repeated itself once tends to repeat itself forever.
@@ -267,6 +282,8 @@ class Agent:
             prompt_tokens=reply.usage.prompt_tokens,
             completion_tokens=reply.usage.completion_tokens,
             cached_tokens=reply.usage.cached_tokens,
+            cache_write_tokens=reply.usage.cache_write_tokens,
+            cost_usd=self.pricing.cost(reply.usage) if self.pricing is not None else None,
             **calls,
         )
 
@@ -300,6 +317,13 @@ class Agent:
             raise LimitReached(f"time limit reached ({limits.max_time_s:.0f} s)")
         if self.usage.total_tokens >= limits.max_tokens:
             raise LimitReached(f"token limit reached ({limits.max_tokens} tokens)")
+        cost = self.cost_usd
+        if limits.max_cost is not None and cost is not None:
+            spent = limits.cost_before + cost
+            if spent >= limits.max_cost:
+                raise LimitReached(
+                    f"cost limit reached (${spent:.4f} spent of the ${limits.max_cost:g} budget)"
+                )
         if limits.context_tokens:
             # Characters past the last counted prompt are estimated at ~3 per token.
             counted = sum(_chars(m) for m in self.messages)
@@ -322,6 +346,7 @@ class Agent:
             turns=self.turns,
             usage=self.usage,
             model_seconds=round(self.model_seconds, 3),
+            cost_usd=self.cost_usd,
         )
 
     def _save(self) -> None:

@@ -43,8 +43,21 @@ def _records(records: Iterable[Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _cost(rows: list[dict[str, Any]]) -> float | None:
+    """The rows' cost in US dollars; None when a row's is unknown (a model without a price,
+    or a record written before costs were kept): never a partial sum."""
+    costs = [r.get("cost_usd") for r in rows]
+    if not costs or any(c is None for c in costs):
+        return None
+    return round(sum(float(c) for c in costs), 6)
+
+
 def _stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    costs = [r.get("cost_usd") for r in rows]
     return {
+        "median_cost_usd": None
+        if any(c is None for c in costs)
+        else _median(float(c) for c in costs),
         "count": len(rows),
         "median_wall_seconds": _median(r["wall_seconds"] for r in rows),
         "median_model_seconds": _median(r["model_seconds"] for r in rows),
@@ -74,6 +87,8 @@ def totals(records: Iterable[Any], selected: int | None = None) -> dict[str, Any
         "sum_prompt_tokens": sum(r["prompt_tokens"] for r in rows),
         "sum_completion_tokens": sum(r["completion_tokens"] for r in rows),
         "sum_cached_tokens": sum(r["cached_tokens"] for r in rows),
+        "sum_cache_write_tokens": sum(int(r.get("cache_write_tokens") or 0) for r in rows),
+        "sum_cost_usd": _cost(rows),
         "attempts": _attempt_totals(rows),
         "edits": _edit_totals(rows),
     }
@@ -162,6 +177,13 @@ def _num(value: float | None, unit: str = "") -> str:
     return text + unit
 
 
+def _usd(value: float | None) -> str:
+    """A cost in US dollars; "unknown" when the model's price (or a record's cost) is."""
+    if value is None:
+        return "unknown"
+    return f"${value:.4f}" if value < 1 else f"${value:,.2f}"
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -216,11 +238,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"| tokens (prompt + completion) | {_num(per['median_tokens'])} | "
         f"{_num(res['median_tokens'])} |",
         f"| turns | {_num(per['median_turns'])} | {_num(res['median_turns'])} |",
+        f"| cost | {_usd(per.get('median_cost_usd'))} | {_usd(res.get('median_cost_usd'))} |",
         "",
         f"Totals: {_num(t['sum_wall_seconds'], ' s')} wall, "
         f"{_num(t['sum_model_seconds'], ' s')} in the model, "
         f"{t['sum_prompt_tokens']:,} prompt + {t['sum_completion_tokens']:,} completion tokens "
-        f"({t['sum_cached_tokens']:,} prompt tokens cached).",
+        f"({t['sum_cached_tokens']:,} prompt tokens cached); cost {_usd(t.get('sum_cost_usd'))}.",
         "",
     ]
     lines += _attempt_lines(t)
@@ -239,8 +262,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines += [
         "## Tasks",
         "",
-        "| task | resolved | turns | wall s | model s | prompt | completion | cached | exit reason |",
-        "|---|:---:|---:|---:|---:|---:|---:|---:|---|",
+        "| task | resolved | turns | wall s | model s | prompt | completion | cached | cost | "
+        "exit reason |",
+        "|---|:---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in report["tasks"]:
         reason = r.get("exit_reason") or r.get("status") or ""
@@ -250,7 +274,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines.append(
             f"| {_cell(r['task_id'])} | {'✅' if r['resolved'] else '❌'} | {r['turns']} | "
             f"{r['wall_seconds']:.0f} | {r['model_seconds']:.0f} | {r['prompt_tokens']:,} | "
-            f"{r['completion_tokens']:,} | {r['cached_tokens']:,} | {_cell(reason)} |"
+            f"{r['completion_tokens']:,} | {r['cached_tokens']:,} | {_usd(r.get('cost_usd'))} | "
+            f"{_cell(reason)} |"
         )
     if report.get("pending"):
         lines += ["", "Not yet run: " + ", ".join(report["pending"])]

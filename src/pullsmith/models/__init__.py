@@ -41,7 +41,8 @@ def open_model(settings: Settings, log_path: Path | None = None, progress: bool 
     """The model the settings ask for.
 
     `replay:SPEC` replays a recorded run (SPEC: a run id under `settings.runs_dir`, a run
-    directory or a history.json). The bundled model is used where `local_server_url` serves it,
+    directory or a history.json). A `claude-…` model (or `provider = "anthropic"`) is
+    Anthropic's Messages API, keyed by $ANTHROPIC_API_KEY, at `base_url` when one is set. The bundled model is used where `local_server_url` serves it,
     else from a long-lived server (`pullsmith model serve`), else assembled and served on
     demand by a server that closing the model stops.
     """
@@ -52,6 +53,15 @@ def open_model(settings: Settings, log_path: Path | None = None, progress: bool 
     }
     if is_replay(settings.model):
         return ReplayModel(str(settings.model)[len(REPLAY_PREFIX) :], runs_dir=settings.runs_dir)
+    if settings.provider_name == "anthropic":
+        from pullsmith.models.anthropic import AnthropicModel
+
+        return AnthropicModel(
+            model=settings.model_name,
+            api_key=settings.anthropic_api_key,
+            base_url=settings.base_url,
+            **common,
+        )
     if not settings.uses_local_model:
         return OpenAIModel(
             model=settings.model_name,

@@ -10,14 +10,23 @@ Message = dict[str, Any]
 
 @dataclass
 class Usage:
+    """Tokens of one reply, or a sum of them.
+
+    `prompt_tokens` counts every token of the prompt, cached or not; `cached_tokens` of those
+    were read from the provider's prompt cache and `cache_write_tokens` were written to it
+    (Anthropic bills writes apart; OpenAI-compatible servers report none).
+    """
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    cache_write_tokens: int = 0
 
     def add(self, other: Usage) -> None:
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
         self.cached_tokens += other.cached_tokens
+        self.cache_write_tokens += other.cache_write_tokens
 
     @property
     def total_tokens(self) -> int:

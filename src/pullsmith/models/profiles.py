@@ -47,6 +47,12 @@ BUNDLED = Profile(
 )
 SMALL = Profile("text", SMALL_TEXT_FORMS, "small open model: one ```bash block per reply")
 TOOL_CALLER = Profile("tools", TOOLS_FORMS, "large model trained for native tool calls")
+CLAUDE = Profile(
+    "tools",
+    TOOLS_FORMS,
+    "Claude: native tool use (tool_use / tool_result blocks) through the Anthropic provider, "
+    "or tool calls through an OpenAI-compatible router",
+)
 DEFAULT = Profile(
     "text",
     ("whole-file", "apply-patch", "replace-function"),
@@ -57,6 +63,8 @@ DEFAULT = Profile(
 # a matching pattern wins. `[!0-9.]` before a size keeps "3b" from matching "33b" or "0.3b".
 TABLE: tuple[tuple[tuple[str, ...], Profile], ...] = (
     ((LOCAL_MODEL_NAME, "*qwen2.5-coder-1.5b*", "*qwen2.5-coder:1.5b*"), BUNDLED),
+    # Claude by any route: the Anthropic API (`claude-…`), or a router's `anthropic/claude-…`.
+    (("claude-*", "*/claude-*", "anthropic/*"), CLAUDE),
     (
         (
             "*qwen2.5-coder*0.5b*",
@@ -85,7 +93,6 @@ TABLE: tuple[tuple[tuple[str, ...], Profile], ...] = (
             "*/o3*",
             "o4*",
             "*/o4*",
-            "*claude-*",
             "*qwen*-coder[-:]32b*",
             "*qwen*-coder[-:]480b*",
             "*deepseek-v3*",

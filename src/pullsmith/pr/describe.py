@@ -450,8 +450,21 @@ def _footer(facts: PullRequestFacts) -> list[str]:
         f"{runs} run{'s' if runs != 1 else ''}",
         f"{turns} turn{'s' if turns != 1 else ''}",
         f"{tokens:,} tokens",
+        _cost_part(attempts),
     ]
     return ["---", "<sub>" + " · ".join(p for p in parts if p) + "</sub>"]
+
+
+def _cost_part(attempts: Sequence[AttemptRecord]) -> str:
+    """What the runs cost, or "cost unknown" when a run's cost is (no price for its model, or
+    recorded before pullsmith kept costs)."""
+    if not attempts:
+        return ""
+    costs = [(a.notes or {}).get("cost_usd") for a in attempts]
+    if any(not isinstance(c, int | float) for c in costs):
+        return "cost unknown"
+    total = sum(float(c) for c in costs)  # type: ignore[arg-type]
+    return f"cost ${total:.4f}" if total < 1 else f"cost ${total:,.2f}"
 
 
 def _render(facts: PullRequestFacts, v: Verdict, excerpt_lines: int, keep_full: int) -> str:

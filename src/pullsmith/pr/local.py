@@ -181,7 +181,8 @@ def attempt_record(task_id: str, task: Task, result: AttemptResult) -> AttemptRe
         tests_after=evidence["tests_after"],
         checks=evidence["checks"],
         agent_tests=evidence["agent_tests"],
-        notes=evidence["notes"],
+        # The run's cost in US dollars, every attempt counted (None: the price is unknown).
+        notes={**evidence["notes"], "cost_usd": result.totals()["cost_usd"]},
         diff_stat=result.diff_stat,
         turns=result.turns,
         prompt_tokens=result.usage.prompt_tokens,
