@@ -79,6 +79,7 @@ def test_serve_on_ray_gives_the_local_executors_result(ray_cluster, tmp_path):
 def test_eval_run_on_ray_scores_as_the_local_executor(ray_cluster, tmp_path):
     from pullsmith.eval.harness import EvalOptions, run_suite
     from pullsmith.eval.tasks import load_suite
+    from pullsmith.executors import ThreadExecutor
 
     suite_dir = make_mini_suite(tmp_path)
     suite = load_suite(suite_dir)
@@ -87,24 +88,32 @@ def test_eval_run_on_ray_scores_as_the_local_executor(ray_cluster, tmp_path):
     run = run_suite(suite, suite.tasks, settings, EvalOptions(out=recorded), PlanModel(FIX_PLANS))
     expected = {r.task_id: (r.resolved, r.status) for r in run.records}
     assert expected == {"add": (True, "passed"), "mul": (True, "passed")}
-    scores = {}
-    for executor in ("local", "ray"):
-        out = tmp_path / f"replayed-{executor}"
-        env = serve_env(tmp_path / f"eval-{executor}", **(ray_env() if executor == "ray" else {}))
-        env.pop("PULLSMITH_TEST_COMMAND")
-        done = subprocess.run(
-            [*CLI, "eval", "run", str(suite_dir), "--model", f"replay:{recorded}"]
-            + ["--sandbox", "none", "--workers", "2", "--executor", executor, "--out", str(out)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            stdin=subprocess.DEVNULL,
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
-        records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
-        scores[executor] = {r["task_id"]: (r["resolved"], r["status"]) for r in records}
-        assert all(r["error"] is None for r in records), [r["error"] for r in records]
+    replay = load_settings({"sandbox": "none", "model": f"replay:{recorded}"}, cwd=tmp_path)
+    local_run = run_suite(
+        suite,
+        suite.tasks,
+        replay,
+        EvalOptions(out=tmp_path / "replayed-local", workers=2),
+        executor=ThreadExecutor(2),
+    )
+    scores = {"local": {r.task_id: (r.resolved, r.status) for r in local_run.records}}
+    out = tmp_path / "replayed-ray"
+    env = serve_env(tmp_path / "eval-ray", **ray_env())
+    env.pop("PULLSMITH_TEST_COMMAND")
+    done = subprocess.run(
+        [*CLI, "eval", "run", str(suite_dir), "--model", f"replay:{recorded}"]
+        + ["--sandbox", "none", "--workers", "2", "--executor", "ray", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "executor ray" in done.stdout, done.stdout
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    scores["ray"] = {r["task_id"]: (r["resolved"], r["status"]) for r in records}
+    assert all(r["error"] is None for r in records), [r["error"] for r in records]
     assert scores["local"] == scores["ray"] == expected
 
 
