@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pullsmith.agent.context import (
     collect_agents_md,
@@ -18,6 +19,7 @@ from pullsmith.agent.failures import parse_test_output, summarize
 from pullsmith.agent.feedback import ChangeReporter
 from pullsmith.agent.loop import Agent, AgentLimits, Outcome, clip
 from pullsmith.agent.prompts import TaskContext, prompts_for, tests_still_fail
+from pullsmith.agent.protocol import protocol_for
 from pullsmith.config import Settings
 from pullsmith.errors import UserError
 from pullsmith.events import (
@@ -41,6 +43,9 @@ from pullsmith.sandbox.base import Sandbox, SandboxPolicy
 from pullsmith.sandbox.policy import agent_policy
 from pullsmith.task import AttemptResult, Task, TestRun
 from pullsmith.workspace import Workspace, resolve_repo
+
+if TYPE_CHECKING:
+    from pullsmith.mcp.client import McpHub
 
 TEST_OUTPUT_CHARS = 3000
 TRAILER = "Co-authored-by: pullsmith <pullsmith@users.noreply.local>"
@@ -79,6 +84,8 @@ class Attempt:
         self.run_dir = run_dir_for(settings, task.task_id)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.result: AttemptResult | None = None
+        # The run's MCP servers (pullsmith.mcp.client.McpHub), while the agent may use them.
+        self.mcp: McpHub | None = None
 
     def run(self) -> AttemptResult:
         started = time.monotonic()
@@ -142,6 +149,8 @@ class Attempt:
             self._finish(workspace, result, started)
             raise
         finally:
+            if self.mcp is not None:
+                self.mcp.close()
             sandbox.close()
             if owns_model and self.model is not None:
                 self.model.close()
@@ -277,6 +286,8 @@ class Attempt:
             return tests_still_fail(run.command, run.exit_code, clip(run.output, TEST_OUTPUT_CHARS))
 
         protocol = self._protocol()
+        mcp = self._start_mcp(sandbox, workspace)
+        mcp_tools = mcp.tools if mcp is not None else []
         agent = Agent(
             self.model,
             sandbox,
@@ -291,13 +302,14 @@ class Attempt:
                 lambda: self._run_tests(sandbox, test_command, "edit"),
                 protocol,
             ),
-            protocol=protocol,
+            protocol=protocol_for(protocol, mcp_tools),
             cancel=self.cancel,
             pricing=self.pricing,
+            call_mcp=mcp.call if mcp is not None else None,
         )
         try:
             edit_forms = resolve_edit_forms(self.settings.edit_forms, self.settings.model_name)
-            outcome = agent.run(*prompts_for(agent.protocol, context, edit_forms))
+            outcome = agent.run(*prompts_for(agent.protocol, context, edit_forms, mcp_tools))
         finally:
             result.turns = agent.turns
             result.usage = agent.usage
@@ -310,6 +322,23 @@ class Attempt:
         after = self._run_tests(sandbox, test_command, "after")
         result.tests_after = after
         result.status = "cancelled" if self.cancel.is_set() else self._status(outcome, after)
+
+    def _start_mcp(self, sandbox: Sandbox, workspace: Workspace) -> McpHub | None:
+        """Start the configured MCP servers for the agent (None without any); those that do
+        not start are `warning` events. `run` closes them at the end of the attempt."""
+        if not self.settings.mcp_servers:
+            return None
+        # Imported here: the MCP SDK is loaded only by runs that use it.
+        from pullsmith.mcp.client import McpHub, launcher_for
+
+        self.mcp = McpHub(
+            self.settings.mcp_servers,
+            launcher_for(sandbox, workspace.path),
+            self.events,
+            log_dir=self.run_dir,
+            cancel=self.cancel,
+        )
+        return self.mcp.start()
 
     def _protocol(self) -> str:
         """The action protocol: the setting, or the model's profile; a replay speaks the one

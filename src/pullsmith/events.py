@@ -120,6 +120,19 @@ class CommandFinished(Payload):
     cancelled: bool = False
 
 
+class McpCalled(Payload):
+    """The agent called a tool of an MCP server (see pullsmith.mcp) and got this back."""
+
+    type: ClassVar[str] = "mcp.called"
+    turn: int
+    server: str
+    tool: str
+    arguments: dict[str, Any]
+    ok: bool
+    output: str
+    seconds: float
+
+
 class FormatErrorEvent(Payload):
     type: ClassVar[str] = "format.error"
     turn: int
@@ -301,6 +314,7 @@ EVENT_TYPES: dict[str, type[Payload]] = {
         ModelReply,
         CommandStarted,
         CommandFinished,
+        McpCalled,
         FormatErrorEvent,
         FinishRejected,
         AgentFinished,

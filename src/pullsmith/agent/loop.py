@@ -22,9 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pullsmith.agent.prompts import observation
+from pullsmith.agent.prompts import mcp_observation, observation
 from pullsmith.agent.protocol import ActionProtocol, FormatError, assistant_message, protocol_for
 from pullsmith.events import EventLog
+from pullsmith.mcp.tools import McpCall, McpResult
 from pullsmith.models.base import Message, Model, Reply, Usage
 from pullsmith.models.prices import Pricing
 from pullsmith.sandbox.base import CommandResult, Sandbox
@@ -34,6 +35,8 @@ from pullsmith.sandbox.base import CommandResult, Sandbox
 Verifier = Callable[[], str | None]
 # Looks at the workspace after a command and returns a note for the model, or None.
 AfterCommand = Callable[[str, CommandResult], str | None]
+# Makes one call of an MCP tool (pullsmith.mcp.client.McpHub.call); never raises.
+CallMcp = Callable[[McpCall], McpResult]
 
 
 class Interruption(Exception):
@@ -140,6 +143,7 @@ class Agent:
         protocol: str | ActionProtocol = "text",
         cancel: threading.Event | None = None,
         pricing: Pricing | None = None,
+        call_mcp: CallMcp | None = None,
     ) -> None:
         self.wire = protocol_for(protocol) if isinstance(protocol, str) else protocol
         self.protocol = self.wire.name  # the name ("text" or "tools"), which prompts_for takes
@@ -152,6 +156,7 @@ class Agent:
         self.history_path = history_path
         self.cancel = cancel
         self.pricing = pricing
+        self.call_mcp = call_mcp
         self.messages: list[Message] = []
         self.usage = Usage()
         self.turns = 0
@@ -200,6 +205,9 @@ class Agent:
         # A finish that was refused earlier may be right now that the code changed: the
         # verifier, not the repeat check, decides it.
         self._check_repeat(repeated and not action.finish)
+        if action.mcp is not None:
+            self.answer(self._observe_mcp(self.execute_mcp(action.mcp), action.note))
+            return
         result = self.execute(action.command) if action.command else None
         if not action.finish:
             assert result is not None  # every action but a finish has a command
@@ -232,6 +240,26 @@ class Agent:
             **({"cancelled": True} if cancelled else {}),
         )
         if cancelled or self._cancelled():
+            raise Cancelled()
+        return result
+
+    def execute_mcp(self, call: McpCall) -> McpResult:
+        """Make one MCP call (pullsmith makes it, not the sandbox) and emit `mcp.called`."""
+        if self.call_mcp is None:
+            result = McpResult(False, "This run has no MCP servers; use a command instead.")
+        else:
+            result = self.call_mcp(call)
+        self.events.emit(
+            "mcp.called",
+            turn=self.turns,
+            server=call.server,
+            tool=call.tool,
+            arguments=call.arguments,
+            ok=result.ok,
+            output=result.output,
+            seconds=result.seconds,
+        )
+        if self._cancelled():
             raise Cancelled()
         return result
 
@@ -303,6 +331,10 @@ class Agent:
         output = clip(result.output, self.limits.observation_chars)
         text = observation(result.exit_code, output, result.timed_out)
         return "\n".join([text, *(n for n in notes if n)])
+
+    def _observe_mcp(self, result: McpResult, note: str) -> str:
+        output = clip(result.output, self.limits.observation_chars)
+        return "\n".join(t for t in (mcp_observation(result.ok, output), note) if t)
 
     def _cancelled(self) -> bool:
         return self.cancel is not None and self.cancel.is_set()

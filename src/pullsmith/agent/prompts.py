@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pullsmith.mcp.tools import McpTool
 from pullsmith.models.profiles import BUNDLED, TOOL_CALLER
 
 TEXT_INTRO = """\
@@ -140,6 +142,12 @@ def observation(exit_code: int, output: str, timed_out: bool = False) -> str:
     return f"{head}\n```\n{body}\n```"
 
 
+def mcp_observation(ok: bool, output: str) -> str:
+    """What the model is told of an MCP call: whether the tool answered, and its answer."""
+    head = "the MCP tool answered" if ok else "the MCP call failed"
+    return f"{head}\n```\n{output.rstrip() or '(no output)'}\n```"
+
+
 def tests_still_fail(command: str, exit_code: int, output: str) -> str:
     return (
         f"You finished, but `{command}` still fails (exit code {exit_code}):\n```\n"
@@ -182,10 +190,63 @@ def tools_system_prompt(edit_forms: tuple[str, ...] | list[str] = TOOLS_EDIT_FOR
     return f"{TOOLS_INTRO}\nTo change files, call `shell` with a command.\n{edits}\n\n{TOOLS_RULES}"
 
 
+# MCP tools: a section at the end of the system prompt, only when a run has some (so the prompt
+# of a run without them, and the prefix of one with them, stay as they were).
+
+TEXT_MCP_HELP = """\
+You can also call tools of MCP servers. To call one, reply with a ```bash block holding just \
+one line: `mcp SERVER TOOL` and the tool's arguments as a JSON object in single quotes. \
+pullsmith makes the call itself (that line is never passed to bash) and shows you the answer. \
+For example:
+```bash
+{example}
+```
+The MCP tools:
+"""
+
+TOOLS_MCP_HELP = """\
+Besides `shell` and `finish`, you can call these tools of MCP servers (one call per reply, as \
+with the others); pullsmith makes the call and answers with the tool's output:
+"""
+
+
+def mcp_help(protocol: str, tools: Sequence[McpTool]) -> str:
+    """The system prompt's section on the run's MCP tools ("" without any)."""
+    if not tools:
+        return ""
+    if protocol == "tools":
+        rows = [f"- `{tool.native_name}`: {_describe(tool)}" for tool in tools]
+        return TOOLS_MCP_HELP + "\n".join(rows) + "\n"
+    first = tools[0]
+    example = f"mcp {first.server} {first.name} '{_example_arguments(first)}'"
+    rows = [
+        f"- `mcp {tool.server} {tool.name}`: {_describe(tool)} Arguments: {tool.arguments_hint()}."
+        for tool in tools
+    ]
+    return TEXT_MCP_HELP.format(example=example) + "\n".join(rows) + "\n"
+
+
+def _describe(tool: McpTool) -> str:
+    text = " ".join(tool.description.split()) or f"the {tool.name} tool of {tool.server}."
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def _example_arguments(tool: McpTool) -> str:
+    properties = tool.input_schema.get("properties") or {}
+    names = list(properties)[:2] if isinstance(properties, dict) else []
+    return "{" + ", ".join(f'"{name}": "..."' for name in names) + "}"
+
+
 def prompts_for(
-    protocol: str, ctx: TaskContext, edit_forms: tuple[str, ...] = DEFAULT_EDIT_FORMS
+    protocol: str,
+    ctx: TaskContext,
+    edit_forms: tuple[str, ...] = DEFAULT_EDIT_FORMS,
+    mcp_tools: Sequence[McpTool] = (),
 ) -> tuple[str, str]:
-    """The system prompt and the first message of a task under `protocol` ("text" or "tools")."""
+    """The system prompt and the first message of a task under `protocol` ("text" or "tools"),
+    with a section on `mcp_tools` at the end of the system prompt when there are any."""
+    extra = mcp_help(protocol, mcp_tools)
+    extra = f"\n{extra}" if extra else ""
     if protocol != "tools":
-        return system_prompt(edit_forms), first_message(ctx)
-    return tools_system_prompt(edit_forms), first_message(ctx, TOOLS_CLOSING)
+        return system_prompt(edit_forms) + extra, first_message(ctx)
+    return tools_system_prompt(edit_forms) + extra, first_message(ctx, TOOLS_CLOSING)

@@ -3,6 +3,10 @@
 text: one fenced shell block per reply, and the finish command.
 tools: native tool calls of two functions, `shell(command)` and `finish(summary)`.
 
+When a run has MCP tools (pullsmith.mcp), the protocol objects offer them too: the tools
+protocol as native tools `mcp__SERVER__TOOL`, the text protocol as a block holding just the line
+`mcp SERVER TOOL 'JSON'`; either parses into an Action whose `mcp` is the call.
+
 Each is an `ActionProtocol` object (`protocol_for(name)`): it builds the request, parses a
 reply into an `Action` and answers the reply. The module-level functions are its parts.
 """
@@ -14,9 +18,11 @@ import json
 import re
 import shlex
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pullsmith.mcp.tools import McpCall, McpCommandError, McpTool, is_command, parse_command
 from pullsmith.models.base import Message, Model, Reply
 
 SHELL_LANGS = {"", "bash", "sh", "shell", "console", "zsh"}
@@ -54,6 +60,8 @@ class Action:
     ignored_calls: int = 0
     # Tools protocol: the command came from a ```bash block, not from a tool call.
     via_text: bool = False
+    # A call of an MCP tool, which pullsmith makes instead of running a command.
+    mcp: McpCall | None = None
 
     @property
     def note(self) -> str:
@@ -198,12 +206,14 @@ USE_THE_TOOLS = (
 )
 
 
-def parse_tool_calls(reply: Reply) -> Action:
+def parse_tool_calls(reply: Reply, mcp_tools: Mapping[str, McpTool] | None = None) -> Action:
     """Turn a tools-protocol reply into an Action (its first call), or raise FormatError.
 
     A reply without a tool call but with a ```bash block (or a bare finish line) is accepted
-    as in the text protocol, with a note asking for a tool call next time.
+    as in the text protocol, with a note asking for a tool call next time. `mcp_tools` are the
+    run's MCP tools by native name: a call of one is an Action with its `mcp` call.
     """
+    mcp_tools = mcp_tools or {}
     if not reply.tool_calls:
         try:
             action = parse_action(reply.text)
@@ -218,22 +228,25 @@ def parse_tool_calls(reply: Reply) -> Action:
         )
     call, ignored = reply.tool_calls[0], len(reply.tool_calls) - 1
     name = str(call.get("name") or "")
+    if name in mcp_tools:
+        tool = mcp_tools[name]
+        arguments = _arguments(name, call.get("arguments"), "argument")
+        if not isinstance(arguments, dict):
+            raise FormatError(
+                f"The arguments of your `{name}` call must be a JSON object; its arguments "
+                f"are: {tool.arguments_hint()}."
+            )
+        return Action(
+            command="", mcp=McpCall(tool.server, tool.name, arguments), ignored_calls=ignored
+        )
     if name not in TOOL_ARGUMENTS:
+        more = "".join(f", `{native}`" for native in mcp_tools)
         raise FormatError(
-            f"There is no tool called {name!r}; the tools are `shell` (run a command) and "
-            "`finish` (end the task)."
+            f"There is no tool called {name!r}; the tools are `shell` (run a command), "
+            f"`finish` (end the task){more}."
         )
     key = TOOL_ARGUMENTS[name]
-    raw = call.get("arguments")
-    arguments: Any = raw  # some servers hand over arguments already decoded
-    if isinstance(raw, str) or raw is None:
-        try:
-            arguments = json.loads(raw or "{}")
-        except json.JSONDecodeError as exc:
-            raise FormatError(
-                f"The arguments of your `{name}` call are not valid JSON ({exc.msg}); send a "
-                f'JSON object such as {{"{key}": "..."}}.'
-            ) from None
+    arguments = _arguments(name, call.get("arguments"), key)
     if not isinstance(arguments, dict) or not isinstance(arguments.get(key), str):
         raise FormatError(
             f'Your `{name}` call needs a string argument "{key}"; send a JSON object such as '
@@ -247,6 +260,19 @@ def parse_tool_calls(reply: Reply) -> Action:
     if not command.strip():
         raise FormatError("Your `shell` call had an empty command. Put the command to run in it.")
     return Action(command=command, ignored_calls=ignored)
+
+
+def _arguments(name: str, raw: Any, key: str) -> Any:
+    """A call's arguments decoded (some servers hand them over decoded already)."""
+    if not (isinstance(raw, str) or raw is None):
+        return raw
+    try:
+        return json.loads(raw or "{}")
+    except json.JSONDecodeError as exc:
+        raise FormatError(
+            f"The arguments of your `{name}` call are not valid JSON ({exc.msg}); send a "
+            f'JSON object such as {{"{key}": "..."}}.'
+        ) from None
 
 
 def assistant_message(reply: Reply) -> Message:
@@ -318,9 +344,16 @@ class ActionProtocol(ABC):
 
 
 class TextProtocol(ActionProtocol):
-    """One fenced ```bash block per reply, cut off by TEXT_STOP and answered by a user message."""
+    """One fenced ```bash block per reply, cut off by TEXT_STOP and answered by a user message.
+
+    With MCP tools, a first block holding just an `mcp SERVER TOOL 'JSON'` line is a call of
+    one (made by pullsmith, never passed to bash); without them such a block is a command.
+    """
 
     name = "text"
+
+    def __init__(self, mcp_tools: Sequence[McpTool] = ()) -> None:
+        self.mcp_tools = tuple(mcp_tools)
 
     def request(self) -> dict[str, Any]:
         return {"stop": list(TEXT_STOP)}
@@ -329,26 +362,43 @@ class TextProtocol(ActionProtocol):
         return close_stopped_block(reply)
 
     def parse(self, reply: Reply) -> Action:
+        if self.mcp_tools:
+            blocks = _shell_blocks(reply.text)
+            if blocks and is_command(blocks[0]):
+                try:
+                    call = parse_command(blocks[0])
+                except McpCommandError as exc:
+                    raise FormatError(str(exc)) from None
+                return Action(command="", mcp=call, ignored_blocks=len(blocks) - 1)
         return parse_action(reply.text)
 
 
 class ToolsProtocol(ActionProtocol):
-    """Native `shell` and `finish` tool calls (TOOLS), answered by `tool` messages."""
+    """Native tool calls answered by `tool` messages: `shell` and `finish` (TOOLS), and the
+    run's MCP tools under their native names (`tools` lists them all)."""
 
     name = "tools"
 
+    def __init__(self, mcp_tools: Sequence[McpTool] = ()) -> None:
+        self.mcp_tools = {tool.native_name: tool for tool in mcp_tools}
+
+    @property
+    def tools(self) -> list[dict[str, Any]]:
+        """The tools offered to the model, in the wire format: TOOLS, then the MCP tools."""
+        return TOOLS + [tool.native() for tool in self.mcp_tools.values()]
+
     def request(self) -> dict[str, Any]:
-        return {"tools": TOOLS}
+        return {"tools": self.tools}
 
     def parse(self, reply: Reply) -> Action:
-        return parse_tool_calls(reply)
+        return parse_tool_calls(reply, self.mcp_tools)
 
 
 PROTOCOLS: dict[str, type[ActionProtocol]] = {"text": TextProtocol, "tools": ToolsProtocol}
 
 
-def protocol_for(name: str) -> ActionProtocol:
-    """The protocol called `name`: "text" or "tools"."""
+def protocol_for(name: str, mcp_tools: Sequence[McpTool] = ()) -> ActionProtocol:
+    """The protocol called `name` ("text" or "tools"), offering `mcp_tools` as well."""
     if name not in PROTOCOLS:
         raise ValueError(f"protocol must be 'text' or 'tools', not {name!r}.")
-    return PROTOCOLS[name]()
+    return PROTOCOLS[name](mcp_tools)  # type: ignore[call-arg]

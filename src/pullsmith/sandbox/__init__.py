@@ -10,6 +10,7 @@ cap and resource limits.
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pullsmith.errors import UserError
@@ -44,6 +45,7 @@ __all__ = [
     "bwrap_available",
     "describe",
     "engine_error",
+    "long_lived_process",
     "make_sandbox",
     "policy_preset",
 ]
@@ -70,6 +72,29 @@ def make_sandbox(
     if name == "none":
         return NoSandbox(workspace, policy, cancel=cancel)
     raise UserError(f"Unknown sandbox {name!r}; choose one of: {', '.join(SANDBOX_NAMES)}.")
+
+
+def long_lived_process(
+    sandbox: Sandbox,
+    argv: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment that run `argv` as a long-lived process (an MCP server) under
+    `sandbox`'s policy; the caller spawns it with its working directory set to `cwd` (default:
+    the workspace). See `BwrapSandbox.long_lived_argv` for what bwrap leaves out.
+
+    `none` gives `argv` as it is, with the scrubbed environment plus `env`; docker and podman
+    refuse with a UserError (a container per server is not built).
+    """
+    if isinstance(sandbox, BwrapSandbox):
+        return sandbox.long_lived_argv(argv, env, cwd)
+    if isinstance(sandbox, NoSandbox):
+        return list(argv), {**sandbox.env, **(env or {})}
+    raise UserError(
+        f"the {sandbox.name} sandbox can not run a long-lived process such as an MCP server; "
+        "mark the server trusted = true in its [mcp_servers.NAME] table, or use --sandbox bwrap."
+    )
 
 
 def describe(name: str, policy: SandboxPolicy) -> list[str]:

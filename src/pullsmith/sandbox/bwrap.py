@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pullsmith.errors import UserError
@@ -295,6 +296,26 @@ class BwrapSandbox:
             for fd in fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+
+    def long_lived_argv(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> tuple[list[str], dict[str, str]]:
+        """The argv and environment that start `argv` as a long-lived process (an MCP server
+        talking over its stdin and stdout) under this sandbox's policy, for the caller to spawn.
+
+        The process gets the same namespaces, mounts, network and scrubbed environment
+        (plus `env`) as a command, starting in `cwd` (default: the workspace), and dies with
+        the thread that spawns it. Unlike `run`, nothing else applies: no seccomp filter (its
+        program is read from a descriptor bwrap would need kept open for the process's whole
+        life), and no timeout, cgroup or rlimits (the caller decides when it ends).
+        """
+        prefix = list(self.argv_prefix)
+        if cwd is not None:
+            prefix += ["--chdir", str(cwd)]  # bwrap takes the last --chdir
+        return [*prefix, "--", *argv], {**self.env, **(env or {})}
 
     def close(self) -> None:
         """Nothing to release: every command's namespaces end with it."""
