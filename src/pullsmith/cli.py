@@ -1,4 +1,4 @@
-"""The command line: exec, model, cleanup."""
+"""The command line: exec, model, cleanup, mcp, mcp-server."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from pullsmith.errors import UserError
 from pullsmith.eval.commands import eval_group
 from pullsmith.events import Event
 from pullsmith.executors import ThreadExecutor
+from pullsmith.mcp import commands as mcp_commands
 from pullsmith.models.prices import format_cost
 from pullsmith.pr import commands as pr_commands
 from pullsmith.pr.publish import GitHubPublisher, LocalPublisher
@@ -635,6 +636,8 @@ def sandbox_command(
 main_group.add_command(eval_group)
 main_group.add_command(pr_commands.pr_group)
 main_group.add_command(events_group)
+main_group.add_command(mcp_commands.mcp_group)
+main_group.add_command(mcp_commands.mcp_server_command)
 
 
 def main(argv: list[str] | None = None) -> None:
