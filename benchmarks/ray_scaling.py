@@ -201,6 +201,11 @@ class Serve:
             if len(found) >= page["total"] or not page["tasks"]:
                 return found
 
+    def cpu_seconds(self) -> float:
+        """CPU time the serve process itself used so far (not its worker processes)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.client.close()
         if self.proc.poll() is None:
@@ -232,6 +237,7 @@ class Run:
     states: Counter[str]
     errors: list[str]
     event_bytes: list[int]
+    driver_cpu: float = 0.0  # CPU seconds of the serve process during the timed tasks
 
     @property
     def rate(self) -> float:
@@ -250,9 +256,11 @@ def measure(executor: str, workers: int, count: int, replay: str, work: Path, la
             server.wait_idle(300)
             warm = {t["id"] for t in server.tasks()}
             say(f"{label}: {count} tasks")
+            cpu_before = server.cpu_seconds()
             for _ in range(count):
                 server.submit(repo)
             server.wait_idle(max(600.0, count * 20.0))
+            driver_cpu = server.cpu_seconds() - cpu_before
             rows = [t for t in server.tasks() if t["id"] not in warm]
         finally:
             server.stop()
@@ -282,6 +290,7 @@ def measure(executor: str, workers: int, count: int, replay: str, work: Path, la
         Counter(t["state"] for t in rows),
         errors,
         event_bytes,
+        driver_cpu,
     )
 
 
@@ -381,9 +390,9 @@ def main() -> None:
     )
     print(
         "| executor | workers | attempts / s | p50 attempt | p95 attempt | p50 submit → done | "
-        "p95 submit → done | states |"
+        "p95 submit → done | serve CPU / attempt | states |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for n in workers:
         for executor in executors:
             done = runs.get((executor, n), [])
@@ -396,13 +405,15 @@ def main() -> None:
                 f"| {executor} | {n} | {med([r.rate for r in done]):.2f} | "
                 f"{pct(attempt, 0.5):.2f} s | {pct(attempt, 0.95):.2f} s | "
                 f"{pct(queued, 0.5):.1f} s | {pct(queued, 0.95):.1f} s | "
+                f"{sum(r.driver_cpu for r in done) / sum(r.tasks for r in done) * 1000:.0f} ms | "
                 + ", ".join(f"{k} {v}" for k, v in sorted(states.items()))
                 + " |"
             )
     print(
         "\np50/p95 attempt = started_at → finished_at of a task in the service (claimed by the "
         "scheduler → its end stored); submit → done = created_at → finished_at (queueing "
-        "included).\n"
+        "included); serve CPU / attempt = the CPU time of the serve process itself (API, "
+        "queue, engine, executor driver; not its worker processes nor Ray's) over the attempts.\n"
     )
     failures = [f"{e} w{n}: {m}" for (e, n), rs in runs.items() for r in rs for m in r.errors]
     if failures:

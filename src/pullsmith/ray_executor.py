@@ -571,7 +571,15 @@ class RayExecutor:
         self._owns_connection = connect(settings)
         ray = self.ray
         self._remote = ray.remote(_attempt_main)
-        self._relay = ray.remote(_Relay).options(num_cpus=0, max_concurrency=64).remote()
+        # The relay lives on this node: the events it holds are on their way here anyway.
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        self._relay = (
+            ray.remote(_Relay)
+            .options(num_cpus=0, max_concurrency=64, scheduling_strategy=here)
+            .remote()
+        )
         self._runs: dict[str, _Run] = {}
         self._jobs: list[RayJob] = []
         self._lock = threading.Lock()

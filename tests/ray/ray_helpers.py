@@ -59,15 +59,35 @@ def ray_env(**extra: str) -> dict[str, str]:
 
 @pytest.fixture(scope="session", name="ray_cluster")
 def ray_cluster_fixture() -> Iterator[str]:
-    """The session's Ray instance; its GCS address (host:port on 127.0.0.1)."""
+    """The session's Ray instance; its GCS address (host:port on 127.0.0.1).
+
+    Each test module imports this fixture, which makes it one fixture per module: the first
+    starts Ray, the others share it, and the last one finalized (at the end of the session)
+    shuts it down."""
     pytest.importorskip("ray", reason="ray is not installed (make test installs pullsmith[ray])")
+    if not _USERS:
+        _start()
+    _USERS.append(1)
+    try:
+        yield _ADDRESS["gcs"]
+    finally:
+        _USERS.pop()
+        if not _USERS:
+            _stop()
+
+
+_USERS: list[int] = []
+_DIRS: list[Path] = []
+
+
+def _start() -> None:
     import ray
 
     # Ray's socket paths must stay short: a directory right under /tmp, not pytest's.
     temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
     home = Path(tempfile.mkdtemp(prefix="ray-home-", dir="/tmp"))
-    # The workers inherit this process's environment: an identity for their commits and a
-    # home of their own (nothing of theirs lands in the real one).
+    _DIRS[:] = [temp, home]
+    # The workers inherit this process's environment: an identity for their commits.
     for name, value in (
         ("GIT_AUTHOR_NAME", "Test User"),
         ("GIT_AUTHOR_EMAIL", "test@example.invalid"),
@@ -83,16 +103,19 @@ def ray_cluster_fixture() -> Iterator[str]:
         namespace="pullsmith",
         log_to_driver=False,
         configure_logging=False,
+        # Nothing of the workers' lands in the real home's configuration.
         runtime_env={"env_vars": {"XDG_CONFIG_HOME": str(home / "config")}},
     )
     _ADDRESS["gcs"] = context.address_info["gcs_address"]
     assert _ADDRESS["gcs"].startswith("127.0.0.1:"), _ADDRESS
-    try:
-        yield _ADDRESS["gcs"]
-    finally:
-        ray.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
-        shutil.rmtree(home, ignore_errors=True)
+
+
+def _stop() -> None:
+    import ray
+
+    ray.shutdown()
+    for path in _DIRS:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def make_repo(path: Path) -> Path:

@@ -121,10 +121,9 @@ def test_best_of_n_attempts_run_at_once_and_are_ranked_here(ray_cluster, tmp_pat
     parent = result.task_id.rsplit("-", 1)[0]
     events = read_events(settings.runs_dir / parent / "events.jsonl")
     types = [(e.type, e.data.get("attempt")) for e in events]
-    # At once: attempt 2 started (and finished) while attempt 1 was still in its sleep.
+    # At once: attempt 2 started while attempt 1 was still running (in its sleep).
     assert ("task.started", 2) in types, types
     assert types.index(("task.started", 2)) < types.index(("attempt.finished", 1))
-    assert types.index(("attempt.finished", 2)) < types.index(("attempt.finished", 1))
     assert [t for t in types if t[0] == "attempts.selected"] == [
         ("attempts.selected", result.attempt)
     ]

@@ -8,6 +8,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from conftest import git
@@ -15,6 +16,7 @@ from ray_helpers import (  # noqa: F401
     INSTRUCTION,
     RAY_ENV,
     TEST_COMMAND,
+    event_types,
     make_repo,
     ray_cluster_fixture,
     ray_env,
@@ -40,40 +42,50 @@ def serve_env(home: Path, **extra: str) -> dict[str, str]:
     return server_env(home, **{"PULLSMITH_TEST_COMMAND": TEST_COMMAND, **RAY_ENV, **extra})
 
 
-def served_result(server: Server, repo: Path, model: str) -> tuple[dict, list[str]]:
-    task = server.create(repo, model)
-    done = server.wait(task["id"], ("passed", "failed", "error", "cancelled"), timeout=120)
-    lines = (server.data_home / "pullsmith" / "runs" / task["id"] / "events.jsonl").read_text()
-    return done, [json.loads(line)["type"] for line in lines.splitlines()]
-
-
 def test_serve_on_ray_gives_the_local_executors_result(ray_cluster, tmp_path):
+    from pullsmith.executors import ThreadExecutor
+    from pullsmith.service.queue import NewTask, TaskService
+    from pullsmith.store import Store
+
     settings = load_settings({"sandbox": "none", "test_command": TEST_COMMAND}, cwd=tmp_path)
     spec, _ = record(tmp_path, settings)
-    outcomes = {}
-    for executor in ("local", "ray"):
-        home = tmp_path / f"serve-{executor}"
-        repo = make_repo(tmp_path / f"repo-{executor}")
-        env = serve_env(home, **(ray_env() if executor == "ray" else {}))
-        server = Server(home, "--workers", "1", "--executor", executor, env=env).start(60)
-        try:
-            row, types = served_result(server, repo, spec)
-            merged = server.post(f"/api/prs/{row['pr']}/merge") if row["pr"] else None
-        finally:
-            server.close()
-        outcomes[executor] = (row, types, merged, repo)
-        if executor == "ray":
-            assert "executor  Ray, 1 node with 2 CPUs" in server.output, server.output
-    (local, local_types, local_merge, local_repo) = outcomes["local"]
-    (remote, remote_types, remote_merge, remote_repo) = outcomes["ray"]
-    assert local["state"] == remote["state"] == "passed", remote
-    assert remote["result"]["diff"] == local["result"]["diff"]
+    # The local executor's result: the service's queue and engine in this process.
+    local_repo = make_repo(tmp_path / "repo-local")
+    local_settings = load_settings(
+        {"sandbox": "none", "test_command": TEST_COMMAND, "data_dir": str(tmp_path / "local")},
+        cwd=tmp_path,
+    )
+    store = Store.open(local_settings)
+    service = TaskService(local_settings, store, 1, executor=ThreadExecutor(1))
+    service.start()
+    try:
+        row = service.create(NewTask(repo=str(local_repo), instruction=INSTRUCTION, model=spec))
+        while service.require(row.id).state in ("queued", "running"):
+            time.sleep(0.1)
+        local = service.require(row.id)
+    finally:
+        service.close()
+        store.close()
+    local_types = event_types(local_settings.runs_dir / local.id / "events.jsonl")
+    # The same task through `pullsmith serve --executor ray`.
+    home = tmp_path / "serve-ray"
+    repo = make_repo(tmp_path / "repo-ray")
+    server = Server(home, "--workers", "1", "--executor", "ray", env=serve_env(home, **ray_env()))
+    server.start(90)
+    try:
+        assert "executor  Ray, 1 node with 2 CPUs" in server.output, server.output
+        task = server.create(repo, spec)
+        remote = server.wait(task["id"], ("passed", "failed", "error", "cancelled"), timeout=120)
+        merged = server.post(f"/api/prs/{remote['pr']}/merge") if remote["pr"] else None
+    finally:
+        server.close()
+    remote_types = event_types(home / "pullsmith" / "runs" / task["id"] / "events.jsonl")
+    assert local.state == remote["state"] == "passed", remote
+    assert remote["result"]["diff"] == local.result["diff"]
     assert remote_types == local_types
-    # The pull request of the Ray run merges into the user's repository as the local one does.
-    assert local_merge is not None and remote_merge is not None
-    assert remote_merge.status_code == local_merge.status_code == 200, remote_merge.text
-    for repo in (local_repo, remote_repo):
-        assert "return a + b  # fixed" in git("show", "main:calc.py", cwd=repo)
+    # The Ray run's pull request merges into the user's repository.
+    assert merged is not None and merged.status_code == 200, merged and merged.text
+    assert "return a + b  # fixed" in git("show", "main:calc.py", cwd=repo)
 
 
 def test_eval_run_on_ray_scores_as_the_local_executor(ray_cluster, tmp_path):
@@ -159,7 +171,6 @@ def test_ray_not_installed_says_how_to_install_it(tmp_path):
     env = serve_env(tmp_path / "home", PYTHONPATH=str(fake.parent))
     suite_dir = make_mini_suite(tmp_path)
     commands = (
-        ["serve", "--port", "0", "--executor", "ray"],
         ["eval", "run", str(suite_dir), "--executor", "ray", "--out", str(tmp_path / "out")],
     )
     for args in commands:
