@@ -6,14 +6,15 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 from conftest import ScriptedModel, bwrap_works
+from rich.console import Console
 
-from pullsmith.cli import main_group
+from pullsmith.cli import TerminalView, main_group
 from pullsmith.config import PriceSetting, load_settings
-from pullsmith.engine import run_task
+from pullsmith.engine import finished_event, run_task
 from pullsmith.errors import UserError
 from pullsmith.eval.harness import TaskRecord
 from pullsmith.eval.report import build_report, render_markdown
-from pullsmith.events import Event
+from pullsmith.events import Event, TaskStarted
 from pullsmith.models.base import Usage
 from pullsmith.models.prices import (
     Price,
@@ -207,6 +208,40 @@ def test_the_pr_description_states_the_cost_of_its_runs():
     assert "cost $0.0156" in footer
     older = pr_attempt(run_id="r3", notes={})  # recorded before costs were kept
     assert "cost unknown" in describe(pr_facts(first, older)).body.splitlines()[-1]
+
+
+def summary_line(price: dict | None, cost: float | None) -> str:
+    """The usage line of `exec`'s summary after a run at `price` that cost `cost`."""
+    console = Console(record=True, width=300)
+    view = TerminalView(console)
+    started = TaskStarted(
+        instruction="x",
+        repo="/r",
+        base="HEAD",
+        model="m",
+        protocol="text",
+        edit_forms=[],
+        sandbox="none",
+        price=price,
+    )
+    view(Event(1, "task.started", "t", 0.0, started.model_dump()))
+    result = AttemptResult(
+        task_id="t", status="passed", exit_reason="finished", instruction="x", repo="/r"
+    )
+    result.usage, result.cost_usd = Usage(1_000, 100, 800, 150), cost
+    view(Event(2, "task.finished", "t", 0.0, finished_event(result).model_dump()))
+    return next(line for line in console.export_text().splitlines() if " turns · " in line)
+
+
+def test_exec_summary_shows_the_cost_says_why_zero_and_never_guesses(tmp_path):
+    local = pricing_for(load_settings({}, cwd=tmp_path)).describe()
+    assert summary_line(local, 0.0).endswith(
+        "(800 cached, 150 written to the cache) · cost $0 (the bundled local model)"
+    )
+    claude = pricing_for(load_settings({"model": "claude-sonnet-4-5"}, cwd=tmp_path)).describe()
+    assert summary_line(claude, 0.0123).endswith(" · cost $0.01")
+    assert summary_line(claude, 0.0042).endswith(" · cost $0.0042")
+    assert summary_line(None, None).endswith(" · cost unknown (no price for this model)")
 
 
 # --- --max-cost ------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ import os
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from conftest import bwrap_works, git
@@ -360,7 +362,7 @@ def test_exec_fixes_the_example_repo_through_the_anthropic_provider(example_repo
     assert FIXED_LOOP in git("show", f"{branch}:inventory/export.py", cwd=example_repo)
 
     log = next(line for line in run.stdout.splitlines() if line.startswith("run log: "))
-    events = read_events(__import__("pathlib").Path(log.removeprefix("run log: ")))
+    events = read_events(Path(log.removeprefix("run log: ")))
     replies_seen = [e.data for e in events if e.type == "model.reply"]
     assert len(replies_seen) == 3
     assert [r["cache_write_tokens"] for r in replies_seen] == [
@@ -388,3 +390,14 @@ def test_exec_max_cost_ends_the_run_cleanly_at_the_budget(example_repo):
     assert "Traceback" not in run.stderr
     assert "stopped: cost limit reached ($0.0" in run.stdout
     assert "spent of the $0.001 budget" in run.stdout
+
+
+def test_a_timed_out_request_is_not_retried(monkeypatch):
+    with FakeAnthropic([[text_block("slow")]]) as server:
+        model, slept = model_for(server)
+        # The server takes longer to answer than the client waits.
+        monkeypatch.setattr(server, "handle", lambda handler, body: time.sleep(3))
+        model._client = model._client.with_options(timeout=0.5)
+        with pytest.raises(ModelError, match="could not be reached or stopped answering"):
+            model.complete(conversation())
+    assert len(server.requests) == 1 and slept == []

@@ -20,8 +20,8 @@ Replies are streamed (`messages.stream`) and collected whole: the `Model` protoc
 `Reply`, and streaming keeps a long reply from hitting the SDK's limit on unstreamed requests
 and lets an overload that arrives mid-stream be retried like one at the start. Overload (529),
 rate limits (429), other 5xx and dropped connections are retried with exponential backoff
-(honouring `retry-after`); what cannot be retried becomes the same one-sentence `ModelError`s
-the OpenAI provider gives.
+(honouring `retry-after`; a request that timed out is not retried); what cannot be retried
+becomes the same one-sentence `ModelError`s the OpenAI provider gives.
 """
 
 from __future__ import annotations
@@ -209,6 +209,8 @@ class AnthropicModel:
 
 
 def _retryable(exc: Exception) -> bool:
+    if isinstance(exc, anthropic.APITimeoutError):
+        return False  # it already waited the whole timeout; waiting again helps no one
     if isinstance(exc, anthropic.APIConnectionError):
         return True
     if not isinstance(exc, anthropic.APIStatusError):
