@@ -88,7 +88,7 @@ def test_markdown():
     assert "Partial: 3 of 4 tasks done, 1 not yet run." in md
     assert "| wall time | 30 s | 20 s |" in md
     assert "| tokens (prompt + completion) | 3,000 | 2,000 |" in md
-    assert "| a | ✅ | 2 | 10 | 5 | 900 | 100 | 500 | finished |" in md
+    assert "| a | ✅ | 2 | 10 | 5 | 900 | 100 | 500 | unknown | finished |" in md
     assert "| c | ❌ |" in md and "error (model): the model server went away" in md
     assert "## By bug type" in md and "| x | 1 / 2 | 50.0% |" in md
 
