@@ -17,7 +17,7 @@ from pullsmith.agent.context import (
 )
 from pullsmith.agent.failures import parse_test_output, summarize
 from pullsmith.agent.feedback import ChangeReporter
-from pullsmith.agent.loop import Agent, AgentLimits, Outcome, clip
+from pullsmith.agent.loop import Agent, AgentLimits, Approve, Outcome, clip
 from pullsmith.agent.prompts import TaskContext, prompts_for, tests_still_fail
 from pullsmith.agent.protocol import protocol_for
 from pullsmith.config import Settings
@@ -71,8 +71,11 @@ class Attempt:
         model: Model | None = None,
         cancel: threading.Event | None = None,
         cost_before: float = 0.0,
+        approve: Approve | None = None,
     ) -> None:
         self.task = task
+        # A terminal's approval hook for the agent's commands (see Agent); None asks nothing.
+        self.approve = approve
         self.settings = settings
         self.events = events
         self.model = model
@@ -286,6 +289,12 @@ class Attempt:
             return tests_still_fail(run.command, run.exit_code, clip(run.output, TEST_OUTPUT_CHARS))
 
         protocol = self._protocol()
+        history = self._history()
+        outside = (
+            make_sandbox("none", workspace.path, agent_policy(self.settings), cancel=self.cancel)
+            if self.approve is not None
+            else None
+        )
         mcp = self._start_mcp(sandbox, workspace)
         mcp_tools = mcp.tools if mcp is not None else []
         agent = Agent(
@@ -306,11 +315,18 @@ class Attempt:
             cancel=self.cancel,
             pricing=self.pricing,
             call_mcp=mcp.call if mcp is not None else None,
+            approve=self.approve,
+            outside_sandbox=outside,
         )
         try:
             edit_forms = resolve_edit_forms(self.settings.edit_forms, self.settings.model_name)
-            outcome = agent.run(*prompts_for(agent.protocol, context, edit_forms, mcp_tools))
+            system, first = prompts_for(agent.protocol, context, edit_forms, mcp_tools)
+            if history:
+                first = continuation_message(context)
+            outcome = agent.run(system, first, history=history)
         finally:
+            if outside is not None:
+                outside.close()
             result.turns = agent.turns
             result.usage = agent.usage
             result.model_seconds = round(agent.model_seconds, 3)
@@ -322,6 +338,22 @@ class Attempt:
         after = self._run_tests(sandbox, test_command, "after")
         result.tests_after = after
         result.status = "cancelled" if self.cancel.is_set() else self._status(outcome, after)
+
+    def _history(self) -> list[dict] | None:
+        """The earlier conversation a follow-up goes on with (FollowUp.history), if any."""
+        follow_up = self.task.follow_up
+        if follow_up is None or not follow_up.history:
+            return None
+        try:
+            messages = json.loads(Path(follow_up.history).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UserError(
+                f"the conversation to continue, {follow_up.history}, can not be read ({exc}); "
+                "start a new session."
+            ) from None
+        if not isinstance(messages, list) or not messages:
+            return None
+        return messages
 
     def _start_mcp(self, sandbox: Sandbox, workspace: Workspace) -> McpHub | None:
         """Start the configured MCP servers for the agent (None without any); those that do
@@ -440,6 +472,21 @@ class Attempt:
                 cost_usd=result.cost_usd,
             )
         )
+
+
+def continuation_message(ctx: TaskContext) -> str:
+    """The next request of a conversation that goes on: the request, and the tests now."""
+    parts = [f"Next request: {ctx.instruction.strip()}"]
+    if ctx.test_command and ctx.test_exit_code not in (None, 0):
+        if ctx.failures:
+            parts.append(f"Failing tests (from `{ctx.test_command}`):\n{ctx.failures}")
+        parts.append(
+            f"`{ctx.test_command}` exits with code {ctx.test_exit_code} now:"
+            f"\n```\n{ctx.test_output.rstrip()}\n```"
+        )
+    elif ctx.test_command:
+        parts.append(f"`{ctx.test_command}` passes now.")
+    return "\n\n".join(parts)
 
 
 def _short(text: str, limit: int = 200) -> str:

@@ -28,6 +28,7 @@ from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
+from pullsmith.agent.loop import Approve
 from pullsmith.attempt import run_dir_for
 from pullsmith.config import Settings
 from pullsmith.errors import UserError
@@ -70,13 +71,14 @@ def run_work(
     on_event: Callable[[Event], None],
     model: Model | None,
     cancel: threading.Event,
+    approve: Approve | None = None,
 ) -> AttemptResult:
     """The work of one task where it runs: its log written here, each event passed on."""
     log = EventLog(
         task.task_id, run_dir_for(settings, task.task_id) / "events.jsonl", forward=on_event
     )
     try:
-        return execute(task, settings, log, model, cancel)
+        return execute(task, settings, log, model, cancel, approve)
     finally:
         log.close()
 
@@ -128,15 +130,23 @@ class _ThreadJob:
 
 
 class ThreadExecutor:
-    """Runs tasks on `workers` threads of this process, sharing `model` when one is given."""
+    """Runs tasks on `workers` threads of this process, sharing `model` when one is given.
+
+    `approve` is the approval hook of an interactive front end (pullsmith.agent.loop.Approve),
+    which only threads of the front end's own process can call."""
 
     def __init__(
-        self, workers: int = 1, model: Model | None = None, log_path: Path | None = None
+        self,
+        workers: int = 1,
+        model: Model | None = None,
+        log_path: Path | None = None,
+        approve: Approve | None = None,
     ) -> None:
         if workers < 1:
             raise UserError(f"--workers must be at least 1 (got {workers}).")
         self.workers = workers
         self.model = model
+        self.approve = approve
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="task")
         self._server = _SharedModelServer(workers, log_path)
         self._jobs: list[_ThreadJob] = []
@@ -148,7 +158,7 @@ class ThreadExecutor:
             settings = self._server.settings_for(settings)
         job = _ThreadJob(task, settings)
         job.future = self._pool.submit(
-            run_work, task, settings, on_event, self.model, job.cancel_event
+            run_work, task, settings, on_event, self.model, job.cancel_event, self.approve
         )
         self._jobs.append(job)
         return job

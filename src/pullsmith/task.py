@@ -31,7 +31,9 @@ class FollowUp:
 
     `briefing` is the earlier work compacted (the task, the model's summary, the diff so far,
     the last test result); the model reads it after the new instruction. `pr_number` is the
-    pull request the follow-up continues, when there is one.
+    pull request the follow-up continues, when there is one. `history` is the path of an
+    earlier conversation (a history.json) that the model goes on with, as an interactive
+    session's next request does: its messages come first, then the new instruction.
     """
 
     branch: str
@@ -40,6 +42,7 @@ class FollowUp:
     briefing: str
     base_ref: str | None = None
     pr_number: int | None = None
+    history: str | None = None
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import traceback
 
+from pullsmith.agent.loop import Approve
 from pullsmith.attempt import Attempt, read_result, run_dir_for, write_result
 from pullsmith.best_of_n import BestOfN
 from pullsmith.config import Settings
@@ -39,13 +40,16 @@ def execute(
     events: EventLog,
     model: Model | None = None,
     cancel: threading.Event | None = None,
+    approve: Approve | None = None,
 ) -> AttemptResult:
-    """Run the attempts of `task`; whatever goes wrong comes back as the result's error."""
+    """Run the attempts of `task`; whatever goes wrong comes back as the result's error.
+
+    `approve` is a terminal's approval hook for the agent's commands (one attempt only)."""
     cancel = cancel or threading.Event()
     run_dir = run_dir_for(settings, task.task_id)
     work: Attempt | BestOfN
     if task.attempts == 1:
-        work = Attempt(task, settings, events, model, cancel)
+        work = Attempt(task, settings, events, model, cancel, approve=approve)
     else:
         work = BestOfN(task, settings, events, model, cancel)
     try:

@@ -6,6 +6,11 @@ FormatError (a malformed reply, or `Repeated`: the same reply again), `CommandFa
 after a failed command), `FinishRejected` (the verifier's objection), `Finished`, and
 `LimitReached` (turns, time, tokens, cost, context window, stuck, or `Cancelled`).
 
+A front end at a terminal may set `approve`, asked before each command (and again when a
+sandboxed command failed, whether to run it outside the sandbox); a refusal is `CommandRefused`,
+an interruption carrying the user's reason to the model. `run(..., history=...)` continues an
+earlier conversation (an interactive session's next request) instead of starting one.
+
 Two protocols carry the commands (see protocol.py): "text", a fenced ```bash block per reply
 answered by a user message, and "tools", a native `shell` or `finish` tool call answered by a
 `tool` message (a format error answers the bad call, or is a user message when the reply made
@@ -39,6 +44,25 @@ AfterCommand = Callable[[str, CommandResult], str | None]
 CallMcp = Callable[[McpCall], McpResult]
 
 
+@dataclass(frozen=True)
+class Decision:
+    """A front end's answer about one command: run it (outside the sandbox?) or refuse it,
+    with the reason the model is told."""
+
+    run: bool = True
+    outside_sandbox: bool = False
+    reason: str = ""
+
+
+# Asked before a command runs (`failed` is None), and after a sandboxed command failed (`failed`
+# is its result; a Decision to run outside the sandbox runs it again there). May block for as
+# long as the person takes to answer.
+Approve = Callable[[str, CommandResult | None], Decision]
+
+# What answers the last reply of an earlier conversation when a new request continues it.
+CONTINUED = "(This is where the previous request ended.)"
+
+
 class Interruption(Exception):
     """Ends a turn early; `message` is what the model is told about its reply."""
 
@@ -49,6 +73,24 @@ class Interruption(Exception):
 
 class CommandFailed(Interruption):
     """The reply finished after a command that failed."""
+
+
+class CommandRefused(Interruption):
+    """The person at the terminal refused to let the command run; `message` gives their
+    reason to the model."""
+
+    def __init__(self, command: str, reason: str, after_failure: str = "") -> None:
+        why = reason.strip() or "no reason given"
+        first = command.strip().splitlines()[0] if command.strip() else command
+        text = (
+            f"{after_failure}\nThe user would not run it outside the sandbox ({why})."
+            if after_failure
+            else f"The user refused to run `{first[:200]}` ({why}). It did not run. "
+            "Take that into account and do something else."
+        )
+        super().__init__(text)
+        self.command = command
+        self.reason = why
 
 
 class FinishRejected(Interruption):
@@ -144,6 +186,8 @@ class Agent:
         cancel: threading.Event | None = None,
         pricing: Pricing | None = None,
         call_mcp: CallMcp | None = None,
+        approve: Approve | None = None,
+        outside_sandbox: Sandbox | None = None,
     ) -> None:
         self.wire = protocol_for(protocol) if isinstance(protocol, str) else protocol
         self.protocol = self.wire.name  # the name ("text" or "tools"), which prompts_for takes
@@ -157,7 +201,12 @@ class Agent:
         self.cancel = cancel
         self.pricing = pricing
         self.call_mcp = call_mcp
+        # The approval hook and where an approved command runs unconfined (see Approve).
+        self.approve = approve
+        self.outside_sandbox = outside_sandbox
         self.messages: list[Message] = []
+        # Where this run's own messages start (after a continued conversation's).
+        self._own_from = 0
         self.usage = Usage()
         self.turns = 0
         self.model_seconds = 0.0
@@ -169,10 +218,22 @@ class Agent:
         # The last reply, until a message answers it (its tool calls each need a `tool` message).
         self._unanswered: Reply | None = None
 
-    def run(self, system: str, first: str) -> Outcome:
+    def run(self, system: str, first: str, history: list[Message] | None = None) -> Outcome:
+        """Run until finished or stopped. With `history` (an earlier conversation), `system` is
+        not used: the conversation goes on with `first` as the next user message, so the
+        prompt's prefix stays as the model (and its cache) saw it."""
         self._started = time.monotonic()
         self.messages = []
-        self.add("system", system)
+        if history:
+            self._append(*history)
+            last = history[-1]
+            if last.get("role") == "assistant":
+                # Its tool calls (a finish, or a command cut short) each need an answer.
+                for call in last.get("tool_calls") or []:
+                    self._append({"role": "tool", "tool_call_id": call["id"], "content": CONTINUED})
+            self._own_from = len(self.messages)
+        else:
+            self.add("system", system)
         self.add("user", first)
         while True:
             try:
@@ -225,8 +286,29 @@ class Agent:
         raise Finished(action.summary)
 
     def execute(self, command: str) -> CommandResult:
+        """Run `command` (asking `approve` first when set); raises CommandRefused or Cancelled."""
+        outside = False
+        if self.approve is not None:
+            decision = self.approve(command, None)
+            if not decision.run:
+                raise CommandRefused(command, decision.reason)
+            outside = decision.outside_sandbox and self.outside_sandbox is not None
+        result = self._run(command, outside)
+        if self.approve is None or outside or result.exit_code == 0 or self._cancelled():
+            return result
+        if self.outside_sandbox is None:
+            return result
+        again = self.approve(command, result)
+        if again.run and again.outside_sandbox:
+            return self._run(command, True)
+        if not again.run and again.reason:
+            raise CommandRefused(command, again.reason, after_failure=self._observe(result))
+        return result
+
+    def _run(self, command: str, outside: bool) -> CommandResult:
         self.events.emit("command.started", turn=self.turns, command=command)
-        result = self.sandbox.run(command)
+        box = self.outside_sandbox if outside and self.outside_sandbox is not None else self.sandbox
+        result = box.run(command)
         cancelled = bool(getattr(result, "cancelled", False))  # newer sandboxes say so
         self.events.emit(
             "command.finished",
@@ -291,7 +373,7 @@ class Agent:
 
     def _said_before(self, reply: Reply) -> bool:
         message = assistant_message(reply)
-        return any(_same_reply(m, message) for m in self.messages)
+        return any(_same_reply(m, message) for m in self.messages[self._own_from :])
 
     def _record(self, reply: Reply) -> None:
         """Count the reply, append it to the history and emit `model.reply`."""
