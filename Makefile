@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format e2e unit sandbox-deps postgres-deps browser-deps clean
+.PHONY: demo test lint format e2e unit sandbox-deps postgres-deps browser-deps terminal-deps clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
@@ -34,13 +34,20 @@ browser-deps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	  else echo "Chromium is missing, so the web UI's test is skipped: run 'sudo apt-get install chromium' to run it."; fi; }
 
+# The interactive session's tests drive a real `pullsmith` in a tmux terminal; without tmux they
+# are skipped.
+terminal-deps:
+	@command -v tmux >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux; \
+	  else echo "tmux is missing, so the session's terminal tests are skipped: run 'sudo apt-get install tmux' to run them."; fi; }
+
 demo: $(STAMP) sandbox-deps
 	bash examples/demo.sh
 
-test: $(STAMP) sandbox-deps postgres-deps browser-deps lint
+test: $(STAMP) sandbox-deps postgres-deps browser-deps terminal-deps lint
 	$(BIN)/pytest -ra
 
-unit: $(STAMP) sandbox-deps postgres-deps
+unit: $(STAMP) sandbox-deps postgres-deps terminal-deps
 	$(BIN)/pytest -ra -m "not e2e"
 
 e2e: $(STAMP) sandbox-deps

@@ -1,4 +1,4 @@
-"""The command line: exec, model, cleanup, mcp, mcp-server."""
+"""The command line: the session (no command), resume, exec, model, cleanup, mcp, mcp-server."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from pullsmith.mcp import commands as mcp_commands
 from pullsmith.models.prices import format_cost
 from pullsmith.pr import commands as pr_commands
 from pullsmith.pr.publish import GitHubPublisher, LocalPublisher
+from pullsmith.session import commands as session_commands
 from pullsmith.task import AttemptResult, Task
 from pullsmith.workspace import is_url
 
@@ -246,10 +247,82 @@ def print_summary(console: Console, d: dict[str, Any], price_source: str | None 
         console.print(table)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
 @click.version_option(__version__, prog_name="pullsmith")
-def main_group() -> None:
-    """pullsmith: a task in words becomes a tested commit on a new branch."""
+@click.pass_context
+def main_group(ctx: click.Context) -> None:
+    """pullsmith: a task in words becomes a tested commit on a new branch.
+
+    With no command, at a terminal in a git repository: an interactive session.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        click.echo(ctx.get_help())
+        return
+    session_commands.open_session(settings_from_flags(), session_commands.DEFAULT_APPROVAL)
+
+
+@main_group.command("session")
+@click.option("--repo", default=".", show_default=True, help="Repository path.")
+@session_commands.approval_option
+@model_options
+@click.option("--sandbox", type=click.Choice(SANDBOX_CHOICES), default=None, help="Default bwrap.")
+@click.option(
+    "--sandbox-policy",
+    type=click.Choice(POLICY_CHOICES),
+    default=None,
+    help="What the model's commands may do (default workspace-write).",
+)
+@click.option("--max-turns", type=int, default=None, help="Model turns per request.")
+@click.option("--test-command", default=None, help="Command that runs the repository's tests.")
+def session_command(
+    repo: str,
+    approval: str,
+    model: str | None,
+    base_url: str | None,
+    protocol: str | None,
+    edit_forms: str | None,
+    sandbox: str | None,
+    sandbox_policy: str | None,
+    max_turns: int | None,
+    test_command: str | None,
+) -> None:
+    """An interactive session: type requests, approve commands, /diff, /undo, /apply, /pr."""
+    settings = settings_from_flags(
+        model=model,
+        base_url=base_url,
+        protocol=protocol,
+        edit_forms=edit_forms,
+        sandbox=sandbox,
+        sandbox_policy=sandbox_policy,
+        max_turns=max_turns,
+        test_command=test_command,
+    )
+    session_commands.open_session(settings, approval, repo)
+
+
+@main_group.command("resume")
+@click.argument("session_id", metavar="[ID]", required=False)
+@click.option("--last", is_flag=True, help="Continue the most recent session of this repository.")
+@session_commands.approval_option
+@model_options
+@click.option("--sandbox", type=click.Choice(SANDBOX_CHOICES), default=None, help="Default bwrap.")
+def resume_command(
+    session_id: str | None,
+    last: bool,
+    approval: str,
+    model: str | None,
+    base_url: str | None,
+    protocol: str | None,
+    edit_forms: str | None,
+    sandbox: str | None,
+) -> None:
+    """Continue a session of this repository (lists them when no ID is given)."""
+    settings = settings_from_flags(
+        model=model, base_url=base_url, protocol=protocol, edit_forms=edit_forms, sandbox=sandbox
+    )
+    session_commands.resume_session(settings, approval, session_id, last)
 
 
 @main_group.command("exec")
@@ -283,6 +356,14 @@ def main_group() -> None:
     help="Follow up on a task or pull request: same branch, more commits.",
 )
 @click.option("--publish", is_flag=True, help="Publish the pull request to GitHub afterwards.")
+@click.option(
+    "--resume",
+    "resume_id",
+    metavar="SESSION",
+    default=None,
+    help="Continue an interactive session headless: one more request on its branch, with its "
+    "conversation (no PR is recorded; /pr in the session does that).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Show more of each command and its output.")
 def exec_command(
     instruction: str,
@@ -303,6 +384,7 @@ def exec_command(
     keep: bool,
     continue_from: str | None,
     publish: bool,
+    resume_id: str | None,
     verbose: bool,
 ) -> None:
     """Work on INSTRUCTION in a new worktree and commit the result on a new branch."""
@@ -323,7 +405,18 @@ def exec_command(
         raise UserError(
             "a follow-up continues one branch, so it runs as one attempt; drop --attempts."
         )
-    if continue_from is not None:
+    session = None
+    if resume_id is not None:
+        if continue_from is not None or attempts > 1 or publish:
+            raise UserError(
+                "--resume continues a session as one request; drop --continue, --attempts and "
+                "--publish."
+            )
+        from pullsmith.session.core import Session
+
+        session = Session.load(settings, resume_id)
+        task = session.task_for(instruction)
+    elif continue_from is not None:
         task, _ = pr_commands.follow_up_task(settings, continue_from, instruction, keep, repo, base)
     else:
         task = Task(
@@ -341,11 +434,15 @@ def exec_command(
     listener = (lambda e: print(e.to_json(), flush=True)) if as_json else view
     publisher = GitHubPublisher(settings) if publish else LocalPublisher(settings)
     executor = ThreadExecutor(1, log_path=run_dir / "model-server.log")
-    engine = Engine(settings, executor, publisher)
+    engine = Engine(settings, executor, None if session is not None else publisher)
     try:
         result = _wait(engine.submit(task, [listener, _warn]))
     finally:
         engine.close()
+    if session is not None:
+        turn = session.finish_turn(task, result)
+        if not as_json:
+            console.print(f"session {session.record.id}: checkpoint {turn.end[:10]}")
     if result.status == "error":
         notes = []
         log = run_dir / "events.jsonl"
