@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from conftest import EXAMPLES, bwrap_works, git
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "pr"))
@@ -96,11 +95,12 @@ def write_history(run_dir: Path, replies: list[str]) -> Path:
     return run_dir
 
 
-@pytest.fixture(scope="session", name="recordings")
-def recordings_fixture(tmp_path_factory) -> dict[str, str]:
-    """Model specs to replay: "good" (recorded by `pullsmith exec`), "sleepy" (sleeps 60 s
-    first) and "slow" (sleeps 4 s, then the good run)."""
-    root = tmp_path_factory.mktemp("recording")
+def record_runs(root: Path) -> dict[str, str]:
+    """Model specs to replay, made under `root`: "good" (recorded by `pullsmith exec`),
+    "sleepy" (sleeps 60 s first) and "slow" (sleeps 4 s, then the good run).
+
+    The session's `recordings` fixture (tests/service/conftest.py) calls this once for every
+    module of tests/service."""
     repo = make_repo(root / "inventory")
     env = server_env(root / "data", OPENAI_API_KEY="sk-test")
     with ScriptedServer(GOOD_REPLIES) as model:
@@ -124,6 +124,11 @@ def recordings_fixture(tmp_path_factory) -> dict[str, str]:
         "sleepy": f"replay:{sleepy}",
         "slow": f"replay:{slow}",
     }
+
+
+# Modules used to import the fixture from here (one recording per module); the name stays so
+# that such an import still works, but the fixture is conftest.py's now.
+recordings_fixture = record_runs
 
 
 class Server:

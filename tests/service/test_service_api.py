@@ -11,7 +11,6 @@ import pytest
 from service_helpers import (
     Server,
     make_repo,
-    recordings_fixture,  # noqa: F401 (the recordings fixture)
     server_env,
     stream,
 )

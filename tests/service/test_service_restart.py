@@ -12,7 +12,6 @@ from service_helpers import (
     Server,
     alive,
     make_repo,
-    recordings_fixture,  # noqa: F401 (the recordings fixture)
     stream,
 )
 

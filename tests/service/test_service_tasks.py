@@ -15,7 +15,6 @@ from service_helpers import (
     INSTRUCTION,
     Server,
     make_repo,
-    recordings_fixture,  # noqa: F401 (the recordings fixture)
     stream,
 )
 

@@ -75,6 +75,7 @@ ERROR_STATUSES = {
     "404": "No such task, pull request or path.",
     "409": "The request conflicts with the state of the task or pull request.",
     "422": "The request is not valid: the sentence says what to send.",
+    "503": "The store can't be written just now (read-only, disk full); nothing was kept.",
 }
 EXTRA_SUCCESS = {
     ("post", "/api/tasks/{task_id}/cancel"): ("202", "The running task was asked to stop."),
