@@ -312,3 +312,23 @@ def test_apply_patch_runs_inside_the_sandbox(tmp_path):
     result = box.run(f"{sys.executable} -m pullsmith.tools.apply_patch", stdin=patch)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "a.txt").read_text() == "two\n"
+
+
+@needs_bwrap
+def test_a_long_lived_process_sees_its_own_files_but_not_what_is_hidden(workspace, tmp_path):
+    # tmp_path is under /tmp, which the sandbox replaces with an empty tmpfs: an MCP server's
+    # script kept there (or under the hidden $HOME) is only there when it is made visible.
+    own = tmp_path / "server"
+    own.mkdir()
+    (own / "script.txt").write_text("the server's own file\n")
+    (own / "secret.txt").write_text("hidden\n")
+    box = sandbox(workspace, hidden_paths=(own / "secret.txt",))
+    read = ["bash", "-c", f"cat {own}/script.txt; cat {own}/secret.txt; echo done"]
+
+    argv, env = box.long_lived_argv(read)
+    plain = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert "the server's own file" not in plain.stdout and "done" in plain.stdout
+
+    argv, env = box.long_lived_argv(read, visible=[own])
+    shown = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert shown.stdout == "the server's own file\ndone\n", shown

@@ -57,10 +57,23 @@ def launcher_for(sandbox: Sandbox | None, workspace: Path) -> Launcher:
         if server.trusted:
             return argv, dict(server.env), cwd
         assert sandbox is not None, "an untrusted server needs the run's sandbox"
-        confined, env = long_lived_process(sandbox, argv, dict(server.env), cwd)
+        confined, env = long_lived_process(sandbox, argv, dict(server.env), cwd, own_files(server))
         return confined, env, cwd
 
     return launch
+
+
+def own_files(server: McpServer) -> list[Path]:
+    """The directories of the files a server's command line names (its script, its package)
+    and its `cwd`: a sandboxed server sees them read-only wherever they are."""
+    found: list[Path] = []
+    for item in (server.command, *server.args, server.cwd or ""):
+        path = Path(item).expanduser()
+        if not path.is_absolute() or not path.exists():
+            continue
+        path = path.resolve()
+        found.append(path if path.is_dir() else path.parent)
+    return list(dict.fromkeys(found))
 
 
 class _Connection:

@@ -79,16 +79,18 @@ def long_lived_process(
     argv: Sequence[str],
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    visible: Sequence[Path] = (),
 ) -> tuple[list[str], dict[str, str]]:
     """The argv and environment that run `argv` as a long-lived process (an MCP server) under
-    `sandbox`'s policy; the caller spawns it with its working directory set to `cwd` (default:
-    the workspace). See `BwrapSandbox.long_lived_argv` for what bwrap leaves out.
+    `sandbox`'s policy, seeing `visible` read-only besides; the caller spawns it with its
+    working directory set to `cwd` (default: the workspace). See
+    `BwrapSandbox.long_lived_argv` for what bwrap leaves out.
 
     `none` gives `argv` as it is, with the scrubbed environment plus `env`; docker and podman
     refuse with a UserError (a container per server is not built).
     """
     if isinstance(sandbox, BwrapSandbox):
-        return sandbox.long_lived_argv(argv, env, cwd)
+        return sandbox.long_lived_argv(argv, env, cwd, visible)
     if isinstance(sandbox, NoSandbox):
         return list(argv), {**sandbox.env, **(env or {})}
     raise UserError(

@@ -23,6 +23,7 @@ limits.py, as for every backend.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import shutil
@@ -302,6 +303,7 @@ class BwrapSandbox:
         argv: Sequence[str],
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        visible: Sequence[Path] = (),
     ) -> tuple[list[str], dict[str, str]]:
         """The argv and environment that start `argv` as a long-lived process (an MCP server
         talking over its stdin and stdout) under this sandbox's policy, for the caller to spawn.
@@ -311,8 +313,16 @@ class BwrapSandbox:
         the thread that spawns it. Unlike `run`, nothing else applies: no seccomp filter (its
         program is read from a descriptor bwrap would need kept open for the process's whole
         life), and no timeout, cgroup or rlimits (the caller decides when it ends).
+        `visible` are more paths it sees read-only (its own program's files, wherever they
+        are: under the hidden $HOME or /tmp too); what the policy hides stays hidden.
         """
-        prefix = list(self.argv_prefix)
+        sandbox = self
+        if visible:
+            roots = (*self.policy.read_only_roots, *visible)
+            sandbox = BwrapSandbox(
+                self.workspace, dataclasses.replace(self.policy, read_only_roots=roots)
+            )
+        prefix = list(sandbox.argv_prefix)
         if cwd is not None:
             prefix += ["--chdir", str(cwd)]  # bwrap takes the last --chdir
         return [*prefix, "--", *argv], {**self.env, **(env or {})}
