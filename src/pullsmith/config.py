@@ -359,14 +359,20 @@ def prices_from_table(table: Any, source: str) -> tuple[PriceSetting, ...]:
     return tuple(rows)
 
 
-def _from_toml(path: Path) -> dict[str, Any]:
+def config_table(path: Path) -> dict[str, Any]:
+    """The settings table of a pullsmith.toml or config.toml (its `[pullsmith]` table, or the
+    whole file), {} when there is no such file; UserError when it is not valid TOML."""
     if not path.is_file():
         return {}
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path} is not valid TOML ({exc}); fix or remove that file.") from None
-    table = dict(raw.get("pullsmith", raw))
+    return dict(raw.get("pullsmith", raw))
+
+
+def _from_toml(path: Path) -> dict[str, Any]:
+    table = config_table(path)
     values: dict[str, Any] = {}
     if "environment" in table:
         values["environment"] = environment_from_table(table.pop("environment"), str(path))

@@ -476,29 +476,35 @@ class Workspace:
             "--no-renames",
             cwd=self.path,
         )
-        entries: list[tuple[str, str]] = []
-        for record in out.split("\0"):
-            if len(record) < 4:
-                continue
-            path = record[3:]
-            if path.endswith("/"):
-                entries.append((path.rstrip("/"), ""))
-            else:
-                entries.append((path, self._blob(path)))
+        paths = [record[3:] for record in out.split("\0") if len(record) >= 4]
+        blobs = self._blobs([path for path in paths if not path.endswith("/")])
+        entries = [
+            (path.rstrip("/"), "") if path.endswith("/") else (path, blobs[path]) for path in paths
+        ]
         return replace(self, left_out=tuple(entries))
 
-    def _blob(self, path: str) -> str:
-        """The blob hash of the worktree's file `path` now, or "-" when it is not there."""
-        full = self.path / path
-        if not full.is_file() and not full.is_symlink():
-            return "-"
-        return git("hash-object", "--no-filters", "--", path, cwd=self.path).strip()
+    def _blobs(self, paths: list[str]) -> dict[str, str]:
+        """The blob hash of each of the worktree's files `paths` now ("-" for one not there),
+        from one `git hash-object` for them all."""
+        found = {p: "-" for p in paths}
+        present = [p for p in paths if (self.path / p).is_file() or (self.path / p).is_symlink()]
+        if present:
+            out = git(
+                "hash-object",
+                "--no-filters",
+                "--stdin-paths",
+                cwd=self.path,
+                input="".join(p + "\n" for p in present),
+            )
+            found.update(zip(present, out.split(), strict=True))
+        return found
 
     def _pathspec(self) -> list[str]:
         """Everything in the worktree but the setup's leftovers that are still as it left them."""
+        files = self._blobs([path for path, blob in self.left_out if blob])
         spec = ["--", "."]
         for path, blob in self.left_out:
-            if blob and self._blob(path) != blob:
+            if blob and files[path] != blob:
                 continue
             spec.append(f":(exclude,literal){path}")
         return spec

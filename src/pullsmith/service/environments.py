@@ -11,7 +11,6 @@ Secret values go to the setup command only; the API shows their names, never the
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
@@ -22,7 +21,7 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from pullsmith.config import SECRET_NAME, Environment, environment_from_table
+from pullsmith.config import SECRET_NAME, Environment, config_table, environment_from_table
 from pullsmith.errors import UserError
 from pullsmith.service.errors import Invalid, NotFound
 from pullsmith.service.tables import ServiceEnvironment
@@ -146,14 +145,10 @@ class Environments:
 
 def repo_file_environment(repo: str) -> Environment | None:
     """The `[environment]` of `repo`'s own pullsmith.toml (a local repository's working tree)."""
-    path = Path(repo) / "pullsmith.toml"
-    if not Path(repo).is_absolute() or not path.is_file():
+    if not Path(repo).is_absolute():
         return None
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
-        raise UserError(f"{path} is not valid TOML ({exc}); fix that file.") from None
-    table = raw.get("pullsmith", raw).get("environment")
+    path = Path(repo) / "pullsmith.toml"
+    table = config_table(path).get("environment")
     return None if table is None else environment_from_table(table, str(path))
 
 
