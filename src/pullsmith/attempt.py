@@ -389,13 +389,14 @@ class Attempt:
             max_turns=s.max_turns,
             max_time_s=s.max_time_s,
             max_tokens=s.max_tokens,
-            context_tokens=s.n_ctx if s.uses_local_model else None,
+            context_tokens=s.n_ctx if s.uses_local_model else s.context_window,
             reply_tokens=s.max_reply_tokens,
             format_errors=s.format_error_limit,
             finish_retries=s.finish_retries,
             stuck_repeats=1 if self.task.stop_when_stuck else None,
             max_cost=s.max_cost,
             cost_before=self.cost_before,
+            compact=s.compact,
         )
 
     @staticmethod

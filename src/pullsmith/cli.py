@@ -19,6 +19,7 @@ from pullsmith import __version__
 from pullsmith.attempt import run_dir_for
 from pullsmith.cli_options import (
     attempt_options,
+    compact_option,
     executor_option,
     max_cost_option,
     model_options,
@@ -344,6 +345,7 @@ def resume_command(
 )
 @click.option("--max-turns", type=int, default=None, help="Stop after this many model turns.")
 @max_cost_option
+@compact_option
 @click.option("--test-command", default=None, help="Command that runs the repository's tests.")
 @attempt_options
 @click.option("--json", "as_json", is_flag=True, help="Stream events as JSON lines to stdout.")
@@ -377,6 +379,7 @@ def exec_command(
     sandbox_policy: str | None,
     max_turns: int | None,
     max_cost: float | None,
+    compact: bool | None,
     test_command: str | None,
     attempts: int,
     until_pass: bool,
@@ -397,6 +400,7 @@ def exec_command(
         sandbox_policy=sandbox_policy,
         max_turns=max_turns,
         max_cost=max_cost,
+        compact=compact,
         test_command=test_command,
     )
     if not instruction.strip():

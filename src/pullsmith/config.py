@@ -169,6 +169,12 @@ class Settings:
     finish_retries: int = 2
     format_error_limit: int = 3
     n_ctx: int = 8192
+    # The context window of an API model, in tokens (the bundled model's is n_ctx); None:
+    # unknown, so the run never compacts or stops for it and the provider says when it is full.
+    context_window: int | None = None
+    # Near the context window, compact the older turns into a summary the model writes
+    # instead of stopping (see pullsmith.agent.compaction).
+    compact: bool = True
     threads: int = 2
     port: int | None = None
     # The bundled model is already served at this OpenAI base URL (`http://127.0.0.1:PORT/v1`,
@@ -273,6 +279,19 @@ _ENV_VARS = {
 }
 
 
+def _boolean(name: str, value: Any, source: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise UserError(
+        f"setting '{name}' in {source} must be true or false, not {value!r}; fix it there."
+    )
+
+
 def _coerce(name: str, value: Any, source: str) -> Any:
     kind = str(_FIELD_TYPES[name])
     if name == "executor" and value not in EXECUTORS:
@@ -299,6 +318,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
                 f"{', '.join(EDIT_FORMS)}, not {value!r}; fix it there."
             )
         return ",".join(forms)
+    if "bool" in kind:
+        return _boolean(name, value, source)
     try:
         if "int" in kind:
             return int(value)

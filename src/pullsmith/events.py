@@ -157,6 +157,26 @@ class LimitReachedEvent(Payload):
     reason: str
 
 
+class ContextCompacted(Payload):
+    """The older turns were replaced by a summary to fit the model's context window."""
+
+    type: ClassVar[str] = "context.compacted"
+    turn: int
+    trigger: str
+    dropped_turns: int
+    dropped_messages: int
+    kept_turns: int
+    tokens_before: int
+    tokens_after: int
+    window: int | None = None
+    summary: str
+    fallback: str = ""
+    seconds: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+
 class EditMade(Payload):
     type: ClassVar[str] = "edit"
     form: str
@@ -319,6 +339,7 @@ EVENT_TYPES: dict[str, type[Payload]] = {
         FinishRejected,
         AgentFinished,
         LimitReachedEvent,
+        ContextCompacted,
         EditMade,
         CommitCreated,
         AttemptFinished,

@@ -29,6 +29,7 @@ from rich.table import Table
 
 from pullsmith.cli_options import (
     attempt_options,
+    compact_option,
     executor_option,
     max_cost_option,
     model_options,
@@ -202,6 +203,7 @@ class ProgressView(Listener):
 @click.option("--sandbox", type=click.Choice(SANDBOX_NAMES), default=None, help="Sandbox.")
 @click.option("--max-turns", type=int, default=None, help="Turn limit per task.")
 @max_cost_option
+@compact_option
 @click.option("--seed", type=int, default=None, help="Sampling seed, where the model takes one.")
 @attempt_options
 @click.option(
@@ -237,6 +239,7 @@ def run_command(
     edit_forms: str | None,
     max_turns: int | None,
     max_cost: float | None,
+    compact: bool | None,
     seed: int | None,
     attempts: int,
     until_pass: bool,
@@ -268,6 +271,7 @@ def run_command(
         edit_forms=edit_forms,
         max_turns=max_turns,
         max_cost=max_cost,
+        compact=compact,
         seed=seed,
         executor=executor,
     )

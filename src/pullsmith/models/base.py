@@ -7,6 +7,16 @@ from typing import Any, Protocol
 
 Message = dict[str, Any]
 
+# The user message that asks a model to summarize the conversation so far, sent when the
+# conversation nears its context window (pullsmith.agent.compaction); a replay answers it
+# with the run's recorded summaries, apart from its other replies.
+COMPACTION_REQUEST = (
+    "Your context window is nearly full, so the turns above (after the task) will be replaced "
+    "by a summary. Write that summary now, in at most 150 words of plain text: what you found "
+    "out about the bug, which files you changed and how, which commands and tests you ran and "
+    "what they showed, and what is still left to do. Do not write a command or a code block."
+)
+
 
 @dataclass
 class Usage:
