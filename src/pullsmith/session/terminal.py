@@ -268,6 +268,18 @@ class SessionApp:
             )
         elif command.name == "test":
             self._test()
+        elif command.name == "compact":
+            self.console.print("[dim]asking the model for a summary of the older turns…[/]")
+            done = session.compact()
+            self.view.context_tokens = 0
+            how = (
+                f" ({done.fallback}; pullsmith wrote it from the commands)" if done.fallback else ""
+            )
+            self.console.print(
+                f"compacted {done.dropped_turns} turn(s) into a summary{how}, kept the task and the "
+                f"last {done.kept_turns} turn(s): {done.chars_before:,} → {done.chars_after:,} "
+                f"characters.\n[dim]{escape(done.summary)}[/]"
+            )
         elif command.name == "model":
             session.use_model(command.arg)
             self.console.print(f"model {escape(command.arg)} from the next request on.")

@@ -147,6 +147,13 @@ class SessionView:
         reason = "interrupted" if d["reason"] == "cancelled" else d["reason"]
         self.console.print(f"[yellow]stopped: {escape(reason)}[/]")
 
+    def on_context_compacted(self, d: dict[str, Any]) -> None:
+        self.context_tokens = int(d.get("tokens_after") or 0)
+        self.console.print(
+            f"[yellow]context nearly full:[/] compacted {d['dropped_turns']} older turn(s) into a "
+            f"summary (~{d['tokens_before']:,} → ~{d['tokens_after']:,} tokens)"
+        )
+
     def on_error(self, d: dict[str, Any]) -> None:
         self.console.print(f"[red]error:[/] {escape(d['message'])}")
 
