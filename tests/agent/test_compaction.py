@@ -284,3 +284,29 @@ def test_reply_usage_of_a_plain_reply_is_kept():
     ]
     done = compact(model, messages, protocol_for("text"))
     assert done.usage.cached_tokens == 40 and done.kept_turns == 0
+
+
+def test_the_summary_request_holds_only_the_dropped_turns_that_fit_the_window():
+    messages = [{"role": "system", "content": "s" * 300}, {"role": "user", "content": "task"}]
+    for n in range(5):
+        messages += [
+            {"role": "assistant", "content": f"```bash\ncat part{n}\n```"},
+            {"role": "user", "content": "exit code 0\n```\n" + "x" * 3000 + "\n```"},
+        ]
+    model = ScriptedModel(["Read parts 0 and 1."])
+    # ~1,200 tokens a turn at 0.4 tokens a character: two of the three dropped turns fit.
+    done = compact(model, messages, protocol_for("text"), window=3600, tokens_per_char=0.4)
+    assert done.dropped_turns == 3 and done.fallback == ""
+    shown = model.seen[0]
+    assert shown[-1]["content"] == SUMMARY_REQUEST
+    assert [m["content"] for m in shown if m["role"] == "assistant"] == [
+        "```bash\ncat part0\n```",
+        "```bash\ncat part1\n```",
+    ]
+    assert "`cat part2` → 0" in done.messages[3]["content"]  # dropped all the same
+    # When not even one fits, no request is made and pullsmith writes the summary.
+    model = ScriptedModel([])
+    done = compact(model, messages, protocol_for("text"), window=1000, tokens_per_char=0.4)
+    assert model.seen == [] and done.request == []
+    assert done.fallback == "the turns to drop do not fit in the window for a summary request"
+    assert done.summary.startswith("I ran: `cat part0` → 0")

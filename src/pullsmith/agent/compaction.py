@@ -32,6 +32,10 @@ DROPPED_NOTE = (
     "Commands they ran, with exit codes: {commands}.)"
 )
 CURRENT_REQUEST = "The request you are working on now:\n\n{request}"
+# Tokens the summary request keeps free for the summary, and the tokens per character assumed
+# for it when nothing was counted yet (code often takes fewer than 3 characters a token).
+SUMMARY_RESERVE = 600
+UNCOUNTED_TOKENS_PER_CHAR = 0.4
 CODE_BLOCK = re.compile(r"```.*?(```|\Z)", re.DOTALL)
 SUMMARY_CHARS = 1500
 
@@ -86,6 +90,8 @@ def compact(
     current: int | None = None,
     keep_turns: int = 2,
     temperature: float | None = None,
+    window: int | None = None,
+    tokens_per_char: float | None = None,
 ) -> Compaction:
     """Replace the older turns of `messages` by a summary the model writes.
 
@@ -108,18 +114,24 @@ def compact(
     usage = Usage()
     fallback = ""
     summary = ""
-    options = {k: v for k, v in wire.request().items() if k != "stop"}
     asked: Message = {"role": "user", "content": SUMMARY_REQUEST}
     answered: Message = {"role": "assistant", "content": ""}
-    try:
-        reply: Reply = model.complete([*head, *middle, asked], temperature=temperature, **options)
-        answered = {"role": "assistant", "content": reply.text}
-        usage = reply.usage
-        summary = _clean(reply.text)
-        if not summary:
-            fallback = "the model's reply had no summary in it"
-    except Exception as exc:  # noqa: BLE001 - any provider failure falls back to our own words
-        fallback = f"the summary request failed ({_one_line(exc)})"
+    shown = _fitting(messages, dropped, window, tokens_per_char or UNCOUNTED_TOKENS_PER_CHAR)
+    request: list[Message] = []
+    if shown is None:
+        fallback = "the turns to drop do not fit in the window for a summary request"
+    else:
+        request = [*messages[:shown], asked]
+        options = {k: v for k, v in wire.request().items() if k != "stop"}
+        try:
+            reply: Reply = model.complete(request, temperature=temperature, **options)
+            answered = {"role": "assistant", "content": reply.text}
+            usage = reply.usage
+            summary = _clean(reply.text)
+            if not summary:
+                fallback = "the model's reply had no summary in it"
+        except Exception as exc:  # noqa: BLE001 - any provider failure: our own words instead
+            fallback = f"the summary request failed ({_one_line(exc)})"
     commands = dropped_commands(middle)
     if not summary:
         summary = "I ran: " + (", ".join(commands) if commands else "no commands") + "."
@@ -146,8 +158,29 @@ def compact(
         usage=usage,
         seconds=round(time.monotonic() - started, 3),
         fallback=fallback,
-        request=[asked, answered],
+        request=[asked, answered] if request else [],
     )
+
+
+def _fitting(
+    messages: list[Message],
+    dropped: list[tuple[int, int]],
+    window: int | None,
+    tokens_per_char: float,
+) -> int | None:
+    """Where the summary request's conversation ends: after the last dropped turn that fits in
+    `window` with the request and SUMMARY_RESERVE to spare; None when not even the first does."""
+    if window is None:
+        return dropped[-1][1]
+    budget = window - SUMMARY_RESERVE - len(SUMMARY_REQUEST) * tokens_per_char
+    chars = sum(message_chars(m) for m in messages[: dropped[0][0]])
+    end = None
+    for begin, finish in dropped:
+        chars += sum(message_chars(m) for m in messages[begin:finish])
+        if chars * tokens_per_char > budget:
+            break
+        end = finish
+    return end
 
 
 def dropped_commands(messages: list[Message]) -> list[str]:

@@ -232,6 +232,7 @@ class Agent:
         # Tokens per character of the last counted prompt, and whether the messages up to the
         # last reply are still the ones it counted (a compaction replaces them).
         self._tokens_per_char = 1 / 3
+        self._measured = False
         self._counted_valid = True
         self.compactions = 0
         self._compacted_at_turn = -1
@@ -406,6 +407,7 @@ class Agent:
         chars = self._counted_chars()
         if self._last_prompt_tokens and chars:
             self._tokens_per_char = self._last_prompt_tokens / chars
+            self._measured = True
         self._unanswered = reply
         calls = {"tool_calls": reply.tool_calls} if reply.tool_calls else {}
         self.events.emit(
@@ -499,6 +501,8 @@ class Agent:
             self.wire,
             current=current,
             keep_turns=self.limits.keep_turns,
+            window=self.limits.context_tokens,
+            tokens_per_char=self._tokens_per_char if self._measured else None,
         )
         if self._own_from:
             own_end = done.at + done.dropped_messages
