@@ -77,6 +77,15 @@ def isolated_home(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture
+def real_cache(monkeypatch):
+    """Use the user's real cache (the assembled 1 GB GGUF of the bundled model is reused
+    across runs instead of assembled for each test)."""
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    if os.environ.get("PULLSMITH_TEST_CACHE_HOME"):
+        monkeypatch.setenv("XDG_CACHE_HOME", os.environ["PULLSMITH_TEST_CACHE_HOME"])
+
+
+@pytest.fixture
 def example_repo(tmp_path) -> Path:
     """The demo's inventory repository, freshly committed in a temporary directory."""
     repo = tmp_path / "inventory"
