@@ -231,6 +231,7 @@ class SessionApp:
 
     def _interrupt(self, handle) -> None:  # noqa: ANN001
         if not self.cancelling:
+            self.view.interrupted()
             self.console.print("[yellow]interrupting the turn…[/]")
         self.cancelling = True
         handle.cancel()

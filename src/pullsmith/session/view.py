@@ -80,10 +80,18 @@ class SessionView:
         self._live: Live | None = None
         self._streamed = ""
         self._stream_turn: int | None = None
+        self._muted = False
 
     def begin(self) -> None:
         """Call before a turn: edits are shown against the worktree as it is now."""
         self._tree = worktree_tree(self.worktree)
+        self._muted = False
+
+    def interrupted(self) -> None:
+        """The person interrupted the turn: what streamed so far stays on the screen, and no
+        more of it is shown (the stream closes at its next piece)."""
+        self.end_stream(keep=True)
+        self._muted = True
 
     def __call__(self, event: Event) -> None:
         if event.type != "model.delta":
@@ -94,6 +102,8 @@ class SessionView:
             handler(event.data)
 
     def on_model_delta(self, d: dict[str, Any]) -> None:
+        if self._muted:
+            return
         if d["turn"] != self._stream_turn:
             self.end_stream(keep=True)
             self._stream_turn = d["turn"]
