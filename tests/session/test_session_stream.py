@@ -5,19 +5,52 @@ reply is then shown as usual; Ctrl-C during a streamed reply closes the stream."
 
 from __future__ import annotations
 
+import io
 import threading
 
 import pytest
 from fake_openai_stream import FakeStreamingServer, Scripted
+from rich.console import Console
 from session_helpers import FIX, PULLSMITH, TmuxSession, make_repo, session_env, tmux_works
 
+from pullsmith.events import Event
 from pullsmith.models.replay import text_pieces
+from pullsmith.session.view import SessionView
 
-pytestmark = pytest.mark.skipif(
+needs_tmux = pytest.mark.skipif(
     not tmux_works(), reason="tmux is not installed (make test installs it)"
 )
 
 
+def delta(turn: int, text: str) -> Event:
+    return Event(id=0, type="model.delta", task_id="t", ts=0.0, data={"turn": turn, "text": text})
+
+
+def test_the_view_shows_the_pieces_then_the_reply_or_what_was_cut(tmp_path):
+    out = io.StringIO()
+    view = SessionView(
+        Console(file=out, force_terminal=True, color_system=None, highlight=False, width=60),
+        tmp_path,
+    )
+    view(delta(1, "Looking at "))
+    view(delta(1, "the code.\n```bash\nls"))
+    shown = out.getvalue()
+    assert "Looking at" in shown and "the code." in shown
+    reply = {"turn": 1, "text": "Looking at the code.\n```bash\nls\n```", "seconds": 1.0}
+    view(Event(id=5, type="model.reply", task_id="t", ts=0.0, data=reply))
+    assert out.getvalue().endswith("● Looking at the code.\n")
+    assert "cut short" not in out.getvalue()
+    view(delta(2, "Now I will "))
+    view(
+        Event(
+            id=6, type="limit.reached", task_id="t", ts=0.0, data={"turn": 1, "reason": "cancelled"}
+        )
+    )
+    rest = out.getvalue()
+    assert "Now I will" in rest and "(reply cut short)" in rest and "stopped: interrupted" in rest
+
+
+@needs_tmux
 def test_the_reply_grows_on_the_screen_as_it_streams(tmp_path, monkeypatch):
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(var, raising=False)

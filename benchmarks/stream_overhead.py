@@ -1,0 +1,133 @@
+"""Whether streaming a reply slows the bundled model down: tokens/s streamed vs not.
+
+    .venv/bin/python benchmarks/stream_overhead.py [--runs 5] [--tokens 160]
+
+One llama.cpp server with the bundled model (pullsmith.models.local, 127.0.0.1 only), and
+pullsmith's own provider (pullsmith.models.openai_compat.OpenAIModel) asking it the same
+question `--runs` times streamed (`on_text`, as the interactive session asks) and `--runs` times
+not, in alternating order so that a busy machine slows both alike. Each reply is exactly
+`--tokens` tokens (`ignore_eos`) and the prompt is the same every time (llama.cpp's prompt
+cache serves it after the warm-up), so what is timed is the generation. Printed: the median
+tokens/s of each way (completion tokens / the call's wall time, as `model.reply` reports it),
+the streamed replies' median time to the first piece, and the ratio.
+
+Also checked once, and printed: that the streamed reply's last chunk carries the usage and
+llama.cpp's `timings` (the raw SDK stream), that the streamed and plain calls report the same
+token counts, and that a native tool call comes out the same streamed as not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import openai
+
+from pullsmith.agent.protocol import TOOLS
+from pullsmith.config import LOCAL_MODEL_NAME
+from pullsmith.models.local import ensure_model, start_local_server
+from pullsmith.models.openai_compat import OpenAIModel
+
+QUESTION = [
+    {"role": "system", "content": "You are a careful Python programmer."},
+    {
+        "role": "user",
+        "content": "Explain, step by step, how to find the bug in a function that exports a "
+        "list of rows to CSV but drops the last row, and how to test the fix.",
+    },
+]
+TOOL_QUESTION = [
+    {"role": "system", "content": "You fix bugs. Use the shell tool to run commands."},
+    {"role": "user", "content": "Run the tests of this repository with `python -m pytest -q`."},
+]
+
+
+def timed(model: OpenAIModel, stream: bool) -> tuple[float, float | None, int]:
+    """Tokens/s of one reply, seconds to its first piece (streamed only), its token count."""
+    first: list[float] = []
+    started = time.monotonic()
+
+    def on_text(piece: str) -> None:
+        if not first:
+            first.append(time.monotonic() - started)
+
+    reply = model.complete(QUESTION, temperature=0.0, on_text=on_text if stream else None)
+    tokens = reply.usage.completion_tokens
+    return tokens / reply.duration_s, (first[0] if first else None), tokens
+
+
+def raw_stream_check(base_url: str) -> str:
+    client = openai.OpenAI(base_url=base_url, api_key="none")
+    chunks = list(
+        client.chat.completions.create(
+            model=LOCAL_MODEL_NAME,
+            messages=QUESTION,
+            max_tokens=16,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    last = chunks[-1]
+    timings = (last.model_extra or {}).get("timings") or {}
+    return (
+        f"{len(chunks)} chunks; last: usage={last.usage is not None} "
+        f"(prompt {last.usage.prompt_tokens if last.usage else '?'}, completion "
+        f"{last.usage.completion_tokens if last.usage else '?'}), timings={bool(timings)} "
+        f"(cache_n {timings.get('cache_n')}, predicted_per_second "
+        f"{round(timings.get('predicted_per_second') or 0, 1)})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--tokens", type=int, default=160)
+    args = parser.parse_args()
+    server = start_local_server(ensure_model(progress=False), n_ctx=4096)
+    try:
+        model = OpenAIModel(
+            LOCAL_MODEL_NAME,
+            base_url=server.base_url,
+            seed=1,
+            max_reply_tokens=args.tokens,
+            extra_body={"cache_prompt": True, "ignore_eos": True},
+        )
+        print("raw stream:", raw_stream_check(server.base_url), flush=True)
+        timed(model, False)  # warm up: the prompt goes into the cache
+        plain: list[float] = []
+        streamed: list[float] = []
+        firsts: list[float] = []
+        counts = set()
+        for run in range(args.runs):
+            for stream in (run % 2 == 0, run % 2 != 0):
+                rate, first, tokens = timed(model, stream)
+                way = "streamed" if stream else "not streamed"
+                print(f"  run {run + 1} {way}: {tokens} tokens, {rate:.1f} tokens/s", flush=True)
+                counts.add(tokens)
+                (streamed if stream else plain).append(rate)
+                if first is not None:
+                    firsts.append(first)
+        tools_model = OpenAIModel(LOCAL_MODEL_NAME, base_url=server.base_url, seed=1)
+        calls = [
+            tools_model.complete(
+                TOOL_QUESTION, temperature=0.0, tools=TOOLS, on_text=on_text
+            ).tool_calls
+            for on_text in (None, lambda piece: None)
+        ]
+        same_calls = [(c["name"], c["arguments"]) for c in calls[0]] == [
+            (c["name"], c["arguments"]) for c in calls[1]
+        ]
+        m_plain, m_stream = statistics.median(plain), statistics.median(streamed)
+        print(f"replies of {sorted(counts)} tokens, {args.runs} runs each way, alternating")
+        print(f"not streamed: median {m_plain:.1f} tokens/s  {[round(x, 1) for x in plain]}")
+        print(f"streamed    : median {m_stream:.1f} tokens/s  {[round(x, 1) for x in streamed]}")
+        print(f"streamed / not streamed: {m_stream / m_plain:.3f}")
+        print(f"streamed, time to the first piece: median {statistics.median(firsts):.2f} s")
+        print(f"tool call streamed == not streamed: {same_calls} {calls[1]}")
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
