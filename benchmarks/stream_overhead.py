@@ -9,11 +9,13 @@ not, in alternating order so that a busy machine slows both alike. Each reply is
 `--tokens` tokens (`ignore_eos`) and the prompt is the same every time (llama.cpp's prompt
 cache serves it after the warm-up), so what is timed is the generation. Printed: the median
 tokens/s of each way (completion tokens / the call's wall time, as `model.reply` reports it),
-the streamed replies' median time to the first piece, and the ratio.
+the streamed replies' median time to the first piece, and the ratio streamed / not streamed
+(of the medians, and the median of each run's own ratio).
 
 Also checked once, and printed: that the streamed reply's last chunk carries the usage and
 llama.cpp's `timings` (the raw SDK stream), that the streamed and plain calls report the same
-token counts, and that a native tool call comes out the same streamed as not.
+token counts, and that a native tool call (asked for with `tool_choice: required`) comes out
+the same streamed as not.
 """
 
 from __future__ import annotations
@@ -41,6 +43,14 @@ TOOL_QUESTION = [
     {"role": "system", "content": "You fix bugs. Use the shell tool to run commands."},
     {"role": "user", "content": "Run the tests of this repository with `python -m pytest -q`."},
 ]
+
+
+class CallingModel(OpenAIModel):
+    """The provider with `tool_choice: required`, so that the small model surely makes a
+    call (pullsmith itself asks with "auto")."""
+
+    def _create(self, kwargs: dict) -> object:
+        return super()._create({**kwargs, "tool_choice": "required"})
 
 
 def timed(model: OpenAIModel, stream: bool) -> tuple[float, float | None, int]:
@@ -108,7 +118,7 @@ def main() -> None:
                 (streamed if stream else plain).append(rate)
                 if first is not None:
                     firsts.append(first)
-        tools_model = OpenAIModel(LOCAL_MODEL_NAME, base_url=server.base_url, seed=1)
+        tools_model = CallingModel(LOCAL_MODEL_NAME, base_url=server.base_url, seed=1)
         calls = [
             tools_model.complete(
                 TOOL_QUESTION, temperature=0.0, tools=TOOLS, on_text=on_text
@@ -119,12 +129,22 @@ def main() -> None:
             (c["name"], c["arguments"]) for c in calls[1]
         ]
         m_plain, m_stream = statistics.median(plain), statistics.median(streamed)
+        # Each run's two calls are next to each other, so their ratio is the least disturbed
+        # by a machine whose load changes.
+        ratios = [s / p for s, p in zip(streamed, plain, strict=True)]
         print(f"replies of {sorted(counts)} tokens, {args.runs} runs each way, alternating")
         print(f"not streamed: median {m_plain:.1f} tokens/s  {[round(x, 1) for x in plain]}")
         print(f"streamed    : median {m_stream:.1f} tokens/s  {[round(x, 1) for x in streamed]}")
-        print(f"streamed / not streamed: {m_stream / m_plain:.3f}")
+        print(f"streamed / not streamed: {m_stream / m_plain:.3f} (of the medians)")
+        print(
+            f"streamed / not streamed, run by run: median {statistics.median(ratios):.3f}  "
+            f"{[round(r, 3) for r in ratios]}"
+        )
         print(f"streamed, time to the first piece: median {statistics.median(firsts):.2f} s")
-        print(f"tool call streamed == not streamed: {same_calls} {calls[1]}")
+        print(
+            f"tool calls streamed == not streamed: {same_calls} ({len(calls[0])} call(s): "
+            f"{calls[1]})"
+        )
     finally:
         server.stop()
 
