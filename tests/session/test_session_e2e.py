@@ -21,6 +21,8 @@ from session_helpers import PULLSMITH, TmuxSession, session_env, tmux_works
 
 pytestmark = [
     pytest.mark.e2e,
+    # Two requests of up to three turns each, on a busy 2-core machine.
+    pytest.mark.timeout(2700),
     pytest.mark.skipif(not tmux_works(), reason="tmux is not installed (make test installs it)"),
     pytest.mark.skipif(
         importlib.util.find_spec("xllamacpp") is None
