@@ -1,6 +1,13 @@
 """Whether streaming a reply slows the bundled model down: tokens/s streamed vs not.
 
     .venv/bin/python benchmarks/stream_overhead.py [--runs 5] [--tokens 160]
+    .venv/bin/python benchmarks/stream_overhead.py --client-only [--tokens 2000]
+
+`--client-only` measures what streaming costs pullsmith's side alone, whatever the machine's
+load: a reply of `--tokens` pieces from the loopback server of the tests
+(tests/fake_openai_stream.py, 127.0.0.1, no model), streamed and not, and the client's CPU
+time (time.process_time) per piece; a token of the bundled model takes 50 to 300 ms to
+generate on this machine, which that cost is to be compared with.
 
 One llama.cpp server with the bundled model (pullsmith.models.local, 127.0.0.1 only), and
 pullsmith's own provider (pullsmith.models.openai_compat.OpenAIModel) asking it the same
@@ -22,7 +29,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import openai
 
@@ -89,11 +98,40 @@ def raw_stream_check(base_url: str) -> str:
     )
 
 
+def client_only(pieces: int, runs: int) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from fake_openai_stream import FakeStreamingServer, Scripted
+
+    costs: dict[bool, list[float]] = {True: [], False: []}
+    for run in range(runs):
+        for stream in (run % 2 == 0, run % 2 != 0):
+            reply = Scripted(pieces=[f" tok{i}" for i in range(pieces)], completion_tokens=pieces)
+            server = FakeStreamingServer([reply])
+            model = OpenAIModel("fake", base_url=server.base_url, api_key="none")
+            try:
+                cpu = time.process_time()
+                model.complete(QUESTION, on_text=(lambda piece: None) if stream else None)
+                costs[stream].append(time.process_time() - cpu)
+            finally:
+                model.close()
+                server.close()
+    # The server runs in this process too: its CPU time (sending the SSE chunks) is in both.
+    per = {k: statistics.median(v) / pieces * 1e6 for k, v in costs.items()}
+    print(f"a reply of {pieces} pieces from the loopback server, {runs} runs each way")
+    print(f"not streamed: median {statistics.median(costs[False]) * 1e3:.1f} ms of CPU")
+    print(f"streamed    : median {statistics.median(costs[True]) * 1e3:.1f} ms of CPU")
+    print(f"streamed costs {per[True] - per[False]:.0f} µs of CPU more per piece")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=160)
+    parser.add_argument("--client-only", action="store_true")
     args = parser.parse_args()
+    if args.client_only:
+        client_only(args.tokens, args.runs)
+        return
     server = start_local_server(ensure_model(progress=False), n_ctx=4096)
     try:
         model = OpenAIModel(
