@@ -317,6 +317,7 @@ class Attempt:
             call_mcp=mcp.call if mcp is not None else None,
             approve=self.approve,
             outside_sandbox=outside,
+            stream=self.settings.stream_replies,
         )
         try:
             edit_forms = resolve_edit_forms(self.settings.edit_forms, self.settings.model_name)

@@ -203,6 +203,9 @@ class Settings:
     environment: Environment | None = None
     # The MCP servers whose tools the model is offered (`[mcp_servers.NAME]`, see McpServer).
     mcp_servers: tuple[McpServer, ...] = ()
+    # Stream each model reply to the listeners as it is generated (`model.delta` events, never
+    # written to the log). Set by the interactive session for its own runs; not a config key.
+    stream_replies: bool = False
 
     @property
     def uses_local_model(self) -> bool:
@@ -250,7 +253,7 @@ class Settings:
 _FIELD_TYPES = {
     f.name: f.type
     for f in fields(Settings)
-    if f.name not in ("config_files", "environment", "prices", "mcp_servers")
+    if f.name not in ("config_files", "environment", "prices", "mcp_servers", "stream_replies")
 }
 ENVIRONMENT_KEYS = ("setup", "network", "secrets", "timeout")
 

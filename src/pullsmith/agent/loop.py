@@ -13,7 +13,9 @@ still does not fit afterwards stops with "context window full". `compact()` does
 A front end at a terminal may set `approve`, asked before each command (and again when a
 sandboxed command failed, whether to run it outside the sandbox); a refusal is `CommandRefused`,
 an interruption carrying the user's reason to the model. `run(..., history=...)` continues an
-earlier conversation (an interactive session's next request) instead of starting one.
+earlier conversation (an interactive session's next request) instead of starting one. With
+`stream`, each reply is streamed as it is generated, its pieces passed to the listeners as
+transient `model.delta` events; a cancel closes the stream at the next piece.
 
 Two protocols carry the commands (see protocol.py): "text", a fenced ```bash block per reply
 answered by a user message, and "tools", a native `shell` or `finish` tool call answered by a
@@ -199,6 +201,7 @@ class Agent:
         call_mcp: CallMcp | None = None,
         approve: Approve | None = None,
         outside_sandbox: Sandbox | None = None,
+        stream: bool = False,
     ) -> None:
         self.wire = protocol_for(protocol) if isinstance(protocol, str) else protocol
         self.protocol = self.wire.name  # the name ("text" or "tools"), which prompts_for takes
@@ -215,6 +218,8 @@ class Agent:
         # The approval hook and where an approved command runs unconfined (see Approve).
         self.approve = approve
         self.outside_sandbox = outside_sandbox
+        # Stream each reply: its pieces become transient `model.delta` events (see _delta).
+        self.stream = stream
         self.messages: list[Message] = []
         # Every message in the order the model saw them, once a compaction replaced some of
         # `messages` (None before): saved as transcript.json next to the history for replays.
@@ -280,7 +285,8 @@ class Agent:
     def step(self) -> None:
         """One turn: ask, record, parse, run, observe; whatever ends it early is raised."""
         self._check_limits()
-        reply = self.wire.ask(self.model, self.messages, self._temperature())
+        on_text = self._delta if self.stream else None
+        reply = self.wire.ask(self.model, self.messages, self._temperature(), on_text)
         repeated = self._said_before(reply)
         self._record(reply)
         action = self.wire.parse(reply)
@@ -391,6 +397,13 @@ class Agent:
         # After a repeated reply, sample hotter: at low temperature a small model that
         # repeated itself once tends to repeat itself forever.
         return min(1.0, 0.5 + 0.2 * self.repeats) if self.repeats else None
+
+    def _delta(self, text: str) -> None:
+        """A piece of the reply being streamed: a transient event for the listeners; a cancel
+        ends the reply here (the model closes its stream)."""
+        if self._cancelled():
+            raise Cancelled()
+        self.events.transient("model.delta", turn=self.turns + 1, text=text)
 
     def _said_before(self, reply: Reply) -> bool:
         message = assistant_message(reply)

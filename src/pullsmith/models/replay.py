@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ __all__ = [
     "is_replay",
     "load_recordings",
     "read_recording",
+    "text_pieces",
 ]
 
 
@@ -227,6 +229,13 @@ def load_recordings(spec: str, runs_dir: Path | None = None) -> list[Recording]:
     return recordings
 
 
+def text_pieces(text: str, pieces: int = 4) -> list[str]:
+    """`text` cut into up to `pieces` consecutive parts, as a streamed reply arrives; joined
+    they are `text` again."""
+    size = max(1, -(-len(text) // pieces))
+    return [text[start : start + size] for start in range(0, len(text), size)]
+
+
 class ReplayModel:
     """Answers with the recorded assistant replies of a run, in order, ignoring its input.
 
@@ -270,8 +279,10 @@ class ReplayModel:
         tools: list[dict[str, Any]] | None = None,
         stop: list[str] | None = None,
         seed: int | None = None,
+        on_text: Callable[[str], None] | None = None,
     ) -> Reply:
-        """The next recorded reply; `temperature`, `stop` and `seed` change nothing."""
+        """The next recorded reply; `temperature`, `stop` and `seed` change nothing. With
+        `on_text` its text is also given to it, in a few pieces, as a stream would."""
         with self._lock:
             if self._recording < 0 or not any(m.get("role") == "assistant" for m in messages):
                 self._next_recording()
@@ -288,13 +299,16 @@ class ReplayModel:
             reply = recording.replies[self._position]
             self._position += 1
             self.calls += 1
-            return Reply(
-                text=reply.text,
-                usage=Usage(),
-                tool_calls=[dict(call) for call in reply.tool_calls],
-                duration_s=0.0,
-                finish_reason="stop",
-            )
+        if on_text is not None:
+            for piece in text_pieces(reply.text):
+                on_text(piece)
+        return Reply(
+            text=reply.text,
+            usage=Usage(),
+            tool_calls=[dict(call) for call in reply.tool_calls],
+            duration_s=0.0,
+            finish_reason="stop",
+        )
 
     def _summary(self, recording: Recording) -> Reply:
         """The next recorded summary; an empty reply once they run out (the agent then writes

@@ -194,10 +194,15 @@ class Session:
             self._engine = Engine(self.settings, self._executor, publisher=None)
         return self._engine
 
-    def submit(self, request: str, listeners: Iterable[Listener] = ()) -> RunHandle:
-        """Start the next request through the engine; `finish_turn` records it when done."""
+    def submit(
+        self, request: str, listeners: Iterable[Listener] = (), stream: bool = False
+    ) -> RunHandle:
+        """Start the next request through the engine; `finish_turn` records it when done.
+        With `stream` the listeners also get each reply's pieces as it is generated
+        (transient `model.delta` events)."""
         task = self.task_for(request)
-        return self.engine().submit(task, listeners, settings=self.settings)
+        settings = dataclasses.replace(self.settings, stream_replies=True) if stream else None
+        return self.engine().submit(task, listeners, settings=settings or self.settings)
 
     def finish_turn(self, task: Task, result: AttemptResult) -> Turn:
         """Record a finished request as a turn: its checkpoint is where the branch is now
