@@ -37,12 +37,12 @@ PRIORITY: <P0 (breaks everything), P1 (a real bug, must fix), P2 (should fix), P
 CONFIDENCE: <0.0 to 1.0>
 FILE: <the file's path>
 LINES: <first>-<last> (the new line numbers shown in the diff)
-WHY: <one or two sentences: what goes wrong, and for which input>
+WHY: <one sentence: what goes wrong, and for which input>
 
 Then end with:
 
 VERDICT: <correct or incorrect>
-REASON: <one short paragraph>"""
+REASON: <one or two sentences>"""
 
 FORMAT_REMINDER = (
     "Your reply did not follow the format. Answer again, only with FINDING/PRIORITY/"
