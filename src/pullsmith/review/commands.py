@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -12,6 +12,7 @@ from rich.console import Console
 from pullsmith.cli_options import model_options, settings_from_flags
 from pullsmith.config import Settings
 from pullsmith.errors import UserError
+from pullsmith.models.base import Model
 from pullsmith.review.diff import repo_root, resolve_change
 from pullsmith.review.render import print_review
 from pullsmith.review.runner import review_change
@@ -20,7 +21,11 @@ from pullsmith.review.schema import Review, review_schema
 SANDBOX_CHOICES = ["bwrap", "docker", "podman", "none"]
 
 
-def _progress(console: Console, quiet: bool):
+def progress_printer(as_json: bool) -> Callable[[str], None]:
+    """Progress lines on stderr at a terminal (never with --json)."""
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    quiet = as_json or not console.is_terminal
+
     def say(text: str) -> None:
         if not quiet:
             console.print(f"[dim]· {text}[/]", highlight=False)
@@ -28,7 +33,7 @@ def _progress(console: Console, quiet: bool):
     return say
 
 
-def open_review_model(settings: Settings):  # noqa: ANN201 (a Model)
+def open_review_model(settings: Settings) -> Model:
     from pullsmith.models import open_model
 
     return open_model(settings, progress=False)
@@ -89,8 +94,7 @@ def review_command(
         print(json.dumps(review_schema(), indent=1))
         return
     settings = settings_from_flags(model=model, base_url=base_url, sandbox=sandbox)
-    console = Console(stderr=True, highlight=False, soft_wrap=True)
-    say = _progress(console, quiet=as_json or not sys.stderr.isatty())
+    say = progress_printer(as_json)
     if pr_ref is not None:
         flags = [n for n, v in (("--base", base), ("--commit", commit)) if v] + (
             ["--uncommitted"] if uncommitted else []
