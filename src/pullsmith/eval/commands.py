@@ -550,7 +550,7 @@ def review_command(
         if resume:
             raise UserError("--resume needs --out with the directory of the run to continue.")
         out = settings.data_dir / "evals" / f"review-{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    console = Console(highlight=False)
+    console = Console(highlight=False, emoji=False)  # ids like "Python-6:bug" stay as written
     diffs = review_bench.build_diffs(tasks, settings, wanted)
     meta = {
         "suite": suite.name,

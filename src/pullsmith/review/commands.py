@@ -43,7 +43,7 @@ def emit(review: Review, as_json: bool, repo: Path | None = None) -> None:
     if as_json:
         print(review.model_dump_json(indent=1))
         return
-    print_review(Console(highlight=False, soft_wrap=True), review, repo)
+    print_review(Console(highlight=False, soft_wrap=True, emoji=False), review, repo)
 
 
 @click.command("review")
