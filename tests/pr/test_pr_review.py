@@ -160,3 +160,17 @@ def test_lines_github_will_not_place_go_in_the_body(calc_pr, remote, tmp_path):
     posts = [r["json"] for r in remote.requests if r["path"].endswith("/reviews")]
     assert len(posts) == 2 and "comments" in posts[0] and "comments" not in posts[1]
     assert "**[P1] total drops the last number** — `README.md:1`" in posts[1]["body"]
+
+
+def test_a_review_of_an_older_head_is_not_posted(calc_pr, remote, tmp_path):
+    repo, pr = calc_pr
+    model = model_file(tmp_path, REVIEW, DEMO)
+    assert pullsmith("pr", "review", str(pr.number), "--model", model, cwd=repo).returncode == 0
+    # The branch moves on after the review.
+    git("checkout", "-q", pr.head, cwd=repo)
+    commit_file(repo, "calc.py", CALC, "put the loop back")
+    git("checkout", "-q", "main", cwd=repo)
+    proc = pullsmith("pr", "publish", str(pr.number), cwd=repo)
+    assert proc.returncode == 0, proc.stderr
+    assert f"its latest review is of {pr.head_commit[:10]}, not of the branch" in proc.stdout
+    assert not [r for r in remote.requests if r["path"].endswith("/reviews")]

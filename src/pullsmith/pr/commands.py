@@ -357,7 +357,9 @@ def publish_command(
     verb = "opened" if published.created else "updated"
     print(f"{verb} {published.url} (pull request #{published.pull_request.number}).")
     print(_draft_note(published))
-    if posted is not None:
+    if isinstance(posted, str):
+        print(posted)
+    elif posted is not None:
         where = f"{posted.comments} line comment{'s' if posted.comments != 1 else ''}"
         if posted.in_body:
             where = f"its {posted.in_body} findings in the body (GitHub would not place them)"
@@ -365,11 +367,17 @@ def publish_command(
 
 
 def _post_review(store: Store, published: Any) -> Any:
-    """Post the PR's latest review when it is of the branch as published and not posted yet."""
+    """Post the PR's latest review when it is of the branch as published and not posted yet:
+    what was posted, None, or a sentence saying why a review was not posted."""
     from pullsmith.review.pull_request import post_review, reviewable_on
 
     pr = published.pull_request
     row = store.latest_review(pr.number)
+    if row is not None and row.remote_review_id is None and row.head_commit != pr.published_commit:
+        return (
+            f"its latest review is of {row.head_commit[:10]}, not of the branch as published, so "
+            f"it was not posted; `pullsmith pr review {pr.number}` reviews the branch again."
+        )
     if not reviewable_on(row, pr.published_commit):
         return None
     try:
