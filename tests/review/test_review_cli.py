@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import jsonschema
 import pytest
 from conftest import bwrap_works, git
 from review_helpers import CLEAN_REPLY, DEMO_REPLY, REVIEW_REPLY, calc_repo, scripted
@@ -50,6 +51,8 @@ def test_review_json_demonstrates_the_bug_and_leaves_the_tree(tmp_path):
     model = scripted(tmp_path, REVIEW_REPLY, DEMO_REPLY)
     proc = pullsmith("review", "--json", "--model", model, "--sandbox", SANDBOX, cwd=repo)
     assert proc.returncode == 0, proc.stderr
+    # What --json prints is what the documented schema says.
+    jsonschema.validate(json.loads(proc.stdout), review_schema())
     review = Review.model_validate_json(proc.stdout)
     assert review.verdict == "incorrect" and review.target == "uncommitted changes"
     assert review.rules == "Treat off-by-one errors as P1."
