@@ -42,7 +42,7 @@ def test_bundled_model_flags_an_obvious_bug(tmp_path, real_cache):
         cwd=repo,
         capture_output=True,
         text=True,
-        timeout=1500,
+        timeout=840,  # under the 900 s pytest gives a test
     )
     assert proc.returncode == 0, proc.stderr
     review = Review.model_validate_json(proc.stdout)
