@@ -494,7 +494,8 @@ def compare_command(a: str, b: str, markdown: bool) -> None:
 
 @eval_group.command("review")
 @click.argument("suite_path", metavar="SUITE")
-@model_options
+@click.option("--model", default=None, help="Model name (default: the bundled local model).")
+@click.option("--base-url", default=None, help="OpenAI-compatible API base URL.")
 @click.option("--sandbox", type=click.Choice(SANDBOX_NAMES), default=None, help="Sandbox.")
 @click.option("--seed", type=int, default=None, help="Sampling seed, where the model takes one.")
 @selection_options
@@ -518,8 +519,6 @@ def review_command(
     suite_path: str,
     model: str | None,
     base_url: str | None,
-    protocol: str | None,
-    edit_forms: str | None,
     sandbox: str | None,
     seed: int | None,
     task_ids: tuple[str, ...],

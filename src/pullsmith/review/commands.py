@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from pullsmith.cli_options import model_options, settings_from_flags
+from pullsmith.cli_options import settings_from_flags
 from pullsmith.config import Settings
 from pullsmith.errors import UserError
 from pullsmith.models.base import Model
@@ -70,7 +70,8 @@ def emit(review: Review, as_json: bool, repo: Path | None = None) -> None:
 @click.option(
     "--schema", "print_schema", is_flag=True, help="Print the JSON Schema of --json and exit."
 )
-@model_options
+@click.option("--model", default=None, help="Model name (default: the bundled local model).")
+@click.option("--base-url", default=None, help="OpenAI-compatible API base URL.")
 @click.option("--sandbox", type=click.Choice(SANDBOX_CHOICES), default=None, help="Default bwrap.")
 def review_command(
     repo: str,
@@ -84,8 +85,6 @@ def review_command(
     print_schema: bool,
     model: str | None,
     base_url: str | None,
-    protocol: str | None,
-    edit_forms: str | None,
     sandbox: str | None,
 ) -> None:
     """Review a change: prioritised findings tied to its lines, the serious ones checked by
