@@ -128,3 +128,30 @@ def test_demonstration_command():
     assert demonstration_command("$ python -c 'x'") == "python -c 'x'"
     assert demonstration_command("```bash\npython -c 'cut by the limit") is None
     assert demonstration_command("no command") is None
+
+
+def test_uncommitted_includes_untracked_files_but_not_ignored_ones(tmp_path):
+    from conftest import git
+
+    repo = calc_repo(tmp_path)
+    (repo / ".gitignore").write_text("*.log\n")
+    (repo / "new.py").write_text("print('new')\n")
+    (repo / "debug.log").write_text("noise\n")
+    index = (repo / ".git" / "index").read_bytes()
+    change = resolve_change(repo)
+    assert {f.path for f in change.files} == {"calc.py", "new.py", ".gitignore"}
+    assert change.base == git("rev-parse", "HEAD", cwd=repo).strip()
+    # The snapshot is an object only: no ref, the index and HEAD as they were.
+    assert (repo / ".git" / "index").read_bytes() == index
+    assert change.head not in git("for-each-ref", cwd=repo)
+    assert "?? new.py" in git("status", "--porcelain", cwd=repo)
+
+
+def test_the_first_commit_is_reviewed_against_nothing(tmp_path):
+    repo = calc_repo(tmp_path)
+    change = resolve_change(repo, commit="HEAD")
+    assert change.label.startswith("commit ") and {f.path for f in change.files} == {
+        "calc.py",
+        "AGENTS.md",
+    }
+    assert change.file("calc.py").hunks[0].added == [1, 2, 3, 4, 5, 6]
