@@ -33,7 +33,7 @@ def test_the_pr_api_shows_the_latest_review(tmp_path):
             auth = {"Authorization": f"Bearer {TOKEN}"}
             body = {"repo": str(repo), "instruction": INSTRUCTION}
             task_id = client.post("/api/tasks", json=body, headers=auth).json()["id"]
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 240  # a real run: its tests, three times
             while (task := client.get(f"/api/tasks/{task_id}", headers=auth).json())["state"] in (
                 "queued",
                 "running",
