@@ -34,6 +34,7 @@ from pullsmith.mcp import commands as mcp_commands
 from pullsmith.models.prices import format_cost
 from pullsmith.pr import commands as pr_commands
 from pullsmith.pr.publish import GitHubPublisher, LocalPublisher
+from pullsmith.review.commands import review_command
 from pullsmith.session import commands as session_commands
 from pullsmith.task import AttemptResult, Task
 from pullsmith.workspace import is_url
@@ -736,6 +737,7 @@ def sandbox_command(
 
 main_group.add_command(eval_group)
 main_group.add_command(pr_commands.pr_group)
+main_group.add_command(review_command)
 main_group.add_command(events_group)
 main_group.add_command(mcp_commands.mcp_group)
 main_group.add_command(mcp_commands.mcp_server_command)
