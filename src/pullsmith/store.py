@@ -479,14 +479,20 @@ class Store:
 
     def update_pull_request(self, number: int, **values: Any) -> PullRequestRecord:
         values.setdefault("updated_at", utcnow())
+        return self._update(
+            PullRequestRecord, number, values, f"there is no pull request #{number}."
+        )
+
+    def _update(self, table: type[Any], key: int, values: dict[str, Any], missing: str) -> Any:
+        """Set `values` on the row of `table` with primary key `key` (UserError `missing`)."""
         with self.session() as session:
-            row = session.get(PullRequestRecord, number)
+            row = session.get(table, key)
             if row is None:
-                raise UserError(f"there is no pull request #{number}.")
-            for key, value in values.items():
-                if not hasattr(PullRequestRecord, key):
-                    raise AttributeError(key)
-                setattr(row, key, value)
+                raise UserError(missing)
+            for name, value in values.items():
+                if not hasattr(table, name):
+                    raise AttributeError(name)
+                setattr(row, name, value)
             return row
 
     def count_pull_requests(self, repo: str | None = None) -> dict[str, int]:
@@ -511,19 +517,16 @@ class Store:
             )
 
     def latest_review(self, pr_number: int) -> ReviewRecord | None:
-        found = self.reviews(pr_number)
-        return found[-1] if found else None
+        with self.session() as session:
+            return session.scalars(
+                select(ReviewRecord)
+                .where(ReviewRecord.pr_number == pr_number)
+                .order_by(ReviewRecord.id.desc())
+                .limit(1)
+            ).first()
 
     def update_review(self, review_id: int, **values: Any) -> ReviewRecord:
-        with self.session() as session:
-            row = session.get(ReviewRecord, review_id)
-            if row is None:
-                raise UserError(f"there is no review {review_id}.")
-            for key, value in values.items():
-                if not hasattr(ReviewRecord, key):
-                    raise AttributeError(key)
-                setattr(row, key, value)
-            return row
+        return self._update(ReviewRecord, review_id, values, f"there is no review {review_id}.")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -492,7 +492,7 @@ class Agent:
         """The tokens the conversation takes now: the last counted prompt and its reply, plus
         ~3 characters a token for what came after (all of it estimated after a compaction, at
         the last prompt's tokens per character)."""
-        total = sum(_chars(m) for m in self.messages)
+        total = sum(message_chars(m) for m in self.messages)
         if not self._counted_valid:
             return int(total * self._tokens_per_char)
         if not self._last_prompt_tokens:  # nothing counted yet, or a model that counts nothing
@@ -555,7 +555,7 @@ class Agent:
         # Everything up to and including the last assistant reply was counted by the model.
         for index in range(len(self.messages) - 1, -1, -1):
             if self.messages[index]["role"] == "assistant":
-                return sum(_chars(m) for m in self.messages[: index + 1])
+                return sum(message_chars(m) for m in self.messages[: index + 1])
         return 0
 
     def _outcome(self, finished: bool, reason: str, summary: str = "") -> Outcome:
@@ -576,9 +576,6 @@ class Agent:
         _write_json(self.history_path, self.messages)
         if self.transcript is not None:
             _write_json(self.history_path.with_name(TRANSCRIPT_FILE), self.transcript)
-
-
-_chars = message_chars
 
 
 def _write_json(path: Path, messages: list[Message]) -> None:
