@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from review_helpers import BUGGY_CALC, CALC, REVIEW_REPLY, calc_repo
+from conftest import ScriptedModel
+from review_helpers import BUGGY_CALC, CALC, DEMO_REPLY, REVIEW_REPLY, calc_repo
 
+from pullsmith.config import Settings
 from pullsmith.review.diff import parse_diff, resolve_change
 from pullsmith.review.prompt import (
     demonstration_command,
+    enclosing_code,
     findings_from,
     first_message,
     numbered_diff,
     parse_review,
     review_rules,
 )
+from pullsmith.review.runner import review_change
 
 TWO_HUNKS = """\
 diff --git a/a.py b/a.py
@@ -155,3 +159,39 @@ def test_the_first_commit_is_reviewed_against_nothing(tmp_path):
         "AGENTS.md",
     }
     assert change.file("calc.py").hunks[0].added == [1, 2, 3, 4, 5, 6]
+
+
+def test_enclosing_code_is_the_function_around_the_lines():
+    source = (
+        "import os\n\n"
+        "def f(x):\n"
+        '    """Double x.\n\n    >>> f(2)\n    4\n    """\n'
+        "    y = x * 2\n\n"
+        "    return y\n\n\n"
+        "class A:\n"
+        "    def g(self):\n"
+        "        return 1\n"
+    ).splitlines()
+    code = enclosing_code(source, 9, 9)
+    assert code.splitlines()[0] == "   3  def f(x):"
+    assert ">>> f(2)" in code and code.splitlines()[-1] == "  11      return y"
+    assert enclosing_code(source, 16, 16).splitlines() == [
+        "  15      def g(self):",
+        "  16          return 1",
+    ]
+    # outside any definition: ten lines either side; a long definition is cut around the range
+    assert enclosing_code(source, 1, 1).splitlines()[0] == "   1  import os"
+    long = ["def big():"] + [f"    x{i} = {i}" for i in range(200)]
+    cut = enclosing_code(long, 150, 151, cap=20).splitlines()
+    assert len(cut) == 20 and any(row.startswith(" 150 ") for row in cut)
+
+
+def test_the_demonstration_request_shows_the_function_with_its_docstring(tmp_path):
+    repo = calc_repo(tmp_path)
+    change = resolve_change(repo, uncommitted=True)
+    model = ScriptedModel([REVIEW_REPLY, DEMO_REPLY])
+    review = review_change(change, model, Settings(sandbox="none"))
+    assert review.findings[0].check == "demonstrated"
+    ask = model.seen[1][-1]["content"]
+    assert "def total(xs):" in ask and '"""The sum of xs."""' in ask
+    assert "for x in xs[:-1]:" in ask  # the code as changed

@@ -50,16 +50,62 @@ FORMAT_REMINDER = (
 )
 
 DEMONSTRATE = """\
-Now show finding {index} ("{title}", {location}) by running the code. Write one shell command \
-in a ```bash block. It runs in the repository's root with the change applied, without network. \
-It must exit with a non-zero status while the bug is there and exit 0 once it is fixed, for \
-example:
+Now show finding {index} ("{title}", {location}) by running the code. The code there, with \
+the change applied:
+```
+{code}
+```
+Write one shell command in a ```bash block. It runs in the repository's root with the change \
+applied, without network. It must exit with a non-zero status while the bug is there and exit 0 \
+once it is fixed. Call the code with an input whose right result you are sure of - an example \
+from a docstring or a test is best - and assert that result, for example:
 ```bash
 python -c 'from module import function; r = function(2); assert r == 4, r'
 ```
 Reply with only the block."""
 
+# The code shown with a demonstration request: the enclosing function, at most this many lines.
+CODE_LINES = 60
+
 DEMONSTRATE_REMINDER = "Reply with exactly one ```bash block holding the command, nothing else."
+
+
+def _indent(text: str) -> int:
+    return len(text) - len(text.lstrip())
+
+
+def _definition_end(lines: list[str], number: int) -> int:
+    """The last line of the body of the `def`/`class` on line `number` (1-based)."""
+    level, last = _indent(lines[number - 1]), number
+    for later in range(number + 1, len(lines) + 1):
+        text = lines[later - 1]
+        if text.strip() and _indent(text) <= level and not text.lstrip().startswith(")"):
+            break
+        last = later
+    while last > number and not lines[last - 1].strip():
+        last -= 1
+    return last
+
+
+def enclosing_code(lines: list[str], start: int, end: int, cap: int = CODE_LINES) -> str:
+    """Lines `start`-`end` (1-based) in their context, numbered: the innermost Python function
+    or class that holds them all, else ten lines either side; at most `cap` lines, centred on
+    the range when the definition is longer."""
+    if not lines:
+        return ""
+    start = max(1, min(start, len(lines)))
+    end = max(start, min(end, len(lines)))
+    first, last = max(1, start - 10), min(len(lines), end + 10)
+    for number in range(start, 0, -1):
+        if re.match(r"\s*(async\s+def|def|class)\s", lines[number - 1]):
+            body_end = _definition_end(lines, number)
+            if body_end >= end:
+                first, last = number, body_end
+                break
+    if last - first + 1 > cap:
+        first = max(first, (start + end) // 2 - cap // 2)
+        last = min(last, first + cap - 1)
+    return "\n".join(f"{n:>4}  {lines[n - 1]}" for n in range(first, last + 1))
 
 
 def numbered_diff(change: Change, cap: int = DIFF_CAP) -> tuple[str, bool]:

@@ -22,6 +22,7 @@ from pullsmith.review.prompt import (
     FORMAT_REMINDER,
     SYSTEM,
     demonstration_command,
+    enclosing_code,
     findings_from,
     first_message,
     parse_review,
@@ -116,8 +117,16 @@ def review_change(
                 if cancel is not None and cancel.is_set():
                     break
                 say(f"checking finding {index} of {len(serious)}: {finding.title}")
+                where = finding.location
                 ask = DEMONSTRATE.format(
-                    index=index, title=finding.title.replace('"', "'"), location=finding.location
+                    index=index,
+                    title=finding.title.replace('"', "'"),
+                    location=where,
+                    code=enclosing_code(
+                        file_lines(change.repo, change.head, where.path),
+                        where.start_line,
+                        where.end_line,
+                    ),
                 )
                 branch = [*prefix, {"role": "user", "content": ask}]
                 answer = calls(branch)
