@@ -94,9 +94,10 @@ def test_run_bench_scores_and_reports(tmp_path):
     f = report["models"]["scripted"]
     assert f["recall"] == 1.0 and f["location_hit_rate"] == 1.0 and f["precision"] == 0.5
     assert f["false_positives_per_clean_diff"] == 1.0 and f["demonstrated_share"] == 0.5
+    assert f["shown_share"] == 0.5 and f["behaviour_changed_on_clean"] == 0.0
     text = (out / "report.md").read_text()
     assert "| recall (P0/P1 at an overlapping location) | 100% |" in text
-    assert "| Python-6:bug | incorrect | 1 | yes | 1 |" in text
+    assert "| Python-6:bug | incorrect | 1 | yes | 1 | 0 |" in text
     # Resumed: the recorded diffs are skipped, no model call is made.
     again = rb.run_bench(diffs, ScriptedModel([]), settings(tmp_path), out, resume=True)
     assert [r["id"] for r in again] == ["Python-6:bug", "Python-6:clean"]

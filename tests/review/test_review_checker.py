@@ -6,7 +6,7 @@ from conftest import bwrap_works
 from review_helpers import calc_repo
 
 from pullsmith.config import load_settings
-from pullsmith.review.checker import Checker, is_demonstrated
+from pullsmith.review.checker import Checker, judge
 from pullsmith.review.diff import resolve_change
 from pullsmith.review.schema import Finding, Location
 
@@ -33,20 +33,34 @@ def test_each_outcome(tmp_path):
         root = checker._root
         shows = "python -c 'from calc import total; assert total([1, 2]) == 3'"
         demo = checker.demonstrate(calc, shows)
-        assert is_demonstrated(demo) and "passes on the base" in demo.reason
+        assert judge(demo) == "demonstrated" and "passes on the base" in demo.reason
         passes = checker.demonstrate(calc, "python -c 'from calc import total; total([1])'")
-        assert not is_demonstrated(passes) and passes.reason == "The command passes on the change."
+        assert (
+            judge(passes) == "not demonstrated"
+            and passes.reason == "The command passes on the change."
+        )
         both = checker.demonstrate(
             calc, "python -c 'from calc import total; assert total([]) == 1'"
         )
-        assert not is_demonstrated(both) and "fails on the base too" in both.reason
+        assert judge(both) == "not demonstrated" and "the same way on the base" in both.reason
+        # a wrong expected value, but an input where the bug shows: both fail, differently
+        wrong = checker.demonstrate(
+            calc, "python -c 'from calc import total; r = total([1, 2]); assert r == 4, r'"
+        )
+        assert judge(wrong) == "behaviour changed"
+        assert "`AssertionError: 1`" in wrong.reason and "`AssertionError: 3`" in wrong.reason
+        # the temporary trees' paths never reach the output
+        where = checker.demonstrate(calc, "pwd; false")
+        assert judge(where) == "not demonstrated" and all(
+            str(root) not in run.output and "<tree>" in run.output for run in where.runs
+        )
         # extra.py is new: no base to run; a failure counts unless the command was broken.
         new = checker.demonstrate(extra, "python -c 'from extra import f; assert f() == 2'")
-        assert is_demonstrated(new) and [r.tree for r in new.runs] == ["head"]
+        assert judge(new) == "demonstrated" and [r.tree for r in new.runs] == ["head"]
         broken = checker.demonstrate(extra, "python -c 'from extra import f; assert f( == 2'")
-        assert not is_demonstrated(broken) and "SyntaxError" in broken.reason
+        assert judge(broken) == "not demonstrated" and "SyntaxError" in broken.reason
         if SANDBOX == "bwrap":  # the trees are read-only to the commands
             wrote = checker.demonstrate(calc, "echo x > calc.py")
-            assert not is_demonstrated(wrote)
+            assert judge(wrote) == "not demonstrated"
             assert (root / "head" / "calc.py").read_text().count("xs[:-1]") == 1
     assert not root.exists()

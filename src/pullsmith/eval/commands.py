@@ -578,9 +578,15 @@ def review_command(
             )
             return
         hit = " · [green]hit[/]" if row["hit"] else ""
+        changed = (
+            f" · {row['behaviour_changed']} behaviour changed"
+            if row.get("behaviour_changed")
+            else ""
+        )
         console.print(
             f"[{number}/{total}] {escape(row['id'])}: {row['verdict']} · {row['p0p1']} P0/P1"
-            f"{hit} · {row['demonstrated']} demonstrated · {row['seconds']:.0f} s"
+            f"{hit} · {row['demonstrated']} demonstrated"
+            f"{changed} · {row['seconds']:.0f} s"
         )
 
     signal.signal(signal.SIGTERM, _interrupt)

@@ -306,6 +306,7 @@ def score(diff: ReviewDiff, review: Review) -> dict[str, Any]:
         "hit": any(row["hit"] for row in serious_rows),
         "hit_any_priority": any(row["hit"] for row in findings),
         "demonstrated": sum(1 for f in serious if f.check == "demonstrated"),
+        "behaviour_changed": sum(1 for f in serious if f.check == "behaviour changed"),
         "dropped": len(review.dropped),
         "seconds": review.seconds,
         "model_calls": review.usage.model_calls,
@@ -422,6 +423,16 @@ def figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "demonstrated_and_hit": sum(
             1 for f in bug_serious if f["check"] == "demonstrated" and f["hit"]
         ),
+        "behaviour_changed_on_bug": _ratio(
+            sum(f["check"] == "behaviour changed" for f in bug_serious), len(bug_serious)
+        ),
+        "behaviour_changed_on_clean": _ratio(
+            sum(f["check"] == "behaviour changed" for f in clean_serious), len(clean_serious)
+        ),
+        "shown_share": _ratio(
+            sum(f["check"] in ("demonstrated", "behaviour changed") for f in serious),
+            len(serious),
+        ),
         "seconds_median": statistics.median(seconds) if seconds else None,
         "seconds_mean": statistics.fmean(seconds) if seconds else None,
         "tokens_mean": statistics.fmean(r["prompt_tokens"] + r["completion_tokens"] for r in ok)
@@ -480,6 +491,8 @@ def render_markdown(report: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             f"| P0/P1 findings | {f['p0p1_findings']} |",
             f"| P0/P1 findings demonstrated | {_pct(f['demonstrated_share'])} (bug diffs {_pct(f['demonstrated_on_bug'])}, clean diffs {_pct(f['demonstrated_on_clean'])}) |",
             f"| demonstrated and on the bug's lines | {f['demonstrated_and_hit']} |",
+            f"| P0/P1 findings with a behaviour change shown | bug diffs {_pct(f.get('behaviour_changed_on_bug'))}, clean diffs {_pct(f.get('behaviour_changed_on_clean'))} |",
+            f"| P0/P1 findings demonstrated or behaviour change shown | {_pct(f.get('shown_share'))} |",
             f"| seconds per review (median / mean) | {_num(f['seconds_median'], 0)} / {_num(f['seconds_mean'], 0)} |",
             f"| tokens per review (mean) | {_num(f['tokens_mean'], 0)} |",
             "",
@@ -487,19 +500,20 @@ def render_markdown(report: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     out += [
         "## Diffs",
         "",
-        "| diff | verdict | P0/P1 | hit | demonstrated | findings | s |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| diff | verdict | P0/P1 | hit | demonstrated | behaviour changed | findings | s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
         if row.get("error"):
-            out.append(f"| {row['id']} | error: {row['error']} | | | | | {row['seconds']:.0f} |")
+            out.append(f"| {row['id']} | error: {row['error']} | | | | | | {row['seconds']:.0f} |")
             continue
         shown = "; ".join(
             f"{f['priority']} {f['location']}{' ✓' if f['hit'] else ''}" for f in row["findings"]
         ).replace("|", "\\|")
         out.append(
             f"| {row['id']} | {row['verdict']} | {row['p0p1']} | {'yes' if row['hit'] else 'no'} "
-            f"| {row['demonstrated']} | {shown} | {row['seconds']:.0f} |"
+            f"| {row['demonstrated']} | {row.get('behaviour_changed', 0)} | {shown} "
+            f"| {row['seconds']:.0f} |"
         )
     return "\n".join(out).replace("\n\n\n", "\n\n") + "\n"
 

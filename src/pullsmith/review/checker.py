@@ -7,10 +7,15 @@ the checker closes. Commands see them read-only (scratch files go to the sandbox
 /tmp), so one demonstration can not leave anything for the next.
 
 A finding is demonstrated when the command fails on the change and passes on the base: it
-then shows something the change broke. A command that fails on both shows nothing about the
-change; one that passes on the change shows nothing at all. Where the finding's file is new in
-the change, the base can not run it and a failure on the change alone counts, unless the
-output says the command itself was broken (a syntax error, a missing module or command).
+then shows something the change broke. A command that passes on the change shows nothing. One
+that fails on both shows nothing the change did, unless the two failures differ: when the last
+line of its output (the assertion's value, the exception) is not the same on the change as on
+the base, the change altered what the code does for the command's input — the bundled model
+often asserts a wrong expected value, but picks an input where the bug shows — and the finding
+is marked "behaviour changed", a weaker level than demonstrated that cites both outputs. Where
+the finding's file is new in the change, the base can not run it and a failure on the change
+alone counts, unless the output says the command itself was broken (a syntax error, a missing
+module or command).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from pathlib import Path
 
 from pullsmith.config import Settings
 from pullsmith.review.diff import Change, export_tree, file_lines
-from pullsmith.review.schema import Demonstration, Finding, Run
+from pullsmith.review.schema import Check, Demonstration, Finding, Run
 from pullsmith.sandbox import Sandbox, agent_policy, make_sandbox
 
 OUTPUT_LINES = 30
@@ -35,6 +40,28 @@ BROKEN_COMMAND = (
     "No such file or directory",
     "can't open file",
 )
+
+
+def last_line(output: str) -> str:
+    """The last non-blank line of a command's output."""
+    rows = [row.strip() for row in output.splitlines() if row.strip()]
+    return rows[-1] if rows else ""
+
+
+def differs(head: Run, base: Run) -> str | None:
+    """How the change's failed run ends differently from the base's, in words; None when they
+    end alike or either shows a broken command."""
+    if any(m in run.output for run in (head, base) for m in BROKEN_COMMAND):
+        return None
+    ends = [last_line(run.output) for run in (head, base)]
+    if head.timed_out != base.timed_out:
+        ends = [
+            "(timed out)" if run.timed_out else end
+            for run, end in zip((head, base), ends, strict=True)
+        ]
+    elif ends[0] == ends[1]:
+        return None
+    return f"the change ends with `{ends[0][:200]}`, the base with `{ends[1][:200]}`"
 
 
 def _tail(text: str, lines: int = OUTPUT_LINES) -> str:
@@ -82,7 +109,8 @@ class Checker:
         return Run(
             tree=side,  # type: ignore[arg-type]
             exit_code=result.exit_code,
-            output=_tail(result.output),
+            # the two trees sit in different directories; the output names neither
+            output=_tail(result.output.replace(str(self._root / side), "<tree>")),
             seconds=round(result.duration_s, 2),
             timed_out=result.timed_out,
         )
@@ -120,10 +148,18 @@ class Checker:
                 runs=runs,
                 reason=f"The command {failed} on the change and passes on the base.",
             )
+        changed = differs(head, base)
+        if changed is not None:
+            return Demonstration(
+                command=command,
+                runs=runs,
+                reason=f"The command {failed} on both sides but differently, so the change "
+                f"alters what the code does here: {changed}.",
+            )
         return Demonstration(
             command=command,
             runs=runs,
-            reason=f"The command {failed} on the change but fails on the base too, so it "
+            reason=f"The command {failed} on the change and the same way on the base, so it "
             "does not show what the change did.",
         )
 
@@ -140,13 +176,16 @@ class Checker:
         self.close()
 
 
-def is_demonstrated(demonstration: Demonstration) -> bool:
-    """Whether a demonstration's runs showed the problem (the rule in the module docstring)."""
+def judge(demonstration: Demonstration) -> Check:
+    """What a demonstration's runs showed (the rules in the module docstring)."""
     runs = {run.tree: run for run in demonstration.runs}
     head = runs.get("head")
     if head is None or (head.exit_code == 0 and not head.timed_out):
-        return False
+        return "not demonstrated"
     base = runs.get("base")
     if base is None:
-        return not any(m in head.output for m in BROKEN_COMMAND)
-    return base.exit_code == 0 and not base.timed_out
+        broken = any(m in head.output for m in BROKEN_COMMAND)
+        return "not demonstrated" if broken else "demonstrated"
+    if base.exit_code == 0 and not base.timed_out:
+        return "demonstrated"
+    return "behaviour changed" if differs(head, base) else "not demonstrated"

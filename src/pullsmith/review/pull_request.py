@@ -162,8 +162,12 @@ def post_review(
 
 def _summary(review: Review) -> str:
     """The review's body when each finding is a line comment: the verdict and the reasoning."""
-    checked = [f for f in review.findings if f.check == "demonstrated"]
-    shown = f" ({len(checked)} demonstrated)" if checked else ""
+    shown = ", ".join(
+        f"{n} {check}"
+        for check in ("demonstrated", "behaviour changed")
+        if (n := sum(f.check == check for f in review.findings))
+    )
+    shown = f" ({shown})" if shown else ""
     count = len(review.findings)
     return (
         f"**pullsmith review: the change is {review.verdict}.** {review.reasoning}\n\n"

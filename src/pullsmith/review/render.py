@@ -12,7 +12,12 @@ from pullsmith.review.diff import file_lines
 from pullsmith.review.schema import Finding, Review
 
 PRIORITY_STYLES = {"P0": "bold red", "P1": "red", "P2": "yellow", "P3": "dim"}
-CHECK_STYLES = {"demonstrated": "green", "not demonstrated": "yellow", "not checked": "dim"}
+CHECK_STYLES = {
+    "demonstrated": "green",
+    "behaviour changed": "cyan",
+    "not demonstrated": "yellow",
+    "not checked": "dim",
+}
 CONTEXT = 3
 
 

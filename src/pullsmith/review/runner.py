@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from pullsmith.config import Settings
 from pullsmith.models.base import Message, Model, Reply
-from pullsmith.review.checker import Checker, is_demonstrated
+from pullsmith.review.checker import Checker, judge
 from pullsmith.review.diff import Change, file_lines
 from pullsmith.review.prompt import (
     DEMONSTRATE,
@@ -147,9 +147,7 @@ def review_change(
                 say(f"running: {command.splitlines()[0][:80]}")
                 demonstration = checker.demonstrate(finding, command)
                 finding.demonstration = demonstration
-                finding.check = (
-                    "demonstrated" if is_demonstrated(demonstration) else "not demonstrated"
-                )
+                finding.check = judge(demonstration)
     return Review(
         repo=str(change.repo),
         target=change.label,

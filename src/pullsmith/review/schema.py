@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 SCHEMA_VERSION = 1
 PRIORITIES = ("P0", "P1", "P2", "P3")
-Check = Literal["demonstrated", "not demonstrated", "not checked"]
+Check = Literal["demonstrated", "behaviour changed", "not demonstrated", "not checked"]
 
 
 class Location(BaseModel):
@@ -60,7 +60,9 @@ class Finding(BaseModel):
     check: Check = Field(
         "not checked",
         description="P0/P1 findings are checked: 'demonstrated' when a command showed the "
-        "problem on the change (and not on the base), else 'not demonstrated'.",
+        "problem on the change (and not on the base); 'behaviour changed' when it failed on "
+        "both but ended differently (the change alters what the code does for its input); "
+        "else 'not demonstrated'.",
     )
     demonstration: Demonstration | None = None
     # Where the model first pointed, when its location was moved onto the diff.

@@ -866,7 +866,7 @@ function taskView(main, id) {
         const demo = f.demonstration;
         return h("div", { class: `finding ${f.priority.toLowerCase()}` },
           h("div", { class: "attempt-head" }, h("strong", { text: `[${f.priority}] ${f.title}` }),
-            f.check !== "not checked" ? h("span", { class: `badge ${f.check === "demonstrated" ? "s-passed" : "s-cancelled"}`, text: f.check }) : null),
+            f.check !== "not checked" ? h("span", { class: `badge ${{ demonstrated: "s-passed", "behaviour changed": "s-chosen" }[f.check] || "s-cancelled"}`, text: f.check }) : null),
           h("div", { class: "muted" }, h("code", { text: `${f.location.path}:${f.location.start_line}${f.location.end_line !== f.location.start_line ? `-${f.location.end_line}` : ""}` }),
             ` · confidence ${Number(f.confidence).toFixed(2)}`),
           h("p", { text: f.body }),
