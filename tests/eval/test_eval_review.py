@@ -95,6 +95,7 @@ def test_run_bench_scores_and_reports(tmp_path):
     assert f["recall"] == 1.0 and f["location_hit_rate"] == 1.0 and f["precision"] == 0.5
     assert f["false_positives_per_clean_diff"] == 1.0 and f["demonstrated_share"] == 0.5
     assert f["shown_share"] == 0.5 and f["behaviour_changed_on_clean"] == 0.0
+    assert f["recall_shown"] == 1.0 and f["false_positives_shown_per_clean_diff"] == 0.0
     text = (out / "report.md").read_text()
     assert "| recall (P0/P1 at an overlapping location) | 100% |" in text
     assert "| Python-6:bug | incorrect | 1 | yes | 1 | 0 |" in text

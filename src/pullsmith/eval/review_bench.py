@@ -388,6 +388,10 @@ def _ratio(a: float, b: float) -> float | None:
     return a / b if b else None
 
 
+# The checks that showed something on the code: the findings a user can take on evidence.
+SHOWN = ("demonstrated", "behaviour changed")
+
+
 def figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The benchmark's figures over `rows` (one model's results)."""
     ok = [r for r in rows if not r.get("error")]
@@ -429,8 +433,21 @@ def figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "behaviour_changed_on_clean": _ratio(
             sum(f["check"] == "behaviour changed" for f in clean_serious), len(clean_serious)
         ),
+        "recall_shown": _ratio(
+            sum(
+                any(
+                    f["priority"] in ("P0", "P1") and f["hit"] and f["check"] in SHOWN
+                    for f in r["findings"]
+                )
+                for r in bug
+            ),
+            len(bug),
+        ),
+        "false_positives_shown_per_clean_diff": _ratio(
+            sum(f["check"] in SHOWN for f in clean_serious), len(clean)
+        ),
         "shown_share": _ratio(
-            sum(f["check"] in ("demonstrated", "behaviour changed") for f in serious),
+            sum(f["check"] in SHOWN for f in serious),
             len(serious),
         ),
         "seconds_median": statistics.median(seconds) if seconds else None,
@@ -493,6 +510,8 @@ def render_markdown(report: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             f"| demonstrated and on the bug's lines | {f['demonstrated_and_hit']} |",
             f"| P0/P1 findings with a behaviour change shown | bug diffs {_pct(f.get('behaviour_changed_on_bug'))}, clean diffs {_pct(f.get('behaviour_changed_on_clean'))} |",
             f"| P0/P1 findings demonstrated or behaviour change shown | {_pct(f.get('shown_share'))} |",
+            f"| recall counting only shown findings | {_pct(f.get('recall_shown'))} |",
+            f"| false positives per clean diff counting only shown findings | {_num(f.get('false_positives_shown_per_clean_diff'))} |",
             f"| seconds per review (median / mean) | {_num(f['seconds_median'], 0)} / {_num(f['seconds_mean'], 0)} |",
             f"| tokens per review (mean) | {_num(f['tokens_mean'], 0)} |",
             "",
