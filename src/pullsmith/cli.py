@@ -583,6 +583,7 @@ def model_serve_command(port: int | None, threads: int | None, parallel: int) ->
         threads=settings.threads,
         parallel=parallel,
         announce=announce,
+        speculation=settings.speculation,
     )
     sys.exit(code)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tomllib
@@ -20,6 +21,16 @@ EDIT_FORMS = ("whole-file", "replace-function", "search-replace", "apply-patch")
 PROVIDERS = ("auto", "openai", "anthropic")
 ANTHROPIC_DEFAULT_MODEL = "claude-sonnet-4-5"
 PRICE_KEYS = ("input", "cached_input", "cache_write", "output")
+# Speculative decoding of the bundled model's llama.cpp server: none, drafts copied from the
+# token history (prompt and reply so far) by n-gram lookup, or drafts of a small draft model.
+SPECULATIVE_MODES = ("off", "ngram", "draft")
+# The ranges llama.cpp's own command line accepts for these (common/arg.cpp).
+_SPECULATIVE_RANGES: dict[str, tuple[float, float]] = {
+    "speculative_ngram_size": (1, 1024),
+    "speculative_draft_max": (1, 1024),
+    "speculative_draft_min": (0, 1024),
+    "speculative_p_min": (0.0, 1.0),
+}
 
 
 def _xdg(var: str, fallback: str) -> Path:
@@ -121,6 +132,75 @@ class PriceSetting:
 
 
 @dataclass(frozen=True)
+class Speculation:
+    """How the bundled model's llama.cpp server drafts tokens ahead (speculative decoding).
+
+    `mode` "off"; "ngram": when the last `ngram_size` tokens occurred earlier in the context
+    (prompt or reply), the `draft_max` tokens that followed them there are the draft (llama.cpp's
+    ngram-simple, no extra model: made for replies that copy the prompt, as whole-file rewrites
+    do); "draft": a small `model` with the same vocabulary drafts up to `draft_max` tokens,
+    at least `draft_min`, stopping below probability `p_min` (llama.cpp's draft-simple). The
+    target model verifies every draft in one batch, so what is generated does not change. None
+    leaves llama.cpp's default.
+    """
+
+    mode: str = "off"
+    ngram_size: int | None = None
+    draft_max: int | None = None
+    draft_min: int | None = None
+    p_min: float | None = None
+    model: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
+
+    def check(self, source: str = "the settings") -> Speculation:
+        """This speculation, or UserError with one sentence on what is wrong with it."""
+        if self.mode not in SPECULATIVE_MODES:
+            raise UserError(
+                f"setting 'speculative' in {source} must be off, ngram or draft, not "
+                f"{self.mode!r}; fix it there."
+            )
+        values = {
+            "speculative_ngram_size": self.ngram_size,
+            "speculative_draft_max": self.draft_max,
+            "speculative_draft_min": self.draft_min,
+            "speculative_p_min": self.p_min,
+        }
+        for name, value in values.items():
+            if value is not None:
+                _check_range(name, value, source)
+        if self.mode == "draft" and self.model is None:
+            raise UserError(
+                f"setting 'speculative' in {source} is draft but no draft model is set; set "
+                "speculative_model to a small GGUF with the bundled model's vocabulary (a "
+                'Qwen2.5 0.5B), or use speculative = "ngram", which needs none.'
+            )
+        if (
+            self.mode == "draft"
+            and self.draft_min is not None
+            and self.draft_max is not None
+            and self.draft_min > self.draft_max
+        ):
+            raise UserError(
+                f"setting 'speculative_draft_min' in {source} ({self.draft_min}) is above "
+                f"speculative_draft_max ({self.draft_max}); lower it or raise the maximum."
+            )
+        return self
+
+
+def _check_range(name: str, value: float, source: str) -> None:
+    low, high = _SPECULATIVE_RANGES[name]
+    if isinstance(value, bool) or not low <= value <= high:
+        label = "a number" if isinstance(low, float) else "a whole number"
+        raise UserError(
+            f"setting '{name}' in {source} must be {label} from {low:g} to {high:g}, not "
+            f"{value!r}; fix it there."
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything that shapes a run besides the task itself."""
 
@@ -177,6 +257,15 @@ class Settings:
     compact: bool = True
     threads: int = 2
     port: int | None = None
+    # Speculative decoding of the bundled model's server (see Speculation): "off", "ngram" or
+    # "draft" (with `speculative_model`, a draft GGUF); off until measured to help. The other
+    # speculative_* keys tune it; unset, llama.cpp's defaults apply.
+    speculative: str = "off"
+    speculative_ngram_size: int | None = None
+    speculative_draft_max: int | None = None
+    speculative_draft_min: int | None = None
+    speculative_p_min: float | None = None
+    speculative_model: Path | None = None
     # The bundled model is already served at this OpenAI base URL (`http://127.0.0.1:PORT/v1`,
     # say by the parent of a pool of workers, see pullsmith.models.local.serve_shared): use it,
     # never start or stop a server.
@@ -242,6 +331,18 @@ class Settings:
         return LOCAL_MODEL_NAME if self.uses_local_model else "gpt-4.1-mini"
 
     @property
+    def speculation(self) -> Speculation:
+        """The speculative decoding the bundled model's server is started with."""
+        return Speculation(
+            mode=self.speculative,
+            ngram_size=self.speculative_ngram_size,
+            draft_max=self.speculative_draft_max,
+            draft_min=self.speculative_draft_min,
+            p_min=self.speculative_p_min,
+            model=self.speculative_model,
+        )
+
+    @property
     def runs_dir(self) -> Path:
         return self.data_dir / "runs"
 
@@ -273,6 +374,7 @@ _ENV_VARS = {
     "PULLSMITH_TEST_COMMAND": "test_command",
     "PULLSMITH_DATA_DIR": "data_dir",
     "PULLSMITH_THREADS": "threads",
+    "PULLSMITH_SPECULATIVE": "speculative",
     "PULLSMITH_LOCAL_SERVER_URL": "local_server_url",
     "PULLSMITH_DATABASE_URL": "database_url",
     "PULLSMITH_GITHUB_API_URL": "github_api_url",
@@ -308,6 +410,14 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         )
     if name == "max_cost":
         return _max_cost(value, source)
+    if name == "speculative":
+        text = "off" if value is False else str(value).strip().lower()
+        if text not in SPECULATIVE_MODES:
+            raise UserError(
+                f"setting 'speculative' in {source} must be off, ngram or draft, not {value!r}; "
+                "fix it there."
+            )
+        return text
     if name == "protocol" and value not in PROTOCOLS:
         raise UserError(
             f"setting 'protocol' in {source} must be auto, text or tools, not {value!r}; fix it there."
@@ -323,6 +433,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         return ",".join(forms)
     if "bool" in kind:
         return _boolean(name, value, source)
+    if name in _SPECULATIVE_RANGES:
+        return _speculative_number(name, value, source)
     try:
         if "int" in kind:
             return int(value)
@@ -336,6 +448,23 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         raise UserError(
             f"setting '{name}' in {source} must be {label}, not {value!r}; fix it there."
         ) from None
+
+
+def _speculative_number(name: str, value: Any, source: str) -> float:
+    low, high = _SPECULATIVE_RANGES[name]
+    whole = isinstance(low, int)
+    number: float | None = None
+    if not isinstance(value, bool) and not (whole and isinstance(value, float)):
+        with contextlib.suppress(TypeError, ValueError):
+            number = int(value) if whole else float(value)
+    if number is None:
+        label = "a whole number" if whole else "a number"
+        raise UserError(
+            f"setting '{name}' in {source} must be {label} from {low:g} to {high:g}, not "
+            f"{value!r}; fix it there."
+        )
+    _check_range(name, number, source)
+    return number
 
 
 def _max_cost(value: Any, source: str) -> float:
@@ -562,4 +691,6 @@ def load_settings(overrides: dict[str, Any] | None = None, cwd: Path | None = No
     for name, value in (overrides or {}).items():
         if value is not None:
             merged[name] = _coerce(name, value, f"--{name.replace('_', '-')}")
-    return replace(Settings(), **merged)
+    settings = replace(Settings(), **merged)
+    settings.speculation.check("the settings")
+    return settings

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pullsmith.config import LOCAL_MODEL_NAME, Settings, load_settings
+from pullsmith.config import LOCAL_MODEL_NAME, Settings, Speculation, load_settings
 from pullsmith.errors import UserError
 from pullsmith.models import LLAMA_CPP_EXTRA, ManagedLocalModel, OpenAIModel, local, open_model
 from pullsmith.models.local import LocalServer, SharedServer, serve_shared, state_file
@@ -149,6 +149,7 @@ def test_starts_one_server_with_a_slot_per_worker(tmp_path, starts):
         "threads": 3,
         "parallel": 4,
         "log_path": log,
+        "speculation": Speculation(),  # off unless the settings ask for it
     }
     assert shared.started and shared.base_url == "http://127.0.0.1:4321/v1"
     assert shared.slots == 4

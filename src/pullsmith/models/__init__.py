@@ -91,6 +91,7 @@ def open_model(settings: Settings, log_path: Path | None = None, progress: bool 
         n_ctx=settings.n_ctx,
         threads=settings.threads,
         log_path=log_path,
+        speculation=settings.speculation,
     )
     return ManagedLocalModel(
         server,

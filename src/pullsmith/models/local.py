@@ -31,8 +31,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pullsmith.config import Settings
+from pullsmith.config import Settings, Speculation
 from pullsmith.errors import UserError
+from pullsmith.models.llama_server import speculation_argv
 from pullsmith.models.weights import (
     INSTALL_HINT,
     MODEL_FILENAME,
@@ -188,7 +189,8 @@ class LocalServer:
     """One llama.cpp server (xllamacpp) in a child process on 127.0.0.1.
 
     `n_ctx` is the context per slot; with `parallel` slots the server allocates
-    `n_ctx * parallel` tokens of KV cache. Use as a context manager, or call `start()` and
+    `n_ctx * parallel` tokens of KV cache. `speculation` (default off) is the speculative
+    decoding it runs (`Settings.speculation`). Use as a context manager, or call `start()` and
     `stop()` (an atexit hook stops it too).
     """
 
@@ -202,6 +204,7 @@ class LocalServer:
         log_path: Path | None = None,
         startup_timeout: float = STARTUP_TIMEOUT_S,
         watch_parent: bool = True,
+        speculation: Speculation | None = None,
     ) -> None:
         if parallel < 1:
             raise UserError(f"parallel must be at least 1 (got {parallel}); pass 1 or more.")
@@ -214,6 +217,7 @@ class LocalServer:
         self.parallel = parallel
         self.startup_timeout = startup_timeout
         self.watch_parent = watch_parent
+        self.speculation = (speculation or Speculation()).check()
         self._log_given = log_path is not None
         self.log_path: Path = (
             Path(log_path)
@@ -264,6 +268,13 @@ class LocalServer:
                     f"the model file {self.model_path} does not exist; run `pullsmith model "
                     "status` to see what is missing, or pass the path of a GGUF file."
                 )
+            draft = self.speculation.model
+            if self.speculation.mode == "draft" and draft is not None and not draft.is_file():
+                raise UserError(
+                    f"the draft model file {draft} (speculative_model) does not exist; set it "
+                    "to a GGUF with the bundled model's vocabulary, or use speculative = "
+                    '"ngram", which needs no draft model.'
+                )
             if self.requested_port is not None:
                 check_port_free(self.requested_port)
             attempts = 1 if self.requested_port is not None else 3
@@ -303,6 +314,7 @@ class LocalServer:
             "--parallel",
             str(self.parallel),
         ]
+        cmd += speculation_argv(self.speculation)
         if self.watch_parent:
             cmd += ["--parent-pid", str(os.getpid())]
         started = time.monotonic()
@@ -394,6 +406,7 @@ def start_local_server(
     parallel: int = DEFAULT_PARALLEL,
     log_path: Path | None = None,
     startup_timeout: float = STARTUP_TIMEOUT_S,
+    speculation: Speculation | None = None,
 ) -> LocalServer:
     """Start a llama.cpp server for `model_path` and return it once `/health` answers OK."""
     return LocalServer(
@@ -404,6 +417,7 @@ def start_local_server(
         parallel=parallel,
         log_path=log_path,
         startup_timeout=startup_timeout,
+        speculation=speculation,
     ).start()
 
 
@@ -515,6 +529,7 @@ def serve_forever(
     log_path: Path | None = None,
     announce: Callable[[LocalServer], None] | None = None,
     progress: bool = True,
+    speculation: Speculation | None = None,
 ) -> int:
     """Run a long-lived server in the foreground until SIGINT/SIGTERM; returns an exit code.
 
@@ -543,6 +558,7 @@ def serve_forever(
         parallel=parallel,
         log_path=log,
         watch_parent=True,
+        speculation=speculation,
     )
     sf = state_file()
     written: bytes | None = None
@@ -560,6 +576,7 @@ def serve_forever(
             "n_ctx": n_ctx,
             "parallel": parallel,
             "threads": threads,
+            "speculative": server.speculation.mode,
             "log": str(log),
             "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         }
@@ -633,7 +650,8 @@ def serve_shared(
     `settings.local_server_url` already serves it, or when a long-lived server (`pullsmith
     model serve`) runs; the handle then points at what serves it, or at nothing. Otherwise the
     model is assembled and one server starts with `slots` parallel slots, each with
-    `settings.n_ctx` tokens of context (the server holds `n_ctx * slots`). Hand the workers
+    `settings.n_ctx` tokens of context (the server holds `n_ctx * slots`) and the settings'
+    speculative decoding. Hand the workers
     `worker_settings()` and `close()` the handle once they are done.
     """
     if slots < 1:
@@ -656,6 +674,7 @@ def serve_shared(
         threads=settings.threads,
         parallel=slots,
         log_path=log_path,
+        speculation=settings.speculation,
     )
     return SharedServer(base_url=server.base_url, slots=slots, server=server)
 
