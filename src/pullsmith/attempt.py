@@ -15,7 +15,7 @@ from pullsmith.agent.context import (
     evidence_sources,
     file_listing,
 )
-from pullsmith.agent.failures import parse_test_output, summarize
+from pullsmith.agent.failures import hang_note, parse_test_output, summarize
 from pullsmith.agent.feedback import ChangeReporter
 from pullsmith.agent.loop import Agent, AgentLimits, Approve, Outcome, clip
 from pullsmith.agent.prompts import TaskContext, prompts_for, tests_still_fail
@@ -276,6 +276,9 @@ class Attempt:
             if before
             else "",
             test_timed_out=bool(before and before.timed_out),
+            test_note=hang_note(before.output, before.timed_out, self.test_timeout_s)
+            if before
+            else "",
             failures=failures,
             sources=sources,
         )
@@ -286,7 +289,12 @@ class Attempt:
             run = self._run_tests(sandbox, test_command, "check")
             if run is None or run.passed:
                 return None
-            return tests_still_fail(run.command, run.exit_code, clip(run.output, TEST_OUTPUT_CHARS))
+            return tests_still_fail(
+                run.command,
+                run.exit_code,
+                clip(run.output, TEST_OUTPUT_CHARS),
+                hang_note(run.output, run.timed_out, self.test_timeout_s),
+            )
 
         protocol = self._protocol()
         history = self._history()
@@ -310,6 +318,7 @@ class Attempt:
                 test_command,
                 lambda: self._run_tests(sandbox, test_command, "edit"),
                 protocol,
+                test_timeout_s=self.test_timeout_s,
             ),
             protocol=protocol_for(protocol, mcp_tools),
             cancel=self.cancel,
@@ -406,11 +415,20 @@ class Attempt:
             return "passed" if outcome.finished else "passed-unfinished"
         return "failed"
 
+    @property
+    def test_timeout_s(self) -> float:
+        """How long one of the attempt's own test runs may take: `feedback_test_timeout_s`
+        within `test_timeout_s` (a suite that hangs on the bug costs that, not minutes)."""
+        s = self.settings
+        if s.feedback_test_timeout_s > 0:
+            return min(s.test_timeout_s, s.feedback_test_timeout_s)
+        return s.test_timeout_s
+
     def _run_tests(self, sandbox: Sandbox, command: str | None, phase: str) -> TestRun | None:
         if not command or self.cancel.is_set():
             return None
         self.events.emit(StartedTests(phase=phase, command=command))
-        res = sandbox.run(command, timeout_s=self.settings.test_timeout_s)
+        res = sandbox.run(command, timeout_s=self.test_timeout_s)
         event = self.events.emit(
             RanTests(
                 phase=phase,

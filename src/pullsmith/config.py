@@ -162,6 +162,22 @@ class Settings:
     command_timeout_s: float = 120.0
     # pullsmith's own runs of the repository's tests (before, after each edit, after).
     test_timeout_s: float = 300.0
+    # ... and within that, each of an attempt's own test runs (before, after each edit, at the
+    # finish, after, the diff shrink's) ends after this many seconds: a suite that hangs on the
+    # bug costs that much per run, not minutes; 0: test_timeout_s alone.
+    feedback_test_timeout_s: float = 20.0
+    # pytest only (PYTEST_TIMEOUT and PYTEST_ADDOPTS in the sandbox, which other runners
+    # ignore): a test running longer fails (pytest-timeout, where the sandbox's Python has it)
+    # or has its stack dumped (faulthandler, at 1.5 times this); 0: off.
+    pytest_timeout_s: float = 8.0
+    # Before committing, drop each hunk of the diff whose revert keeps the visible tests
+    # passing (at most `shrink_max_runs` test runs, `shrink_max_s` seconds); see shrink.py.
+    shrink_diff: bool = True
+    shrink_max_runs: int = 8
+    shrink_max_s: float = 90.0
+    # After the final diff is known, ask the model once more for the summary of the commit and
+    # the PR, with that diff and the test results in front of it (off: the finish summary).
+    summary_from_diff: bool = True
     temperature: float = 0.2
     seed: int | None = None
     max_reply_tokens: int = 2048
@@ -299,6 +315,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
                 f"{', '.join(EDIT_FORMS)}, not {value!r}; fix it there."
             )
         return ",".join(forms)
+    if kind == "bool":
+        return _bool(name, value, source)
     try:
         if "int" in kind:
             return int(value)
@@ -312,6 +330,19 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         raise UserError(
             f"setting '{name}' in {source} must be {label}, not {value!r}; fix it there."
         ) from None
+
+
+def _bool(name: str, value: Any, source: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word in ("true", "1", "yes", "on"):
+        return True
+    if word in ("false", "0", "no", "off"):
+        return False
+    raise UserError(
+        f"setting '{name}' in {source} must be true or false, not {value!r}; fix it there."
+    )
 
 
 def _max_cost(value: Any, source: str) -> float:

@@ -269,3 +269,34 @@ def summarize(report: TestReport, limit: int = MAX_FAILURES) -> str:
     if hidden > 0:
         lines.append(f"[... and {hidden} more failing tests ...]")
     return "\n".join(lines)
+
+
+# pytest-timeout's failure line ("Failed: Timeout (>8.0s) from pytest-timeout.", older
+# versions "Timeout >8.0s"), and faulthandler's dump of a test still running ("Timeout (0:00:12)!").
+_PER_TEST_TIMEOUT = re.compile(
+    r"Timeout \(>([\d.]+)s\) from pytest-timeout|^E?\s*Failed: Timeout >([\d.]+)s|"
+    r"^Timeout \((\d+:\d\d:\d\d(?:\.\d+)?)\)!$",
+    re.M,
+)
+
+
+def hang_note(output: str, timed_out: bool, limit_s: float | None = None) -> str:
+    """What to tell the model when a test run hung: the whole run was stopped at its timeout,
+    or a test was stopped by its per-test timeout. "" when nothing timed out."""
+    if timed_out:
+        within = f" within {limit_s:g} s" if limit_s else ""
+        return (
+            f"The tests did not finish{within} and were stopped: on the current code they most "
+            "likely loop forever (or wait for input). Find the loop or recursion that never "
+            "ends; a traceback above, if there is one, shows where a test was stuck."
+        )
+    match = _PER_TEST_TIMEOUT.search(output)
+    if match is None:
+        return ""
+    seconds = match.group(1) or match.group(2)
+    after = f" after {float(seconds):g} s" if seconds else ""
+    return (
+        f"A test was still running{after} and was stopped by its per-test timeout: on the "
+        "current code it most likely loops forever (or waits for input). The stack above shows "
+        "where it was stuck."
+    )

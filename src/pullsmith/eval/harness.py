@@ -406,8 +406,9 @@ def run_one(
     if task.tests.timeout_s:
         # The suite says how long its tests may take; a bug that loops forever should cost
         # that, not the default five minutes, on every test run of the agent's.
+        limit = max(30.0, 3 * task.tests.timeout_s)
         task_settings = dataclasses.replace(
-            task_settings, test_timeout_s=max(30.0, 3 * task.tests.timeout_s)
+            task_settings, test_timeout_s=limit, feedback_test_timeout_s=limit
         )
     run_id = f"eval-{task.safe_id}-{secrets.token_hex(3)}"
     user_task = Task(
