@@ -25,6 +25,7 @@ from pullsmith.errors import UserError
 from pullsmith.events import (
     AttemptFinished,
     CommitCreated,
+    DiffShrunk,
     ErrorEvent,
     EventLog,
     RanTests,
@@ -41,6 +42,7 @@ from pullsmith.models.replay import REPLAY_PREFIX, is_replay, load_recordings
 from pullsmith.sandbox import make_sandbox
 from pullsmith.sandbox.base import Sandbox, SandboxPolicy
 from pullsmith.sandbox.policy import agent_policy
+from pullsmith.shrink import ShrinkResult, cannot_decide, shrink
 from pullsmith.task import AttemptResult, Task, TestRun
 from pullsmith.workspace import Workspace, resolve_repo
 
@@ -346,7 +348,38 @@ class Attempt:
             return
         after = self._run_tests(sandbox, test_command, "after")
         result.tests_after = after
+        if self.settings.shrink_diff and not self.cancel.is_set():
+            self._shrink(workspace, sandbox, test_command, result)
+        after = result.tests_after
         result.status = "cancelled" if self.cancel.is_set() else self._status(outcome, after)
+
+    def _shrink(
+        self,
+        workspace: Workspace,
+        sandbox: Sandbox,
+        test_command: str | None,
+        result: AttemptResult,
+    ) -> None:
+        """Drop the hunks the visible tests do not need (pullsmith.shrink); a diff.shrunk
+        event says what was dropped, or why nothing was tried. When something was dropped, the
+        last passing test run (which tested the tree as it is now) becomes `tests_after`."""
+        if not workspace.changed_files():
+            return
+        reason = cannot_decide(test_command, result.tests_before, result.tests_after)
+        if reason:
+            outcome = ShrinkResult(status="skipped", reason=reason)
+        else:
+            outcome = shrink(
+                workspace,
+                lambda: self._run_tests(sandbox, test_command, "shrink"),
+                max_runs=self.settings.shrink_max_runs,
+                max_seconds=self.settings.shrink_max_s,
+                should_stop=self.cancel.is_set,
+            )
+        if outcome.dropped and outcome.last_pass is not None:
+            result.tests_after = outcome.last_pass
+        result.shrink = outcome.to_event()
+        self.events.emit(DiffShrunk(**result.shrink))
 
     def _history(self) -> list[dict] | None:
         """The earlier conversation a follow-up goes on with (FollowUp.history), if any."""
@@ -541,5 +574,11 @@ def commit_message(result: AttemptResult) -> str:
         lines.append(
             f"Tests: `{result.tests_after.command}` {verdict} (exit {result.tests_after.exit_code})"
         )
+    dropped = (result.shrink or {}).get("dropped") or []
+    if dropped:
+        where = ", ".join(
+            f"{d['path']}:{d['old_start'] or d['new_start']} ({d['kind']})" for d in dropped
+        )
+        lines.append(f"Left out (the tests pass without it): {where}")
     lines.append(f"Run: {result.task_id} ({result.exit_reason or result.status})")
     return "\n".join(lines)
