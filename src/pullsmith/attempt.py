@@ -20,6 +20,7 @@ from pullsmith.agent.feedback import ChangeReporter
 from pullsmith.agent.loop import Agent, AgentLimits, Approve, Outcome, clip
 from pullsmith.agent.prompts import TaskContext, prompts_for, tests_still_fail
 from pullsmith.agent.protocol import protocol_for
+from pullsmith.agent.summary import summary_request, write_summary
 from pullsmith.config import Settings
 from pullsmith.errors import UserError
 from pullsmith.events import (
@@ -32,6 +33,7 @@ from pullsmith.events import (
     SetupRan,
     SetupStarted,
     StartedTests,
+    SummaryWritten,
     TaskStarted,
     WorkspaceCreated,
 )
@@ -352,6 +354,66 @@ class Attempt:
             self._shrink(workspace, sandbox, test_command, result)
         after = result.tests_after
         result.status = "cancelled" if self.cancel.is_set() else self._status(outcome, after)
+        if result.status != "cancelled":
+            self._summarize(workspace, result)
+
+    def _summarize(self, workspace: Workspace, result: AttemptResult) -> None:
+        """The summary of the commit and the PR: with `summary_from_diff`, the model's words
+        once more, with the final diff and the test results in front of it (agent.summary);
+        else, or when that fails, its finish summary. A summary.written event says which."""
+        diff = workspace.diff()
+        if not diff.strip():
+            return
+        finish = result.summary
+        result.finish_summary = finish
+        result.summary_source = "finish" if finish else ""
+        settings = self.settings
+        error: str | None = None
+        if not settings.summary_from_diff:
+            self.events.emit(SummaryWritten(source="finish", summary=finish, finish_summary=finish))
+            return
+        spent = (self.pricing.cost(result.usage) or 0.0) + self.cost_before
+        if is_replay(settings.model):
+            error = "a replayed run has no recorded reply to ask"
+        elif settings.max_cost is not None and spent >= settings.max_cost:
+            error = f"the cost limit (${settings.max_cost:g}) was reached"
+        elif self.model is None:
+            error = "no model"
+        if error is None:
+            assert self.model is not None
+            messages = summary_request(
+                self.task.instruction,
+                diff,
+                result.tests_before,
+                result.tests_after,
+                (result.shrink or {}).get("dropped"),
+            )
+            try:
+                written = write_summary(self.model, messages)
+            except Exception as exc:  # any failure of the model: the finish summary stays
+                error = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            else:
+                result.usage.add(written.usage)
+                result.model_seconds = round(result.model_seconds + written.seconds, 3)
+                result.summary, result.summary_source = written.text, "diff"
+                usage = written.usage
+                self.events.emit(
+                    SummaryWritten(
+                        source="diff",
+                        summary=written.text,
+                        finish_summary=finish,
+                        seconds=round(written.seconds, 3),
+                        prompt_tokens=usage.prompt_tokens,
+                        completion_tokens=usage.completion_tokens,
+                        cached_tokens=usage.cached_tokens,
+                        cache_write_tokens=usage.cache_write_tokens,
+                        cost_usd=self.pricing.cost(usage),
+                    )
+                )
+                return
+        self.events.emit(
+            SummaryWritten(source="finish", summary=finish, finish_summary=finish, error=error)
+        )
 
     def _shrink(
         self,
@@ -565,10 +627,21 @@ def read_result(run_dir: Path) -> AttemptResult | None:
 
 
 def commit_message(result: AttemptResult) -> str:
-    title = (result.summary or result.instruction).strip().splitlines()[0]
+    said = (result.summary or result.instruction).strip().splitlines()
+    title = said[0]
     if len(title) > 72:
         title = title[:71].rstrip() + "…"
-    lines = [title, "", f"Task: {result.instruction.strip()}"]
+    lines = [title, ""]
+    if result.summary.strip():
+        if len(said) > 1:
+            lines += [*said[1:], ""]
+        when = (
+            "written from the final diff and the test results"
+            if result.summary_source == "diff"
+            else "from when it finished"
+        )
+        lines.append(f"Summary: the model's words, {when}; the tests below are pullsmith's.")
+    lines.append(f"Task: {result.instruction.strip()}")
     if result.tests_after is not None:
         verdict = "pass" if result.tests_after.passed else "FAIL"
         lines.append(

@@ -286,6 +286,8 @@ _ENV_VARS = {
     "PULLSMITH_GITHUB_REPO": "github_repo",
     "PULLSMITH_EXECUTOR": "executor",
     "PULLSMITH_RAY_ADDRESS": "ray_address",
+    "PULLSMITH_SHRINK_DIFF": "shrink_diff",
+    "PULLSMITH_SUMMARY_FROM_DIFF": "summary_from_diff",
 }
 
 
