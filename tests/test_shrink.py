@@ -204,3 +204,25 @@ def test_when_the_tests_cannot_decide_the_diff_is_left_as_it_is(example_repo, tm
     assert shrunk.data["status"] == "skipped" and shrunk.data["test_runs"] == 0
     assert "passed before the change too" in shrunk.data["reason"]
     assert [e.data["phase"] for e in events if e.type == "tests.ran"][-1] == "after"
+
+
+def test_the_terminal_shows_what_was_left_out():
+    from rich.console import Console
+
+    from pullsmith.cli import TerminalView
+    from pullsmith.events import DiffShrunk, Event, SummaryWritten
+
+    console = Console(record=True, width=200)
+    view = TerminalView(console)
+    hunk = {"path": "a.py", "kind": "comment", "old_start": 7, "old_lines": 1}
+    hunk |= {"new_start": 6, "new_lines": 0, "diff": "@@"}
+    shrunk = DiffShrunk(status="shrunk", reason="", hunks=3, dropped=[hunk], test_runs=1)
+    skipped = DiffShrunk(status="skipped", reason="the tests passed before the change too")
+    written = SummaryWritten(source="diff", summary="Export every row\nmore")
+    for n, payload in enumerate((shrunk, skipped, written)):
+        view(Event(n, payload.type, "t", 0.0, payload.model_dump()))
+    text = console.export_text()
+    assert "left out 1 of 3 hunks the tests do not need (1 test run, 0.0 s)" in text
+    assert "- a.py:7 (comment)" in text
+    assert "nothing tried: the tests passed before the change too" in text
+    assert "summary: Export every row (from the final diff)" in text

@@ -30,7 +30,8 @@ from pullsmith.workspace import Workspace, git, git_bytes
 # Hunk kinds whose revert is tried first, all together.
 SUSPICIOUS = ("deletion", "whitespace", "comment", "deleted file")
 HUNK_TEXT_CHARS = 1500
-_COMMENT_PREFIXES = ("#", "//", "/*", "*", "--", ";", '"""', "'''", 'r"""', "r'''")
+_DOCSTRING_QUOTES = ('"""', "'''", 'r"""', "r'''")
+_COMMENT_PREFIXES = ("#", "//", "/*", "*", "--", ";", *_DOCSTRING_QUOTES)
 
 
 class SuiteRun(Protocol):
@@ -169,7 +170,7 @@ def _only_comments(before: list[str], lines: list[str]) -> bool:
     own = sum(line.count('"""') + line.count("'''") for line in text)
     if inside and own == 0:
         return True
-    if not inside and own and own % 2 == 0 and text[0].startswith(_COMMENT_PREFIXES[6:]):
+    if not inside and own and own % 2 == 0 and text[0].startswith(_DOCSTRING_QUOTES):
         return text[-1].endswith(('"""', "'''"))
     return all(line.startswith(_COMMENT_PREFIXES) for line in text)
 

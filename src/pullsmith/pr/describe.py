@@ -249,7 +249,7 @@ def _summary_section(attempts: Sequence[AttemptRecord]) -> list[str]:
         return [*lines, quote(said[0].summary)]
     for attempt in reversed(said):
         lines += [
-            f"{cite(attempt, None)}, {_summary_origin(attempt)}:",
+            f"{cite(attempt, None)}: *{_summary_origin(attempt)}*",
             "",
             quote(attempt.summary),
             "",
