@@ -519,11 +519,21 @@ class Attempt:
             return min(s.test_timeout_s, s.feedback_test_timeout_s)
         return s.test_timeout_s
 
+    @property
+    def verdict_timeout_s(self) -> float:
+        """How long the run that decides the attempt's status ("after") may take: three times
+        `test_timeout_s` above, within `test_timeout_s`. On a loaded machine the interpreter's
+        start alone can take 20 s (measured: 32 s of a 34 s run whose tests took 2 s), and a
+        false timeout here would fail a change that passes; a false one in a feedback run
+        costs a misleading note at worst, and one in the shrink keeps a hunk."""
+        return min(self.settings.test_timeout_s, 3 * self.test_timeout_s)
+
     def _run_tests(self, sandbox: Sandbox, command: str | None, phase: str) -> TestRun | None:
         if not command or self.cancel.is_set():
             return None
         self.events.emit(StartedTests(phase=phase, command=command))
-        res = sandbox.run(command, timeout_s=self.test_timeout_s)
+        timeout = self.verdict_timeout_s if phase == "after" else self.test_timeout_s
+        res = sandbox.run(command, timeout_s=timeout)
         event = self.events.emit(
             RanTests(
                 phase=phase,

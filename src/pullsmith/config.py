@@ -163,8 +163,9 @@ class Settings:
     # pullsmith's own runs of the repository's tests (before, after each edit, after).
     test_timeout_s: float = 300.0
     # ... and within that, each of an attempt's own test runs (before, after each edit, at the
-    # finish, after, the diff shrink's) ends after this many seconds: a suite that hangs on the
-    # bug costs that much per run, not minutes; 0: test_timeout_s alone.
+    # finish, the diff shrink's) ends after this many seconds, the run after the agent (the
+    # verdict) after three times this: a suite that hangs on the bug costs that much per run,
+    # not minutes; 0: test_timeout_s alone.
     feedback_test_timeout_s: float = 20.0
     # pytest only (PYTEST_TIMEOUT and PYTEST_ADDOPTS in the sandbox, which other runners
     # ignore): a test running longer fails (pytest-timeout, where the sandbox's Python has it)
