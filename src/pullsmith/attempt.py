@@ -521,7 +521,8 @@ class Attempt:
 
     @property
     def verdict_timeout_s(self) -> float:
-        """How long the run that decides the attempt's status ("after") may take: three times
+        """How long a run that decides something (the finish's "check", the status's
+        "after") may take: three times
         `test_timeout_s` above, within `test_timeout_s`. On a loaded machine the interpreter's
         start alone can take 20 s (measured: 32 s of a 34 s run whose tests took 2 s), and a
         false timeout here would fail a change that passes; a false one in a feedback run
@@ -532,7 +533,7 @@ class Attempt:
         if not command or self.cancel.is_set():
             return None
         self.events.emit(StartedTests(phase=phase, command=command))
-        timeout = self.verdict_timeout_s if phase == "after" else self.test_timeout_s
+        timeout = self.verdict_timeout_s if phase in ("check", "after") else self.test_timeout_s
         res = sandbox.run(command, timeout_s=timeout)
         event = self.events.emit(
             RanTests(

@@ -162,10 +162,10 @@ class Settings:
     command_timeout_s: float = 120.0
     # pullsmith's own runs of the repository's tests (before, after each edit, after).
     test_timeout_s: float = 300.0
-    # ... and within that, each of an attempt's own test runs (before, after each edit, at the
-    # finish, the diff shrink's) ends after this many seconds, the run after the agent (the
-    # verdict) after three times this: a suite that hangs on the bug costs that much per run,
-    # not minutes; 0: test_timeout_s alone.
+    # ... and within that, each of an attempt's own test runs before the agent, after each edit
+    # and in the diff shrink ends after this many seconds, the check of a finish and the run
+    # after the agent (verdicts) after three times this: a suite that hangs on the bug costs
+    # that much per run, not minutes; 0: test_timeout_s alone.
     feedback_test_timeout_s: float = 20.0
     # pytest only (PYTEST_TIMEOUT and PYTEST_ADDOPTS in the sandbox, which other runners
     # ignore): a test running longer fails (pytest-timeout, where the sandbox's Python has it)
