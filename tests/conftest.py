@@ -9,6 +9,7 @@ import pytest
 from postgres_fixture import postgres_databases, postgres_url, store_url  # noqa: F401
 
 from pullsmith.models.base import Reply, Usage
+from pullsmith.models.replay import text_pieces
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -31,7 +32,7 @@ class ScriptedModel:
         self.seeds: list[int | None] = []
         self.closed = False
 
-    def complete(self, messages, temperature=None, tools=None, stop=None, seed=None):
+    def complete(self, messages, temperature=None, tools=None, stop=None, seed=None, on_text=None):
         self.seen.append([dict(m) for m in messages])
         self.temperatures.append(temperature)
         self.tools.append(tools)
@@ -40,16 +41,20 @@ class ScriptedModel:
         if not self.replies:
             raise AssertionError("the scripted model ran out of replies")
         reply = self.replies.pop(0)
-        if isinstance(reply, Reply):
-            return reply
-        usage = Usage(prompt_tokens=100, completion_tokens=10)
-        if isinstance(reply, dict):
-            return Reply(
-                text=reply.get("text", ""),
-                usage=usage,
-                tool_calls=list(reply.get("tool_calls", [])),
-            )
-        return Reply(text=reply, usage=usage)
+        if not isinstance(reply, Reply):
+            usage = Usage(prompt_tokens=100, completion_tokens=10)
+            if isinstance(reply, dict):
+                reply = Reply(
+                    text=reply.get("text", ""),
+                    usage=usage,
+                    tool_calls=list(reply.get("tool_calls", [])),
+                )
+            else:
+                reply = Reply(text=reply, usage=usage)
+        if on_text is not None:  # streamed: the text in a few pieces, as a server sends it
+            for piece in text_pieces(reply.text):
+                on_text(piece)
+        return reply
 
     def close(self) -> None:
         self.closed = True
@@ -77,6 +82,15 @@ def isolated_home(tmp_path_factory, monkeypatch):
     # diff (tests/test_summary.py) turn it on and script that reply too.
     monkeypatch.setenv("PULLSMITH_SUMMARY_FROM_DIFF", "false")
     return home
+
+
+@pytest.fixture
+def real_cache(monkeypatch):
+    """Use the user's real cache (the assembled 1 GB GGUF of the bundled model is reused
+    across runs instead of assembled for each test)."""
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    if os.environ.get("PULLSMITH_TEST_CACHE_HOME"):
+        monkeypatch.setenv("XDG_CACHE_HOME", os.environ["PULLSMITH_TEST_CACHE_HOME"])
 
 
 @pytest.fixture

@@ -22,12 +22,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def real_cache(monkeypatch):
-    # Reuse the machine's assembled model instead of assembling 1 GB per test.
-    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
-
-
 def test_exec_fixes_the_example_bug_with_the_bundled_model(example_repo, tmp_path, real_cache):
     proc = subprocess.run(
         [

@@ -330,6 +330,7 @@ class Attempt:
             call_mcp=mcp.call if mcp is not None else None,
             approve=self.approve,
             outside_sandbox=outside,
+            stream=self.settings.stream_replies,
         )
         try:
             edit_forms = resolve_edit_forms(self.settings.edit_forms, self.settings.model_name)
@@ -493,13 +494,14 @@ class Attempt:
             max_turns=s.max_turns,
             max_time_s=s.max_time_s,
             max_tokens=s.max_tokens,
-            context_tokens=s.n_ctx if s.uses_local_model else None,
+            context_tokens=s.n_ctx if s.uses_local_model else s.context_window,
             reply_tokens=s.max_reply_tokens,
             format_errors=s.format_error_limit,
             finish_retries=s.finish_retries,
             stuck_repeats=1 if self.task.stop_when_stuck else None,
             max_cost=s.max_cost,
             cost_before=self.cost_before,
+            compact=s.compact,
         )
 
     @staticmethod

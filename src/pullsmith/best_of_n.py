@@ -16,6 +16,7 @@ from pullsmith.events import (
     AttemptsSelected,
     AttemptsStarted,
     ErrorEvent,
+    Event,
     EventLog,
     WarningEvent,
 )
@@ -213,13 +214,22 @@ class BestOfN:
         write_result(self.run_dir, chosen)
         return chosen
 
+    def _relay(self, event: Event, number: int) -> None:
+        """An attempt's event into the task's log, marked with its number (a transient one
+        passed on unwritten)."""
+        data = {**event.data, "attempt": number}
+        if event.transient:
+            self.events.transient(event.type, **data)
+        else:
+            self.events.emit(event.type, **data)
+
     def _attempt(self, number: int, cost_before: float = 0.0) -> AttemptResult:
         task, settings = self.task, self.settings
         sub = attempt_task(task, number)
         log = EventLog(
             sub.task_id,
             run_dir_for(settings, sub.task_id) / "events.jsonl",
-            forward=lambda event: self.events.emit(event.type, **{**event.data, "attempt": number}),
+            forward=lambda event: self._relay(event, number),
         )
         temperature, seed = attempt_sampling(settings, number)
         assert self.model is not None

@@ -19,6 +19,7 @@ from pullsmith import __version__
 from pullsmith.attempt import run_dir_for
 from pullsmith.cli_options import (
     attempt_options,
+    compact_option,
     executor_option,
     max_cost_option,
     model_options,
@@ -33,6 +34,7 @@ from pullsmith.mcp import commands as mcp_commands
 from pullsmith.models.prices import format_cost
 from pullsmith.pr import commands as pr_commands
 from pullsmith.pr.publish import GitHubPublisher, LocalPublisher
+from pullsmith.review.commands import review_command
 from pullsmith.session import commands as session_commands
 from pullsmith.task import AttemptResult, Task
 from pullsmith.workspace import is_url
@@ -375,6 +377,7 @@ def resume_command(
 )
 @click.option("--max-turns", type=int, default=None, help="Stop after this many model turns.")
 @max_cost_option
+@compact_option
 @click.option("--test-command", default=None, help="Command that runs the repository's tests.")
 @attempt_options
 @click.option("--json", "as_json", is_flag=True, help="Stream events as JSON lines to stdout.")
@@ -408,6 +411,7 @@ def exec_command(
     sandbox_policy: str | None,
     max_turns: int | None,
     max_cost: float | None,
+    compact: bool | None,
     test_command: str | None,
     attempts: int,
     until_pass: bool,
@@ -428,6 +432,7 @@ def exec_command(
         sandbox_policy=sandbox_policy,
         max_turns=max_turns,
         max_cost=max_cost,
+        compact=compact,
         test_command=test_command,
     )
     if not instruction.strip():
@@ -763,6 +768,7 @@ def sandbox_command(
 
 main_group.add_command(eval_group)
 main_group.add_command(pr_commands.pr_group)
+main_group.add_command(review_command)
 main_group.add_command(events_group)
 main_group.add_command(mcp_commands.mcp_group)
 main_group.add_command(mcp_commands.mcp_server_command)

@@ -95,6 +95,16 @@ def max_cost_option(func: Callable[..., Any]) -> Any:
     )(func)
 
 
+def compact_option(func: Callable[..., Any]) -> Any:
+    """--compact/--no-compact (`pullsmith exec` and `pullsmith eval run`)."""
+    return click.option(
+        "--compact/--no-compact",
+        default=None,
+        help="Near the model's context window, summarize the older turns and go on (the "
+        "default), or stop with 'context window full'.",
+    )(func)
+
+
 def settings_from_flags(**flags: Any) -> Settings:
     """Settings from config and environment, with the flags given on the command line on top."""
     return load_settings({k: v for k, v in flags.items() if v is not None})

@@ -186,6 +186,12 @@ class Settings:
     finish_retries: int = 2
     format_error_limit: int = 3
     n_ctx: int = 8192
+    # The context window of an API model, in tokens (the bundled model's is n_ctx); None:
+    # unknown, so the run never compacts or stops for it and the provider says when it is full.
+    context_window: int | None = None
+    # Near the context window, compact the older turns into a summary the model writes
+    # instead of stopping (see pullsmith.agent.compaction).
+    compact: bool = True
     threads: int = 2
     port: int | None = None
     # The bundled model is already served at this OpenAI base URL (`http://127.0.0.1:PORT/v1`,
@@ -214,6 +220,9 @@ class Settings:
     environment: Environment | None = None
     # The MCP servers whose tools the model is offered (`[mcp_servers.NAME]`, see McpServer).
     mcp_servers: tuple[McpServer, ...] = ()
+    # Stream each model reply to the listeners as it is generated (`model.delta` events, never
+    # written to the log). Set by the interactive session for its own runs; not a config key.
+    stream_replies: bool = False
 
     @property
     def uses_local_model(self) -> bool:
@@ -261,7 +270,7 @@ class Settings:
 _FIELD_TYPES = {
     f.name: f.type
     for f in fields(Settings)
-    if f.name not in ("config_files", "environment", "prices", "mcp_servers")
+    if f.name not in ("config_files", "environment", "prices", "mcp_servers", "stream_replies")
 }
 ENVIRONMENT_KEYS = ("setup", "network", "secrets", "timeout")
 
@@ -292,6 +301,19 @@ _ENV_VARS = {
 }
 
 
+def _boolean(name: str, value: Any, source: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise UserError(
+        f"setting '{name}' in {source} must be true or false, not {value!r}; fix it there."
+    )
+
+
 def _coerce(name: str, value: Any, source: str) -> Any:
     kind = str(_FIELD_TYPES[name])
     if name == "executor" and value not in EXECUTORS:
@@ -318,8 +340,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
                 f"{', '.join(EDIT_FORMS)}, not {value!r}; fix it there."
             )
         return ",".join(forms)
-    if kind == "bool":
-        return _bool(name, value, source)
+    if "bool" in kind:
+        return _boolean(name, value, source)
     try:
         if "int" in kind:
             return int(value)
@@ -333,19 +355,6 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         raise UserError(
             f"setting '{name}' in {source} must be {label}, not {value!r}; fix it there."
         ) from None
-
-
-def _bool(name: str, value: Any, source: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    word = str(value).strip().lower()
-    if word in ("true", "1", "yes", "on"):
-        return True
-    if word in ("false", "0", "no", "off"):
-        return False
-    raise UserError(
-        f"setting '{name}' in {source} must be true or false, not {value!r}; fix it there."
-    )
 
 
 def _max_cost(value: Any, source: str) -> float:

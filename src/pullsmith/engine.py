@@ -90,7 +90,8 @@ class Engine:
         run_dir.mkdir(parents=True, exist_ok=True)
         view = EventLog(task.task_id)  # no file: the worker writes it; this one fans out
         for listener in listeners:
-            view.subscribe(listener)
+            # With streamed replies the listeners see the transient `model.delta` events too.
+            view.subscribe(listener, transient=settings.stream_replies)
         finished = threading.Event()
         job = self.executor.submit(task, settings, view.relay)
         handle = RunHandle(task, run_dir, job, finished)

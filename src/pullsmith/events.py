@@ -6,6 +6,10 @@ thread that emits: each has its own queue and thread (`EventStream`), so a slow 
 terminal, an SSE client, a database) does not slow the agent, and one that raises is reported
 and dropped without touching the run. docs/events.md describes each type;
 `pullsmith events schema` prints their JSON Schema.
+
+A transient event (`EventLog.transient`: `model.delta`, a piece of a reply as it streams) is
+never written: it goes the same way to the listeners that asked for such events
+(`subscribe(..., transient=True)`) and to no other, with id 0 and no place in the numbering.
 """
 
 from __future__ import annotations
@@ -155,6 +159,26 @@ class LimitReachedEvent(Payload):
     type: ClassVar[str] = "limit.reached"
     turn: int
     reason: str
+
+
+class ContextCompacted(Payload):
+    """The older turns were replaced by a summary to fit the model's context window."""
+
+    type: ClassVar[str] = "context.compacted"
+    turn: int
+    trigger: str
+    dropped_turns: int
+    dropped_messages: int
+    kept_turns: int
+    tokens_before: int
+    tokens_after: int
+    window: int | None = None
+    summary: str
+    fallback: str = ""
+    seconds: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
 
 
 class EditMade(Payload):
@@ -336,6 +360,15 @@ class ListenerFailed(Payload):
     error: str
 
 
+class ModelDelta(Payload):
+    """A piece of the reply of turn `turn` as the model streams it (transient: never written;
+    the whole reply is the turn's `model.reply`)."""
+
+    type: ClassVar[str] = "model.delta"
+    turn: int
+    text: str
+
+
 EVENT_TYPES: dict[str, type[Payload]] = {
     cls.type: cls
     for cls in (
@@ -353,6 +386,7 @@ EVENT_TYPES: dict[str, type[Payload]] = {
         FinishRejected,
         AgentFinished,
         LimitReachedEvent,
+        ContextCompacted,
         EditMade,
         DiffShrunk,
         SummaryWritten,
@@ -372,9 +406,13 @@ EVENT_TYPES: dict[str, type[Payload]] = {
 }
 
 
+# The transient event types: passed to the listeners that ask for them, never in a log file.
+TRANSIENT_TYPES: dict[str, type[Payload]] = {cls.type: cls for cls in (ModelDelta,)}
+
+
 def payload_for(type: str, data: dict[str, Any]) -> Payload:
     """The typed payload of an event; ValueError for an unknown type or a wrong field."""
-    cls = EVENT_TYPES.get(type)
+    cls = EVENT_TYPES.get(type) or TRANSIENT_TYPES.get(type)
     if cls is None:
         raise ValueError(f"unknown event type {type!r}")
     try:
@@ -395,9 +433,14 @@ class Event:
     v: int = SCHEMA_VERSION
 
     @property
+    def transient(self) -> bool:
+        """Whether this is a transient event (never written; see EventLog.transient)."""
+        return self.id == TRANSIENT_ID
+
+    @property
     def payload(self) -> Payload:
         """The typed data; fields a newer pullsmith added (same schema version) are skipped."""
-        cls = EVENT_TYPES.get(self.type)
+        cls = EVENT_TYPES.get(self.type) or TRANSIENT_TYPES.get(self.type)
         known = cls.model_fields if cls is not None else {}
         return payload_for(self.type, {k: v for k, v in self.data.items() if k in known})
 
@@ -432,6 +475,8 @@ class Event:
 
 Listener = Callable[[Event], None]
 _STOP = object()
+# The id of every transient event: written events are numbered from 1.
+TRANSIENT_ID = 0
 
 
 class EventStream:
@@ -444,11 +489,17 @@ class EventStream:
 
     def __init__(self, on_failure: Callable[[str, str], None] | None = None) -> None:
         self._queues: list[queue.SimpleQueue[Any]] = []
+        # The queues of the listeners that also get transient events.
+        self._transient: set[queue.SimpleQueue[Any]] = set()
         self._threads: list[threading.Thread] = []
         self._on_failure = on_failure
         self._lock = threading.Lock()
 
-    def subscribe(self, listener: Listener, name: str | None = None) -> None:
+    def subscribe(
+        self, listener: Listener, name: str | None = None, transient: bool = False
+    ) -> None:
+        """Have `listener` see the events published from now on (the transient ones too when
+        `transient`)."""
         label = name or getattr(listener, "__qualname__", None) or type(listener).__name__
         inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         thread = threading.Thread(
@@ -456,12 +507,16 @@ class EventStream:
         )
         with self._lock:
             self._queues.append(inbox)
+            if transient:
+                self._transient.add(inbox)
             self._threads.append(thread)
         thread.start()
 
     def publish(self, event: Event) -> None:
         with self._lock:
             inboxes = list(self._queues)
+            if event.transient:
+                inboxes = [inbox for inbox in inboxes if inbox in self._transient]
         for inbox in inboxes:
             inbox.put(event)
 
@@ -527,11 +582,14 @@ class EventLog:
                 self._next_id = len(read_events(path)) + 1
             self._file = path.open("a", encoding="utf-8")
 
-    def subscribe(self, listener: Listener, name: str | None = None) -> None:
-        """Have `listener` see every later event, on a thread of its own."""
+    def subscribe(
+        self, listener: Listener, name: str | None = None, transient: bool = False
+    ) -> None:
+        """Have `listener` see every later event, on a thread of its own; the transient ones
+        (see `transient`) too only when it asks for them."""
         if self._stream is None:
             self._stream = EventStream(on_failure=self._listener_failed)
-        self._stream.subscribe(listener, name)
+        self._stream.subscribe(listener, name, transient)
 
     def emit(self, kind: str | Payload, /, **data: Any) -> Event:
         """Record an event: a Payload, or a type name and its fields (checked the same way)."""
@@ -552,10 +610,29 @@ class EventLog:
             self._hand_on(event)
         return event
 
-    def relay(self, event: Event) -> None:
-        """Pass on an event that another process already wrote to this log's file."""
+    def transient(self, kind: str | Payload, /, **data: Any) -> Event:
+        """Pass on an event that is never written (a TRANSIENT_TYPES one, checked as `emit`
+        checks): to `forward`, and to the listeners that asked for transient events. It has id
+        0 and takes no number, so the file and its numbering are as if it never happened."""
+        payload = kind if isinstance(kind, Payload) else payload_for(kind, data)
+        if payload.type not in TRANSIENT_TYPES:
+            raise ValueError(f"{payload.type!r} is not a transient event type")
+        if self.attempt is not None and payload.attempt is None:
+            payload = payload.model_copy(update={"attempt": self.attempt})
+        body = payload.model_dump(mode="json", exclude_none=True)
+        event = Event(
+            id=TRANSIENT_ID, type=payload.type, task_id=self.task_id, ts=time.time(), data=body
+        )
         with self._lock:
-            self._next_id = max(self._next_id, event.id + 1)
+            self._hand_on(event)
+        return event
+
+    def relay(self, event: Event) -> None:
+        """Pass on an event that another process already wrote to this log's file (or a
+        transient one, which was never written)."""
+        with self._lock:
+            if not event.transient:
+                self._next_id = max(self._next_id, event.id + 1)
             self._hand_on(event)
 
     def _hand_on(self, event: Event) -> None:

@@ -163,6 +163,11 @@ class ThreadExecutor:
         self._jobs.append(job)
         return job
 
+    def model_settings(self, settings: Settings) -> Settings:
+        """`settings` pointed at the model this executor's tasks use: with the bundled model,
+        its shared server (started now if it is not running yet)."""
+        return settings if self.model is not None else self._server.settings_for(settings)
+
     def shutdown(self, cancel: bool = False) -> None:
         if cancel:
             for job in self._jobs:

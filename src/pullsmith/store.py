@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Float,
     ForeignKey,
@@ -171,6 +172,27 @@ class PullRequestRecord(Base):
     remote_url: Mapped[str | None] = mapped_column(Text, nullable=True)
     published_commit: Mapped[str | None] = mapped_column(String(64), nullable=True)
     published_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class ReviewRecord(Base):
+    """A review of a pull request's change (`pullsmith pr review N`): the whole review as
+    `pullsmith review --json` prints it, and where it was posted on GitHub."""
+
+    __tablename__ = "reviews"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    pr_number: Mapped[int] = mapped_column(ForeignKey("pull_requests.number"), index=True)
+    base_commit: Mapped[str] = mapped_column(String(64))
+    head_commit: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(Text, default="")
+    verdict: Mapped[str] = mapped_column(String(16))
+    findings: Mapped[int] = mapped_column(Integer, default=0)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # The pull request review it became on GitHub (`pr publish`), once posted.
+    remote_review_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    remote_review_url: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 def database_url(settings: Settings) -> str:
@@ -457,14 +479,20 @@ class Store:
 
     def update_pull_request(self, number: int, **values: Any) -> PullRequestRecord:
         values.setdefault("updated_at", utcnow())
+        return self._update(
+            PullRequestRecord, number, values, f"there is no pull request #{number}."
+        )
+
+    def _update(self, table: type[Any], key: int, values: dict[str, Any], missing: str) -> Any:
+        """Set `values` on the row of `table` with primary key `key` (UserError `missing`)."""
         with self.session() as session:
-            row = session.get(PullRequestRecord, number)
+            row = session.get(table, key)
             if row is None:
-                raise UserError(f"there is no pull request #{number}.")
-            for key, value in values.items():
-                if not hasattr(PullRequestRecord, key):
-                    raise AttributeError(key)
-                setattr(row, key, value)
+                raise UserError(missing)
+            for name, value in values.items():
+                if not hasattr(table, name):
+                    raise AttributeError(name)
+                setattr(row, name, value)
             return row
 
     def count_pull_requests(self, repo: str | None = None) -> dict[str, int]:
@@ -474,6 +502,31 @@ class Store:
             query = query.where(PullRequestRecord.repo == repo)
         with self.session() as session:
             return {state: count for state, count in session.execute(query).all()}
+
+    # --- reviews -----------------------------------------------------------------------
+
+    def reviews(self, pr_number: int) -> list[ReviewRecord]:
+        """The reviews of a pull request, oldest first."""
+        with self.session() as session:
+            return list(
+                session.scalars(
+                    select(ReviewRecord)
+                    .where(ReviewRecord.pr_number == pr_number)
+                    .order_by(ReviewRecord.id)
+                )
+            )
+
+    def latest_review(self, pr_number: int) -> ReviewRecord | None:
+        with self.session() as session:
+            return session.scalars(
+                select(ReviewRecord)
+                .where(ReviewRecord.pr_number == pr_number)
+                .order_by(ReviewRecord.id.desc())
+                .limit(1)
+            ).first()
+
+    def update_review(self, review_id: int, **values: Any) -> ReviewRecord:
+        return self._update(ReviewRecord, review_id, values, f"there is no review {review_id}.")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -127,6 +127,7 @@ def test_context_window_limit(tmp_path):
         answers={"big": (0, "x" * 3000)},
         context_tokens=1500,
         reply_tokens=500,
+        compact=False,
         observation_chars=10_000,
     )
     outcome = agent.run("system", "task")

@@ -343,6 +343,7 @@ def test_limits_apply_to_tool_calls_too(tmp_path):
         [shell("x" * 3000 + str(n)) for n in range(5)],
         context_tokens=1500,
         reply_tokens=500,
+        compact=False,
     )
     assert agent.run("system", "task").exit_reason == "context window full (1500 tokens)"
 

@@ -165,6 +165,43 @@ def test_tool_use_replies_and_cache_usage_come_back_as_reply_fields(stream):
     assert second.usage.cached_tokens == first.usage.cache_write_tokens
 
 
+@pytest.mark.parametrize("stream", [True, False])
+def test_on_text_gets_the_text_deltas_as_they_stream(stream):
+    replies = [
+        [text_block("Looking first."), tool_use("toolu_1", "shell", command="cat export.py")],
+        [text_block("hello")],
+    ]
+    with FakeAnthropic(replies, overload_mid_stream=0) as server:
+        model, _ = model_for(server, stream=stream)  # on_text streams either way
+        seen: list[str] = []
+        first = model.complete(conversation(), tools=TOOLS, on_text=seen.append)
+        server.overload_mid_stream = 1  # the next one fails mid-stream once, then answers
+        later: list[str] = []
+        second = model.complete(conversation(), on_text=later.append)
+        model.close()
+    assert seen == ["Looking", " first."] and first.text == "Looking first."
+    assert first.tool_calls[0]["name"] == "shell" and first.finish_reason == "tool_calls"
+    assert all(request.get("stream") for request in server.requests)
+    # The retried stream passes its text on once.
+    assert later == ["he", "llo"] and second.text == "hello" and model.retried == 1
+
+
+def test_what_on_text_raises_ends_the_request_unchanged():
+    class Stop(Exception):
+        pass
+
+    def stop(piece: str) -> None:
+        raise Stop()
+
+    with FakeAnthropic([[text_block("hello")], [text_block("again")]]) as server:
+        model, _ = model_for(server)
+        with pytest.raises(Stop):
+            model.complete(conversation(), on_text=stop)
+        assert model.complete(conversation()).text == "again"
+        model.close()
+    assert model.retried == 0
+
+
 def test_text_protocol_stop_sequences_are_sent_and_reported_as_stop():
     with FakeAnthropic([[text_block("```bash\nls\n")]]) as server:
         model, _ = model_for(server)

@@ -336,14 +336,6 @@ def _needs_real_model():
         pytest.skip("the local model parts are not installed")
 
 
-@pytest.fixture
-def real_cache(monkeypatch):
-    """Use the user's real cache (the assembled 1 GB GGUF is reused across runs)."""
-    monkeypatch.delenv("XDG_CACHE_HOME")
-    if os.environ.get("PULLSMITH_TEST_CACHE_HOME"):
-        monkeypatch.setenv("XDG_CACHE_HOME", os.environ["PULLSMITH_TEST_CACHE_HOME"])
-
-
 def _post_json(url: str, body: dict) -> dict:
     req = urllib.request.Request(
         url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}

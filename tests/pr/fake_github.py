@@ -1,8 +1,10 @@
 """A stand-in for GitHub's REST API on 127.0.0.1, answering as its documentation shows.
 
-Only the pull request endpoints pullsmith uses: list (GET /repos/{o}/{r}/pulls), create (POST)
-and update (PATCH /repos/{o}/{r}/pulls/{n}); errors have GitHub's documented bodies and headers.
-A `head` must exist in the bare repository behind it, as on GitHub.
+Only the pull request endpoints pullsmith uses: list (GET /repos/{o}/{r}/pulls), create (POST),
+update (PATCH /repos/{o}/{r}/pulls/{n}) and create a review (POST
+/repos/{o}/{r}/pulls/{n}/reviews, https://docs.github.com/rest/pulls/reviews); errors have
+GitHub's documented bodies and headers. A `head` must exist in the bare repository behind it,
+as on GitHub, and a review's line comments must be on lines of the pull request's diff there.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ class FakeGitHub:
         self.next_number = 1
         self.fail_with: tuple[int, dict, dict] | None = None  # status, body, headers
         self.hide_from_list_once = False
+        self.reviews: dict[int, list[dict]] = {}
+        self.next_review_id = 80000000001  # GitHub's review ids are past 2**31
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -85,6 +89,71 @@ class FakeGitHub:
                 "repo": {"full_name": full},
             },
         }
+
+    def diff_lines(self, pull: dict) -> dict[str, set[int]]:
+        """The new-side lines of each file in the pull request's diff (its hunks), as GitHub
+        lets a review comment on them."""
+        base, head = pull["base"]["ref"], pull["head"]["ref"]
+        proc = subprocess.run(
+            ["git", "diff", "--no-color", "--no-renames", f"{base}...{head}"],
+            cwd=self.bare,
+            capture_output=True,
+            text=True,
+        )
+        lines: dict[str, set[int]] = {}
+        path = None
+        for line in proc.stdout.splitlines():
+            if line.startswith("+++ "):
+                path = line[4:].removeprefix("b/")
+                lines.setdefault(path, set())
+            elif line.startswith("@@") and path is not None:
+                new = line.split("+", 1)[1].split(" ", 1)[0]
+                start, _, count = new.partition(",")
+                count_n = int(count) if count else 1
+                lines[path].update(range(int(start), int(start) + count_n))
+        return lines
+
+    def review(self, pull: dict, payload: dict) -> tuple[int, dict]:
+        """POST .../pulls/{n}/reviews as GitHub answers it: 200 and the review, or 422."""
+        comments = payload.get("comments") or []
+        event = payload.get("event")
+        if event not in (None, "COMMENT", "APPROVE", "REQUEST_CHANGES"):
+            return 422, {"message": "Unprocessable Entity", "errors": ["Invalid event"]}
+        if event == "REQUEST_CHANGES" and not payload.get("body"):
+            return 422, {"message": "Unprocessable Entity", "errors": ["Body is required"]}
+        diff = self.diff_lines(pull)
+        for comment in comments:
+            for key in ("path", "body", "line"):
+                if key not in comment:
+                    return 422, {
+                        "message": "Unprocessable Entity",
+                        "errors": [f"comments: {key} is missing"],
+                    }
+            lines = diff.get(comment["path"], set())
+            wanted = range(comment.get("start_line", comment["line"]), comment["line"] + 1)
+            if comment.get("side", "RIGHT") != "RIGHT" or not all(n in lines for n in wanted):
+                return 422, {
+                    "message": "Unprocessable Entity",
+                    "errors": ["Pull request review thread line must be part of the diff"],
+                }
+        review_id = self.next_review_id
+        self.next_review_id += 1
+        full = f"{self.owner}/{self.name}"
+        number = pull["number"]
+        review = {
+            "id": review_id,
+            "node_id": f"PRR_kwDO{review_id}",
+            "user": {"login": self.owner, "id": 1, "type": "User"},
+            "body": payload.get("body") or "",
+            "state": "COMMENTED" if event in (None, "COMMENT") else event,
+            "html_url": f"https://github.com/{full}/pull/{number}#pullrequestreview-{review_id}",
+            "pull_request_url": f"{self.url}/repos/{full}/pulls/{number}",
+            "commit_id": payload.get("commit_id") or pull["head"]["sha"],
+            "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "comments": comments,
+        }
+        self.reviews.setdefault(number, []).append(review)
+        return 200, {k: v for k, v in review.items() if k != "comments"}
 
     # --- the HTTP side -----------------------------------------------------------------
 
@@ -194,6 +263,14 @@ class FakeGitHub:
                         bool(payload.get("draft")),
                     )
                     return self._send(201, fake.pulls[number])
+                if method == "POST" and rest.endswith("/reviews") and rest.split("/")[0].isdigit():
+                    pull = fake.pulls.get(int(rest.split("/")[0]))
+                    if pull is None:
+                        return self._error(404, "Not Found")
+                    status, body = fake.review(pull, payload or {})
+                    if status != 200:
+                        body |= {"documentation_url": DOCS.replace("pulls/pulls", "pulls/reviews")}
+                    return self._send(status, body)
                 if method == "PATCH" and rest.isdigit():
                     pull = fake.pulls.get(int(rest))
                     if pull is None:

@@ -330,3 +330,42 @@ def test_an_environment_from_its_page_to_a_tasks_setup_step(
     expect(step).to_contain_text("using [secret INDEX_TOKEN]")
     assert secret not in page.content()
     shoot(page, tmp_path / "7-setup-step.png", capsys)
+
+
+def test_a_prs_review_shows_on_its_task_page(page, server, recordings, tmp_path, capsys):
+    from conftest import ScriptedModel
+
+    from pullsmith.config import load_settings
+    from pullsmith.review.diff import resolve_change
+    from pullsmith.review.pull_request import store_review
+    from pullsmith.review.runner import review_change
+    from pullsmith.store import Store
+
+    repo = make_repo(tmp_path / "inventory")
+    sign_in(page, server)
+    created = server.create(repo, recordings["good"])
+    task = server.wait(created["id"], ("passed",))
+    settings = load_settings(
+        {"data_dir": str(server.data_home / "pullsmith"), "sandbox": "none"}, tmp_path
+    )
+    with Store.open(settings) as store:
+        record = store.pull_request(task["pr"])
+        change = resolve_change(repo, base=record.base_commit, head=record.head_commit)
+        path, line = change.files[0].path, change.files[0].changed_lines[0]
+        reply = (
+            f"FINDING: the export may drop a row\nPRIORITY: P1\nCONFIDENCE: 0.6\nFILE: {path}\n"
+            f"LINES: {line}\nWHY: a guess.\nVERDICT: incorrect\nREASON: Rows could go missing."
+        )
+        demo = "```bash\ntest -f no-such-file\n```"
+        review = review_change(change, ScriptedModel([reply, demo]), settings)
+        store_review(store, record, review)
+    page.goto(f"{server.base}/tasks/{created['id']}")
+    card = page.locator("#review-card")
+    expect(card).to_be_visible()
+    expect(card).to_contain_text("incorrect")
+    expect(card).to_contain_text("[P1] the export may drop a row")
+    expect(card).to_contain_text(f"{path}:{line}")
+    expect(card.locator(".finding .attempt-head .badge")).to_have_text("not demonstrated")
+    card.locator("details summary").click()
+    expect(card).to_contain_text("fails on the base too")
+    shoot(page, tmp_path / "8-review.png", capsys)

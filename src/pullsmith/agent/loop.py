@@ -6,10 +6,16 @@ FormatError (a malformed reply, or `Repeated`: the same reply again), `CommandFa
 after a failed command), `FinishRejected` (the verifier's objection), `Finished`, and
 `LimitReached` (turns, time, tokens, cost, context window, stuck, or `Cancelled`).
 
+When the conversation nears the model's context window, the older turns are compacted into a
+summary the model writes (see compaction.py) and the run goes on; only a conversation that
+still does not fit afterwards stops with "context window full". `compact()` does it on request.
+
 A front end at a terminal may set `approve`, asked before each command (and again when a
 sandboxed command failed, whether to run it outside the sandbox); a refusal is `CommandRefused`,
 an interruption carrying the user's reason to the model. `run(..., history=...)` continues an
-earlier conversation (an interactive session's next request) instead of starting one.
+earlier conversation (an interactive session's next request) instead of starting one. With
+`stream`, each reply is streamed as it is generated, its pieces passed to the listeners as
+transient `model.delta` events; a cancel closes the stream at the next piece.
 
 Two protocols carry the commands (see protocol.py): "text", a fenced ```bash block per reply
 answered by a user message, and "tools", a native `shell` or `finish` tool call answered by a
@@ -27,12 +33,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pullsmith.agent.compaction import Compaction, CompactionError, compact, message_chars
 from pullsmith.agent.prompts import mcp_observation, observation
 from pullsmith.agent.protocol import ActionProtocol, FormatError, assistant_message, protocol_for
 from pullsmith.events import EventLog
 from pullsmith.mcp.tools import McpCall, McpResult
 from pullsmith.models.base import Message, Model, Reply, Usage
 from pullsmith.models.prices import Pricing
+from pullsmith.models.replay import TRANSCRIPT_FILE
 from pullsmith.sandbox.base import CommandResult, Sandbox
 
 # Checks the work when the model says it is done: None means accepted, a string is what the
@@ -149,6 +157,10 @@ class AgentLimits:
     # errors). A small model that repeats itself rarely recovers (3 of 46 runs measured), so
     # when another attempt will follow, a fresh start is the better use of the time.
     stuck_repeats: int | None = None
+    # Near the context window, compact the older turns into a summary instead of stopping,
+    # keeping this many of the last turns verbatim.
+    compact: bool = True
+    keep_turns: int = 2
 
 
 @dataclass
@@ -161,6 +173,7 @@ class Outcome:
     model_seconds: float = 0.0
     # What this run's model calls cost in US dollars; None when the price is unknown.
     cost_usd: float | None = None
+    compactions: int = 0
 
 
 def clip(text: str, limit: int) -> str:
@@ -188,6 +201,7 @@ class Agent:
         call_mcp: CallMcp | None = None,
         approve: Approve | None = None,
         outside_sandbox: Sandbox | None = None,
+        stream: bool = False,
     ) -> None:
         self.wire = protocol_for(protocol) if isinstance(protocol, str) else protocol
         self.protocol = self.wire.name  # the name ("text" or "tools"), which prompts_for takes
@@ -204,7 +218,12 @@ class Agent:
         # The approval hook and where an approved command runs unconfined (see Approve).
         self.approve = approve
         self.outside_sandbox = outside_sandbox
+        # Stream each reply: its pieces become transient `model.delta` events (see _delta).
+        self.stream = stream
         self.messages: list[Message] = []
+        # Every message in the order the model saw them, once a compaction replaced some of
+        # `messages` (None before): saved as transcript.json next to the history for replays.
+        self.transcript: list[Message] | None = None
         # Where this run's own messages start (after a continued conversation's).
         self._own_from = 0
         self.usage = Usage()
@@ -215,6 +234,13 @@ class Agent:
         self.finish_rejections = 0
         self._started = 0.0
         self._last_prompt_tokens = 0
+        # Tokens per character of the last counted prompt, and whether the messages up to the
+        # last reply are still the ones it counted (a compaction replaces them).
+        self._tokens_per_char = 1 / 3
+        self._measured = False
+        self._counted_valid = True
+        self.compactions = 0
+        self._compacted_at_turn = -1
         # The last reply, until a message answers it (its tool calls each need a `tool` message).
         self._unanswered: Reply | None = None
 
@@ -259,7 +285,8 @@ class Agent:
     def step(self) -> None:
         """One turn: ask, record, parse, run, observe; whatever ends it early is raised."""
         self._check_limits()
-        reply = self.wire.ask(self.model, self.messages, self._temperature())
+        on_text = self._delta if self.stream else None
+        reply = self.wire.ask(self.model, self.messages, self._temperature(), on_text)
         repeated = self._said_before(reply)
         self._record(reply)
         action = self.wire.parse(reply)
@@ -371,6 +398,13 @@ class Agent:
         # repeated itself once tends to repeat itself forever.
         return min(1.0, 0.5 + 0.2 * self.repeats) if self.repeats else None
 
+    def _delta(self, text: str) -> None:
+        """A piece of the reply being streamed: a transient event for the listeners; a cancel
+        ends the reply here (the model closes its stream)."""
+        if self._cancelled():
+            raise Cancelled()
+        self.events.transient("model.delta", turn=self.turns + 1, text=text)
+
     def _said_before(self, reply: Reply) -> bool:
         message = assistant_message(reply)
         return any(_same_reply(m, message) for m in self.messages[self._own_from :])
@@ -382,6 +416,11 @@ class Agent:
         self.model_seconds += reply.duration_s
         self._last_prompt_tokens = reply.usage.prompt_tokens + reply.usage.completion_tokens
         self._append(assistant_message(reply))
+        self._counted_valid = True
+        chars = self._counted_chars()
+        if self._last_prompt_tokens and chars:
+            self._tokens_per_char = self._last_prompt_tokens / chars
+            self._measured = True
         self._unanswered = reply
         calls = {"tool_calls": reply.tool_calls} if reply.tool_calls else {}
         self.events.emit(
@@ -407,6 +446,8 @@ class Agent:
 
     def _append(self, *messages: Message) -> None:
         self.messages.extend(messages)
+        if self.transcript is not None:
+            self.transcript.extend(messages)
         self._save()
 
     def _observe(self, result: CommandResult, *notes: str | None) -> str:
@@ -438,18 +479,83 @@ class Agent:
                 raise LimitReached(
                     f"cost limit reached (${spent:.4f} spent of the ${limits.max_cost:g} budget)"
                 )
-        if limits.context_tokens:
-            # Characters past the last counted prompt are estimated at ~3 per token.
-            counted = sum(_chars(m) for m in self.messages)
-            estimate = self._last_prompt_tokens + (counted - self._counted_chars()) // 3
-            if estimate + limits.reply_tokens > limits.context_tokens:
+        if limits.context_tokens and not self._fits():
+            if limits.compact and self._compacted_at_turn != self.turns:
+                try:
+                    self.compact("auto")
+                except CompactionError:
+                    pass
+            if not self._fits():
                 raise LimitReached(f"context window full ({limits.context_tokens} tokens)")
+
+    def context_estimate(self) -> int:
+        """The tokens the conversation takes now: the last counted prompt and its reply, plus
+        ~3 characters a token for what came after (all of it estimated after a compaction, at
+        the last prompt's tokens per character)."""
+        total = sum(message_chars(m) for m in self.messages)
+        if not self._counted_valid:
+            return int(total * self._tokens_per_char)
+        if not self._last_prompt_tokens:  # nothing counted yet, or a model that counts nothing
+            return total // 3
+        return self._last_prompt_tokens + (total - self._counted_chars()) // 3
+
+    def _fits(self) -> bool:
+        window = self.limits.context_tokens
+        return not window or self.context_estimate() + self.limits.reply_tokens <= window
+
+    def compact(self, trigger: str = "request") -> Compaction:
+        """Replace the older turns by the model's summary (compaction.py); emits
+        `context.compacted`. Raises CompactionError when there is nothing to drop."""
+        before = self.context_estimate()
+        current = self._own_from if self._own_from else None
+        done = compact(
+            self.model,
+            self.messages,
+            self.wire,
+            current=current,
+            keep_turns=self.limits.keep_turns,
+            window=self.limits.context_tokens,
+            tokens_per_char=self._tokens_per_char if self._measured else None,
+        )
+        if self._own_from:
+            own_end = done.at + done.dropped_messages
+            self._own_from = (
+                done.at
+                if self._own_from < own_end
+                else (self._own_from - done.dropped_messages + 2)
+            )
+        self.transcript = [*(self.transcript or self.messages), *done.request]
+        self.messages = done.messages
+        self._counted_valid = False
+        self._save()
+        self.usage.add(done.usage)
+        self.model_seconds += done.seconds
+        self.compactions += 1
+        self._compacted_at_turn = self.turns
+        self.events.emit(
+            "context.compacted",
+            turn=self.turns,
+            trigger=trigger,
+            dropped_turns=done.dropped_turns,
+            dropped_messages=done.dropped_messages,
+            kept_turns=done.kept_turns,
+            tokens_before=before,
+            tokens_after=self.context_estimate(),
+            window=self.limits.context_tokens,
+            summary=done.summary,
+            fallback=done.fallback,
+            seconds=done.seconds,
+            prompt_tokens=done.usage.prompt_tokens,
+            completion_tokens=done.usage.completion_tokens,
+            cached_tokens=done.usage.cached_tokens,
+        )
+        return done
 
     def _counted_chars(self) -> int:
         # Everything up to and including the last assistant reply was counted by the model.
         for index in range(len(self.messages) - 1, -1, -1):
             if self.messages[index]["role"] == "assistant":
-                return sum(_chars(m) for m in self.messages[: index + 1])
+                return sum(message_chars(m) for m in self.messages[: index + 1])
         return 0
 
     def _outcome(self, finished: bool, reason: str, summary: str = "") -> Outcome:
@@ -461,22 +567,21 @@ class Agent:
             usage=self.usage,
             model_seconds=round(self.model_seconds, 3),
             cost_usd=self.cost_usd,
+            compactions=self.compactions,
         )
 
     def _save(self) -> None:
         if self.history_path is None:
             return
-        tmp = self.history_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.messages, ensure_ascii=False, indent=1), encoding="utf-8")
-        tmp.replace(self.history_path)
+        _write_json(self.history_path, self.messages)
+        if self.transcript is not None:
+            _write_json(self.history_path.with_name(TRANSCRIPT_FILE), self.transcript)
 
 
-def _chars(message: Message) -> int:
-    """The characters of a message the model reads: its content and its tool calls."""
-    calls = message.get("tool_calls") or []
-    return len(message.get("content") or "") + sum(
-        len(c["function"]["name"]) + len(c["function"]["arguments"]) for c in calls
-    )
+def _write_json(path: Path, messages: list[Message]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(messages, ensure_ascii=False, indent=1), encoding="utf-8")
+    tmp.replace(path)
 
 
 def _same_reply(earlier: Message, reply: Message) -> bool:

@@ -18,7 +18,7 @@ import json
 import re
 import shlex
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -338,9 +338,19 @@ class ActionProtocol(ABC):
             *(tool_message(call["id"], NOT_RUN) for call in others),
         ]
 
-    def ask(self, model: Model, messages: list[Message], temperature: float | None) -> Reply:
-        """The model's next reply to `messages`, requested and mended under this protocol."""
-        return self.mend(model.complete(messages, temperature=temperature, **self.request()))
+    def ask(
+        self,
+        model: Model,
+        messages: list[Message],
+        temperature: float | None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> Reply:
+        """The model's next reply to `messages`, requested and mended under this protocol;
+        streamed to `on_text` when given (see Model.complete)."""
+        request = self.request()
+        if on_text is not None:
+            request["on_text"] = on_text
+        return self.mend(model.complete(messages, temperature=temperature, **request))
 
 
 class TextProtocol(ActionProtocol):

@@ -29,6 +29,7 @@ from rich.table import Table
 
 from pullsmith.cli_options import (
     attempt_options,
+    compact_option,
     executor_option,
     max_cost_option,
     model_options,
@@ -202,6 +203,7 @@ class ProgressView(Listener):
 @click.option("--sandbox", type=click.Choice(SANDBOX_NAMES), default=None, help="Sandbox.")
 @click.option("--max-turns", type=int, default=None, help="Turn limit per task.")
 @max_cost_option
+@compact_option
 @click.option("--seed", type=int, default=None, help="Sampling seed, where the model takes one.")
 @attempt_options
 @click.option(
@@ -237,6 +239,7 @@ def run_command(
     edit_forms: str | None,
     max_turns: int | None,
     max_cost: float | None,
+    compact: bool | None,
     seed: int | None,
     attempts: int,
     until_pass: bool,
@@ -268,6 +271,7 @@ def run_command(
         edit_forms=edit_forms,
         max_turns=max_turns,
         max_cost=max_cost,
+        compact=compact,
         seed=seed,
         executor=executor,
     )
@@ -487,3 +491,124 @@ def compare_command(a: str, b: str, markdown: bool) -> None:
     console.print(f"  broken in B: {escape(', '.join(cmp['broken']) or 'none')}")
     if cmp["only_a"] or cmp["only_b"]:
         console.print(f"  only in A: {len(cmp['only_a'])} · only in B: {len(cmp['only_b'])}")
+
+
+# --- review -------------------------------------------------------------------------------
+
+
+@eval_group.command("review")
+@click.argument("suite_path", metavar="SUITE")
+@click.option("--model", default=None, help="Model name (default: the bundled local model).")
+@click.option("--base-url", default=None, help="OpenAI-compatible API base URL.")
+@click.option("--sandbox", type=click.Choice(SANDBOX_NAMES), default=None, help="Sandbox.")
+@click.option("--seed", type=int, default=None, help="Sampling seed, where the model takes one.")
+@selection_options
+@click.option(
+    "--kinds",
+    default="bug,clean",
+    show_default=True,
+    help="Which diffs: bug (the reverse of each fix), clean (a rename or reformat), or both.",
+)
+@click.option("--no-check", is_flag=True, help="Do not run demonstrations of P0/P1 findings.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Output directory (default: <data dir>/evals/review-<suite>-<time>).",
+)
+@click.option(
+    "--resume", is_flag=True, help="Continue the run in --out; recorded diffs are skipped."
+)
+def review_command(
+    suite_path: str,
+    model: str | None,
+    base_url: str | None,
+    sandbox: str | None,
+    seed: int | None,
+    task_ids: tuple[str, ...],
+    subset: str | None,
+    limit: int | None,
+    kinds: str,
+    no_check: bool,
+    out: Path | None,
+    resume: bool,
+) -> None:
+    """Measure `pullsmith review` on diffs with known answers built from SUITE's fixes.
+
+    Bug diffs (the reverse of each canonical fix) should be flagged at the bug's lines; clean
+    diffs (a local variable renamed, or the function reformatted) should get no P0/P1 finding.
+    Writes OUT/results.jsonl (one line per review), OUT/report.md and OUT/report.json.
+    """
+    from pullsmith.eval import review_bench
+    from pullsmith.models import open_model
+
+    wanted = tuple(k.strip() for k in kinds.split(",") if k.strip())
+    unknown = [k for k in wanted if k not in review_bench.KINDS]
+    if unknown or not wanted:
+        raise UserError(f"--kinds takes bug, clean or both (comma-separated), not {kinds!r}.")
+    settings = settings_from_flags(model=model, base_url=base_url, sandbox=sandbox, seed=seed)
+    suite = _load(suite_path, None, None, None)
+    tasks = _select(suite, task_ids, subset, limit)
+    if out is None:
+        if resume:
+            raise UserError("--resume needs --out with the directory of the run to continue.")
+        out = settings.data_dir / "evals" / f"review-{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    console = Console(highlight=False, emoji=False)  # ids like "Python-6:bug" stay as written
+    diffs = review_bench.build_diffs(tasks, settings, wanted)
+    meta = {
+        "suite": suite.name,
+        "subset": subset,
+        "limit": limit,
+        "kinds": list(wanted),
+        "check": not no_check,
+        "model": settings.model_name,
+        "sandbox": settings.sandbox,
+        "command": "pullsmith " + shlex.join(sys.argv[1:]) if sys.argv[1:] else None,
+    }
+    console.print(
+        f"[bold]pullsmith eval review[/] · suite {escape(suite.name)} · {len(diffs)} diffs from "
+        f"{len(tasks)} task(s) · model {escape(settings.model_name)} · sandbox {settings.sandbox}"
+    )
+    console.print(f"results in {escape(str(out))}")
+
+    def show(row: dict[str, Any], number: int, total: int) -> None:
+        if row.get("error"):
+            console.print(
+                f"[{number}/{total}] {escape(row['id'])}: [red]error[/] {escape(row['error'])}"
+            )
+            return
+        hit = " · [green]hit[/]" if row["hit"] else ""
+        console.print(
+            f"[{number}/{total}] {escape(row['id'])}: {row['verdict']} · {row['p0p1']} P0/P1"
+            f"{hit} · {row['demonstrated']} demonstrated · {row['seconds']:.0f} s"
+        )
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    model_ = open_model(settings, log_path=out / "model-server.log" if out else None)
+    try:
+        rows = review_bench.run_bench(
+            diffs, model_, settings, out, resume=resume, check=not no_check, on_result=show
+        )
+    except KeyboardInterrupt:
+        rows = review_bench.latest(review_bench.load_results(out / review_bench.RESULTS_FILE))
+        review_bench.write_report(out, rows, meta)
+        console.print(
+            f"[yellow]interrupted[/]; finished reviews are recorded in {escape(str(out))}; "
+            f"continue with --resume --out {escape(str(out))}."
+        )
+        sys.exit(130)
+    finally:
+        model_.close()
+    report = review_bench.write_report(out, rows, meta)
+    for name, f in report["models"].items():
+
+        def pct(v: float | None) -> str:
+            return "–" if v is None else f"{100 * v:.0f}%"
+
+        console.print(
+            f"[bold]{escape(name)}[/]: recall {pct(f['recall'])} · location hit rate "
+            f"{pct(f['location_hit_rate'])} · false positives per clean diff "
+            f"{'–' if f['false_positives_per_clean_diff'] is None else format(f['false_positives_per_clean_diff'], '.2f')}"
+            f" · P0/P1 demonstrated {pct(f['demonstrated_share'])}"
+        )
+    console.print(f"report: {escape(str(out / review_bench.REPORT_MD))}")

@@ -57,6 +57,12 @@ class TaskRecord:
     attempt_results: list[dict[str, Any]] = field(default_factory=list)
     format_errors: int = 0
     edits: dict[str, list[int]] = field(default_factory=dict)
+    # Each compaction of a conversation (every attempt): its turn, the turns it dropped, the
+    # seconds of its summary request and of the model's replies just before and just after it
+    # (the prompt cache is lost once, from the summary on); and the attempts that still
+    # stopped with "context window full".
+    compactions: list[dict[str, Any]] = field(default_factory=list)
+    context_full: int = 0
     turns: int = 0
     wall_seconds: float = 0.0
     model_seconds: float = 0.0
@@ -470,7 +476,7 @@ def _score_attempts(
     run_dirs = [a.get("run_dir") for a in attempts] or [result.run_dir]
     for run_dir in run_dirs:
         if run_dir:
-            _count_edits(record, Path(run_dir) / "events.jsonl")
+            _count_events(record, Path(run_dir) / "events.jsonl")
     for entry in attempts:
         chosen = entry.get("attempt") == record.attempt
         resolved = record.resolved if chosen else hidden_score(entry.get("commit")).resolved
@@ -482,11 +488,34 @@ def _attempt_fields(entry: dict[str, Any]) -> dict[str, Any]:
     return {k: entry.get(k) for k in keys}
 
 
-def _count_edits(record: TaskRecord, log: Path) -> None:
+def _count_events(record: TaskRecord, log: Path) -> None:
+    """The format errors, edits, compactions and context-window stops of one attempt's log."""
     if not log.is_file():
         return
+    last_reply: float | None = None
+    waiting: dict[str, Any] | None = None  # a compaction whose next reply is not seen yet
     for event in read_events(log):
-        if event.type == "format.error":
+        if event.type == "model.reply":
+            seconds = float(event.data.get("seconds") or 0)
+            if waiting is not None:
+                waiting["after_s"] = seconds
+                waiting = None
+            last_reply = seconds
+        elif event.type == "context.compacted":
+            waiting = {
+                "turn": event.data.get("turn"),
+                "dropped_turns": event.data.get("dropped_turns"),
+                "tokens_before": event.data.get("tokens_before"),
+                "tokens_after": event.data.get("tokens_after"),
+                "summary_s": event.data.get("seconds"),
+                "before_s": last_reply,
+                "after_s": None,
+            }
+            record.compactions.append(waiting)
+        elif event.type == "limit.reached":
+            if str(event.data.get("reason", "")).startswith("context window full"):
+                record.context_full += 1
+        elif event.type == "format.error":
             record.format_errors += 1
         elif event.type == "edit":
             counts = record.edits.setdefault(str(event.data.get("form")), [0, 0])

@@ -91,6 +91,7 @@ def totals(records: Iterable[Any], selected: int | None = None) -> dict[str, Any
         "sum_cost_usd": _cost(rows),
         "attempts": _attempt_totals(rows),
         "edits": _edit_totals(rows),
+        "context": _context_totals(rows),
     }
 
 
@@ -132,6 +133,22 @@ def _edit_totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "forms": dict(sorted(forms.items())),
         "format_errors": sum(int(r.get("format_errors") or 0) for r in rows),
         "tasks_with_format_errors": sum(1 for r in rows if r.get("format_errors")),
+    }
+
+
+def _context_totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Compactions and context-window stops over every attempt, and the reply latency just
+    before a compaction against just after it (medians, seconds)."""
+    done = [c for r in rows for c in r.get("compactions") or []]
+    pairs = [c for c in done if c.get("before_s") is not None and c.get("after_s") is not None]
+    return {
+        "compactions": len(done),
+        "tasks_compacted": sum(1 for r in rows if r.get("compactions")),
+        "context_full": sum(int(r.get("context_full") or 0) for r in rows),
+        "tasks_context_full": sum(1 for r in rows if r.get("context_full")),
+        "median_summary_seconds": _median(float(c.get("summary_s") or 0) for c in done),
+        "median_reply_seconds_before": _median(float(c["before_s"]) for c in pairs),
+        "median_reply_seconds_after": _median(float(c["after_s"]) for c in pairs),
     }
 
 
@@ -248,6 +265,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     ]
     lines += _attempt_lines(t)
     lines += _edit_lines(t.get("edits"))
+    lines += _context_lines(t.get("context"))
     for key, table in report.get("groups", {}).items():
         lines += [
             f"## By {key.replace('_', ' ')}",
@@ -322,6 +340,25 @@ def _edit_lines(e: Mapping[str, Any] | None) -> list[str]:
         "",
     ]
     return lines
+
+
+def _context_lines(c: Mapping[str, Any] | None) -> list[str]:
+    if not c or (not c["compactions"] and not c["context_full"]):
+        return []
+    return [
+        "## Context window",
+        "",
+        f"Compactions: {c['compactions']} in {c['tasks_compacted']} task(s) (each an attempt "
+        "that would have stopped with 'context window full' without one); attempts that still "
+        f"stopped with 'context window full': {c['context_full']} in "
+        f"{c['tasks_context_full']} task(s).",
+        "",
+        f"Median seconds of the summary request: {_num(c['median_summary_seconds'], ' s')}; of "
+        f"the model's reply just before a compaction: "
+        f"{_num(c['median_reply_seconds_before'], ' s')}, just after it: "
+        f"{_num(c['median_reply_seconds_after'], ' s')}.",
+        "",
+    ]
 
 
 def write_reports(out: Path, report: Mapping[str, Any]) -> tuple[Path, Path]:

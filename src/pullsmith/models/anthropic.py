@@ -16,8 +16,9 @@ reads it back from the cache whatever the API's lookback reaches) and the end of
 prompt (written for the next turn). The history is append-only, so a long run pays for each
 prefix once and reads it at the cached price after.
 
-Replies are streamed (`messages.stream`) and collected whole: the `Model` protocol returns one
-`Reply`, and streaming keeps a long reply from hitting the SDK's limit on unstreamed requests
+Replies are streamed (`messages.stream`) and collected whole into one `Reply`; with `on_text`
+each text delta is passed on as it arrives (a retry after some were passed on passes no more:
+the Reply holds the text that counts). Streaming keeps a long reply from hitting the SDK's limit on unstreamed requests
 and lets an overload that arrives mid-stream be retried like one at the start. Overload (529),
 rate limits (429), other 5xx and dropped connections are retried with exponential backoff
 (honouring `retry-after`; a request that timed out is not retried); what cannot be retried
@@ -109,10 +110,11 @@ class AnthropicModel:
         tools: list[dict[str, Any]] | None = None,
         stop: list[str] | None = None,
         seed: int | None = None,
+        on_text: Callable[[str], None] | None = None,
     ) -> Reply:
         started = time.monotonic()
         request = self.request(messages, temperature=temperature, tools=tools, stop=stop)
-        message = self._call(request, tools)
+        message = self._call(request, tools, on_text)
         return reply_from(message, time.monotonic() - started)
 
     def request(
@@ -143,13 +145,23 @@ class AnthropicModel:
                 kwargs["stop_sequences"] = sequences
         return kwargs
 
-    def _call(self, request: dict[str, Any], tools: list[dict[str, Any]] | None) -> Any:
+    def _call(
+        self,
+        request: dict[str, Any],
+        tools: list[dict[str, Any]] | None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> Any:
         attempt = 0
+        passed_on = False  # whether on_text was given some of an attempt's text
         while True:
             try:
-                if not self.stream:
+                if not self.stream and on_text is None:
                     return self._client.messages.create(**request)
                 with self._client.messages.stream(**request) as stream:
+                    if on_text is not None and not passed_on:
+                        for text in stream.text_stream:
+                            passed_on = True
+                            on_text(text)
                     return stream.get_final_message()
             except anthropic.AnthropicError as exc:
                 if attempt >= self.retries or not _retryable(exc):

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 Message = dict[str, Any]
+
+# The user message that asks a model to summarize the conversation so far, sent when the
+# conversation nears its context window (pullsmith.agent.compaction); a replay answers it
+# with the run's recorded summaries, apart from its other replies.
+COMPACTION_REQUEST = (
+    "Your context window is nearly full, so the turns above (after the task) will be replaced "
+    "by a summary. Write that summary now, in at most 150 words of plain text: what you found "
+    "out about the bug, which files you changed and how, which commands and tests you ran and "
+    "what they showed, and what is still left to do. Do not write a command or a code block."
+)
 
 
 @dataclass
@@ -58,6 +69,7 @@ class Model(Protocol):
         tools: list[dict[str, Any]] | None = None,
         stop: list[str] | None = None,
         seed: int | None = None,
+        on_text: Callable[[str], None] | None = None,
     ) -> Reply:
         """Return the next assistant reply for `messages` (at `temperature`, if given).
 
@@ -66,6 +78,12 @@ class Model(Protocol):
         the model may answer with native tool calls, returned in `Reply.tool_calls`. `stop`
         sequences end the reply early (left out of its text) where the provider supports them;
         `seed` overrides the model's sampling seed for this call.
+
+        With `on_text` the reply is streamed: each piece of its text is passed to `on_text` as
+        it is generated, in order (together they are `Reply.text`; tool calls and usage come in
+        the returned Reply). Whatever `on_text` raises (a cancel) ends the request, its stream
+        closed, and propagates. Without it the provider answers as it always did. Callers pass
+        `on_text` only when they want it, so a model that does not stream may leave it out.
         """
         ...
 

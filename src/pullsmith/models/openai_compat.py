@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
+import httpx
 import openai
 
 from pullsmith.errors import UserError
@@ -62,6 +64,7 @@ class OpenAIModel:
         tools: list[dict[str, Any]] | None = None,
         stop: list[str] | None = None,
         seed: int | None = None,
+        on_text: Callable[[str], None] | None = None,
     ) -> Reply:
         started = time.monotonic()
         kwargs: dict[str, Any] = {
@@ -80,6 +83,10 @@ class OpenAIModel:
             kwargs["tool_choice"] = "auto"
         if stop and not self.stop_unsupported:
             kwargs["stop"] = list(stop)
+        if on_text is not None:
+            # Usage comes in a last chunk of its own (llama.cpp adds its timings there too).
+            kwargs["stream"] = True
+            kwargs["stream_options"] = {"include_usage": True}
         try:
             raw = self._create(kwargs)
         except openai.BadRequestError as exc:
@@ -95,6 +102,8 @@ class OpenAIModel:
                 raise self._error(again, tools) from None
         except openai.OpenAIError as exc:
             raise self._error(exc, tools) from None
+        if on_text is not None:
+            return self._collect(raw, on_text, tools, started)
         choice = raw.choices[0] if raw.choices else None
         message = choice.message if choice else None
         text = (message.content if message else None) or ""
@@ -115,6 +124,60 @@ class OpenAIModel:
 
     def _create(self, kwargs: dict[str, Any]) -> Any:
         return self._client.chat.completions.create(**kwargs)
+
+    def _collect(
+        self,
+        stream: Any,
+        on_text: Callable[[str], None],
+        tools: list[dict[str, Any]] | None,
+        started: float,
+    ) -> Reply:
+        """The Reply a streamed response adds up to, each text delta given to `on_text` as it
+        arrives. Whatever `on_text` raises (a cancel) closes the stream and propagates."""
+        text: list[str] = []
+        calls: dict[int, dict[str, Any]] = {}
+        finish_reason = ""
+        usage = Usage()
+        try:
+            for chunk in stream:
+                if chunk.usage is not None:
+                    usage = Usage(
+                        prompt_tokens=chunk.usage.prompt_tokens or 0,
+                        completion_tokens=chunk.usage.completion_tokens or 0,
+                        cached_tokens=_cached_tokens(chunk.usage, chunk),
+                    )
+                for choice in chunk.choices or []:
+                    delta = choice.delta
+                    if choice.finish_reason:
+                        finish_reason = choice.finish_reason
+                    if delta is None:
+                        continue
+                    for call in delta.tool_calls or []:
+                        _add_call_delta(calls, call)
+                    if delta.content:
+                        text.append(delta.content)
+                        on_text(delta.content)
+        except openai.OpenAIError as exc:
+            raise self._error(exc, tools) from None
+        except httpx.HTTPError:
+            raise self._error(openai.APIConnectionError(request=_NO_REQUEST), tools) from None
+        finally:
+            stream.close()
+        return Reply(
+            text="".join(text),
+            usage=usage,
+            tool_calls=[
+                {
+                    "id": call["id"] or f"call_{index}",
+                    "name": call["name"],
+                    "arguments": call["arguments"],
+                }
+                for index, call in enumerate(calls[i] for i in sorted(calls))
+                if call["function"]
+            ],
+            duration_s=time.monotonic() - started,
+            finish_reason=finish_reason,
+        )
 
     def _error(self, exc: Exception, tools: list[dict[str, Any]] | None) -> Exception:
         """The one-sentence ModelError for a failed request (other errors pass unchanged)."""
@@ -164,6 +227,27 @@ def _tool_calls(message: Any) -> list[dict[str, Any]]:
             }
         )
     return calls
+
+
+# Stands for the request of a stream that broke off (the SDK's error wants one).
+_NO_REQUEST = httpx.Request("POST", "http://127.0.0.1/")
+
+
+def _add_call_delta(calls: dict[int, dict[str, Any]], delta: Any) -> None:
+    """Add one streamed piece of a tool call: the first names it, the rest extend its
+    arguments (pieces of one call share its `index`)."""
+    index = delta.index if getattr(delta, "index", None) is not None else len(calls)
+    call = calls.setdefault(index, {"id": "", "name": "", "arguments": "", "function": False})
+    if delta.id:
+        call["id"] = delta.id
+    function = getattr(delta, "function", None)
+    if function is None:
+        return
+    call["function"] = True
+    if function.name:
+        call["name"] += function.name
+    if function.arguments:
+        call["arguments"] += function.arguments
 
 
 def _short(message: str, limit: int = 200) -> str:

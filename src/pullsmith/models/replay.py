@@ -15,25 +15,32 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pullsmith.errors import UserError
-from pullsmith.models.base import Message, Reply, Usage
+from pullsmith.models.base import COMPACTION_REQUEST, Message, Reply, Usage
 from pullsmith.models.openai_compat import ModelError
 
 REPLAY_PREFIX = "replay:"
 HISTORY_FILE = "history.json"
+# Written next to history.json once a run compacted its conversation: every message in the
+# order the model saw it, the summary request and its reply included, so a replay answers
+# each `complete()` of the run (history.json holds the conversation as compacted).
+TRANSCRIPT_FILE = "transcript.json"
 
 __all__ = [
     "HISTORY_FILE",
+    "TRANSCRIPT_FILE",
     "REPLAY_PREFIX",
     "Recording",
     "ReplayModel",
     "is_replay",
     "load_recordings",
     "read_recording",
+    "text_pieces",
 ]
 
 
@@ -53,6 +60,9 @@ class Recording:
     path: Path
     replies: tuple[Reply, ...]
     protocol: str = ""
+    # The replies to compaction requests (COMPACTION_REQUEST), apart from the others: a replay
+    # answers such a request with the next of these, wherever its own run compacts.
+    summaries: tuple[Reply, ...] = ()
 
 
 def _text(content: Any) -> str:
@@ -106,7 +116,10 @@ def _recorded_protocol(run_dir: Path) -> str:
 
 
 def read_recording(path: Path) -> Recording:
-    """The assistant replies of one history file (UserError when it is not a conversation)."""
+    """The assistant replies of one history file (UserError when it is not a conversation);
+    the run's transcript.json instead when it compacted its conversation."""
+    if path.name == HISTORY_FILE and (path.parent / TRANSCRIPT_FILE).is_file():
+        path = path.parent / TRANSCRIPT_FILE
     try:
         messages = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -119,15 +132,20 @@ def read_recording(path: Path) -> Recording:
             f"{path} is not a recorded conversation (a JSON list of messages); pass the "
             "history.json of a pullsmith run, its run directory or its run id."
         )
-    replies = tuple(
-        Reply(text=_text(m.get("content")), tool_calls=_tool_calls(m), finish_reason="stop")
-        for m in messages
-        if m.get("role") == "assistant"
-    )
+    replies: list[Reply] = []
+    summaries: list[Reply] = []
+    for index, m in enumerate(messages):
+        if m.get("role") != "assistant":
+            continue
+        reply = Reply(text=_text(m.get("content")), tool_calls=_tool_calls(m), finish_reason="stop")
+        asked = messages[index - 1].get("content") if index else None
+        (summaries if asked == COMPACTION_REQUEST else replies).append(reply)
     protocol = _recorded_protocol(path.parent)
     if not protocol and any(reply.tool_calls for reply in replies):
         protocol = "tools"
-    return Recording(path=path, replies=replies, protocol=protocol)
+    return Recording(
+        path=path, replies=tuple(replies), protocol=protocol, summaries=tuple(summaries)
+    )
 
 
 def _attempt_dirs(run_dir: Path) -> list[Path]:
@@ -211,6 +229,13 @@ def load_recordings(spec: str, runs_dir: Path | None = None) -> list[Recording]:
     return recordings
 
 
+def text_pieces(text: str, pieces: int = 4) -> list[str]:
+    """`text` cut into up to `pieces` consecutive parts, as a streamed reply arrives; joined
+    they are `text` again."""
+    size = max(1, -(-len(text) // pieces))
+    return [text[start : start + size] for start in range(0, len(text), size)]
+
+
 class ReplayModel:
     """Answers with the recorded assistant replies of a run, in order, ignoring its input.
 
@@ -238,6 +263,7 @@ class ReplayModel:
         self.calls = 0
         self._recording = -1  # index into self.recordings of the one playing
         self._position = 0  # the next reply of that recording
+        self._summaries: dict[int, int] = {}  # summaries played, per recording
         self._lock = threading.Lock()
 
     @property
@@ -253,12 +279,16 @@ class ReplayModel:
         tools: list[dict[str, Any]] | None = None,
         stop: list[str] | None = None,
         seed: int | None = None,
+        on_text: Callable[[str], None] | None = None,
     ) -> Reply:
-        """The next recorded reply; `temperature`, `stop` and `seed` change nothing."""
+        """The next recorded reply; `temperature`, `stop` and `seed` change nothing. With
+        `on_text` its text is also given to it, in a few pieces, as a stream would."""
         with self._lock:
             if self._recording < 0 or not any(m.get("role") == "assistant" for m in messages):
                 self._next_recording()
             recording = self.recordings[self._recording]
+            if messages and messages[-1].get("content") == COMPACTION_REQUEST:
+                return self._summary(recording)
             if self._position >= len(recording.replies):
                 raise ModelError(
                     f"the replay of {self.spec} has no more recorded replies{self._of_attempt()} "
@@ -269,13 +299,25 @@ class ReplayModel:
             reply = recording.replies[self._position]
             self._position += 1
             self.calls += 1
-            return Reply(
-                text=reply.text,
-                usage=Usage(),
-                tool_calls=[dict(call) for call in reply.tool_calls],
-                duration_s=0.0,
-                finish_reason="stop",
-            )
+        if on_text is not None:
+            for piece in text_pieces(reply.text):
+                on_text(piece)
+        return Reply(
+            text=reply.text,
+            usage=Usage(),
+            tool_calls=[dict(call) for call in reply.tool_calls],
+            duration_s=0.0,
+            finish_reason="stop",
+        )
+
+    def _summary(self, recording: Recording) -> Reply:
+        """The next recorded summary; an empty reply once they run out (the agent then writes
+        its own from the dropped commands)."""
+        used = self._summaries.get(self._recording, 0)
+        self._summaries[self._recording] = used + 1
+        self.calls += 1
+        text = recording.summaries[used].text if used < len(recording.summaries) else ""
+        return Reply(text=text, usage=Usage(), finish_reason="stop")
 
     def _of_attempt(self) -> str:
         return f" for attempt {self.attempt}" if len(self.recordings) > 1 else ""

@@ -175,9 +175,11 @@ def show_command(ref: str, raw: bool, as_json: bool) -> None:
             except UserError:
                 pass  # the repository is gone: the stored description still stands
         attempts = store.attempts(pr.number)
+        review_row = store.latest_review(pr.number)
     if as_json:
         data = _pr_dict(pr)
         data["runs"] = [a.run_id for a in attempts]
+        data["review"] = review_row.data if review_row else None
         print(json.dumps(data, indent=1))
         return
     body = pr.body if pr.body.endswith("\n") else pr.body + "\n"
@@ -199,9 +201,30 @@ def show_command(ref: str, raw: bool, as_json: bool) -> None:
     if not console.is_terminal:
         # Piped: the Markdown itself, which greps and pastes better than a rendering.
         console.file.write("\n" + body)
+        if review_row is not None:
+            console.file.write("\n" + _review_section(review_row, pr))
         return
     console.rule(style="dim")
     console.print(Markdown(_for_terminal(pr.body)))
+    if review_row is not None:
+        console.rule("review", style="dim")
+        console.print(Markdown(_review_section(review_row, pr)))
+
+
+def _review_section(row: Any, pr: PullRequestRecord) -> str:
+    """The latest review of `pr`, as Markdown, saying when it is of an older head."""
+    from pullsmith.review.pull_request import stored_review
+    from pullsmith.review.render import review_markdown
+
+    text = "## Review\n\n" + review_markdown(stored_review(row))
+    if row.head_commit != pr.head_commit:
+        text += (
+            f"\n(This review is of {row.head_commit[:10]}; the branch has moved on since: "
+            f"`pullsmith pr review {pr.number}` reviews it again.)\n"
+        )
+    if row.remote_review_url:
+        text += f"\nPosted on GitHub: {row.remote_review_url}\n"
+    return text
 
 
 @pr_group.command("diff")
@@ -278,6 +301,38 @@ def reopen_command(ref: str) -> None:
     print(f"reopened pull request #{pr.number} (tests {pr.checks}).")
 
 
+@pr_group.command("review")
+@click.argument("ref")
+@click.option("--focus", default=None, help="What to look at most, in words.")
+@click.option("--no-check", is_flag=True, help="Do not run demonstrations of P0/P1 findings.")
+@click.option("--json", "as_json", is_flag=True, help="Print the review as JSON (docs/review.md).")
+@click.option("--model", default=None, help="Model name (default: the bundled local model).")
+@click.option("--base-url", default=None, help="OpenAI-compatible API base URL.")
+def review_command(
+    ref: str,
+    focus: str | None,
+    no_check: bool,
+    as_json: bool,
+    model: str | None,
+    base_url: str | None,
+) -> None:
+    """Review pull request REF's change and keep the review with it (`pr show` shows it,
+    `pr publish` posts it to GitHub)."""
+    from pullsmith.review.commands import emit, open_review_model, progress_printer
+    from pullsmith.review.pull_request import review_pull_request
+
+    settings = load_settings({k: v for k, v in (("model", model), ("base_url", base_url)) if v})
+    review, repo = review_pull_request(
+        settings,
+        ref,
+        focus=focus,
+        check=not no_check,
+        progress=progress_printer(as_json),
+        open_model=open_review_model,
+    )
+    emit(review, as_json, repo)
+
+
 @pr_group.command("publish")
 @click.argument("ref")
 @click.option("--remote", default=None, help="The git remote to push to (default origin).")
@@ -298,9 +353,41 @@ def publish_command(
     with _store(settings) as store:
         pr = store.find_pull_request(ref)
         published = _publish(store, pr, settings, remote, github_repo, api_url, base, force)
+        posted = _post_review(store, published)
     verb = "opened" if published.created else "updated"
     print(f"{verb} {published.url} (pull request #{published.pull_request.number}).")
     print(_draft_note(published))
+    if isinstance(posted, str):
+        print(posted)
+    elif posted is not None:
+        where = f"{posted.comments} line comment{'s' if posted.comments != 1 else ''}"
+        if posted.in_body:
+            where = f"its {posted.in_body} findings in the body (GitHub would not place them)"
+        print(f"posted its review with {where}: {posted.url}")
+
+
+def _post_review(store: Store, published: Any) -> Any:
+    """Post the PR's latest review when it is of the branch as published and not posted yet:
+    what was posted, None, or a sentence saying why a review was not posted."""
+    from pullsmith.review.pull_request import post_review, reviewable_on
+
+    pr = published.pull_request
+    row = store.latest_review(pr.number)
+    if row is not None and row.remote_review_id is None and row.head_commit != pr.published_commit:
+        return (
+            f"its latest review is of {row.head_commit[:10]}, not of the branch as published, so "
+            f"it was not posted; `pullsmith pr review {pr.number}` reviews the branch again."
+        )
+    if not reviewable_on(row, pr.published_commit):
+        return None
+    try:
+        return post_review(store, row, published)
+    except UserError as exc:
+        exc.message = (
+            f"the pull request was published, but its review was not posted "
+            f"({exc.message.rstrip('.')}); publish again to retry."
+        )
+        raise
 
 
 def _draft_note(published: Any) -> str:

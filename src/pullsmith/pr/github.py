@@ -2,7 +2,9 @@
 
 Endpoints (https://docs.github.com/en/rest/pulls/pulls): GET /repos/{owner}/{repo}/pulls
 ?head=owner:branch&state=open to find one, POST /repos/{owner}/{repo}/pulls to open one,
-PATCH /repos/{owner}/{repo}/pulls/{number} to update it. The token comes from $GITHUB_TOKEN
+PATCH /repos/{owner}/{repo}/pulls/{number} to update it, and
+POST /repos/{owner}/{repo}/pulls/{number}/reviews (https://docs.github.com/en/rest/pulls/reviews)
+to post a review with line comments. The token comes from $GITHUB_TOKEN
 (or $GH_TOKEN) or GitHub CLI's hosts.yml; GitHub Enterprise is reached through the
 `github_api_url` setting (or $PULLSMITH_GITHUB_API_URL). Every failure is one sentence, and a
 failed publish leaves the local pull request as it was.
@@ -57,6 +59,8 @@ class Published:
     created: bool
     remote: str
     draft: bool = False
+    # The REST API it was published through (where its review is posted).
+    api_url: str = ""
 
 
 def parse_remote_url(url: str) -> RemoteRepo | None:
@@ -300,6 +304,28 @@ class GitHubClient:
                 )
             raise
 
+    def create_review(
+        self,
+        owner: str,
+        repo: str,
+        number: int,
+        commit_id: str,
+        body: str,
+        comments: list[dict[str, Any]],
+    ) -> dict:
+        """POST /repos/{owner}/{repo}/pulls/{number}/reviews: a COMMENT review with line
+        comments (each {path, line, side, body}, and start_line/start_side for a range)."""
+        payload: dict[str, Any] = {"commit_id": commit_id, "body": body, "event": "COMMENT"}
+        if comments:
+            payload["comments"] = comments
+        return self._request(
+            "POST",
+            f"/repos/{owner}/{repo}/pulls/{number}/reviews",
+            f"post a review on pull request #{number}",
+            f"{owner}/{repo}",
+            json=payload,
+        )
+
     def update(self, owner: str, repo: str, number: int, **fields: Any) -> dict:
         return self._request(
             "PATCH",
@@ -467,4 +493,5 @@ def publish(
         created=created,
         remote=remote,
         draft=bool(data.get("draft")),
+        api_url=api,
     )

@@ -44,7 +44,7 @@ from pullsmith.service.environments import environments_router
 from pullsmith.service.errors import Conflict, Invalid, NotFound, ServiceError
 from pullsmith.service.queue import MAX_ATTEMPTS, NewTask, TaskService, check_repo
 from pullsmith.service.tables import FINISHED_STATES, ServiceTask
-from pullsmith.store import PR_STATES, PullRequestRecord, StoreUnavailable
+from pullsmith.store import PR_STATES, PullRequestRecord, ReviewRecord, StoreUnavailable
 from pullsmith.task import AttemptResult
 
 # How long an idle event stream waits before it sends a comment to keep the connection open.
@@ -259,6 +259,18 @@ def pr_view(
     if body:
         view["body"] = pr.body
     return view
+
+
+def review_view(row: ReviewRecord) -> dict[str, Any]:
+    """A pull request's stored review as the API shows it: the review (as `pullsmith review
+    --json` prints it) and where it was posted."""
+    return {
+        "id": row.id,
+        "created_at": _time(row.created_at),
+        "head_commit": row.head_commit,
+        "remote_url": row.remote_review_url,
+        **row.data,
+    }
 
 
 def sse_frame(event: dict[str, Any]) -> str:
@@ -645,7 +657,10 @@ def create_app(
         def load() -> dict[str, Any]:
             pr = _pull_request(service, number)
             working = service.working_on([number]).get(number, [])
-            return pr_view(pr, body=True, working=working)
+            view = pr_view(pr, body=True, working=working)
+            latest = service.store.latest_review(number)
+            view["review"] = review_view(latest) if latest is not None else None
+            return view
 
         return await call(load)
 

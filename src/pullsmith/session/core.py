@@ -13,13 +13,16 @@ the attempt's commit, or (for a turn that was interrupted) a commit of what it l
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import threading
 from collections.abc import Iterable
 from pathlib import Path
 
+from pullsmith.agent.compaction import Compaction, CompactionError, compact
 from pullsmith.agent.context import collect_agents_md, detect_test_command
 from pullsmith.agent.loop import Approve
+from pullsmith.agent.protocol import protocol_for
 from pullsmith.attempt import TRAILER, read_result, run_dir_for
 from pullsmith.config import Settings
 from pullsmith.engine import Engine, RunHandle
@@ -27,10 +30,11 @@ from pullsmith.errors import UserError
 from pullsmith.events import Listener
 from pullsmith.executors import ThreadExecutor
 from pullsmith.models import Model, open_model
+from pullsmith.models.profiles import resolve_protocol
 from pullsmith.pr import local
 from pullsmith.sandbox import agent_policy, make_sandbox
 from pullsmith.sandbox.base import CommandResult
-from pullsmith.session.record import SessionRecord, Turn, load, save
+from pullsmith.session.record import SessionRecord, Turn, load, save, sessions_dir
 from pullsmith.store import Store
 from pullsmith.task import AttemptResult, FollowUp, Task, new_task_id
 from pullsmith.workspace import GitError, Workspace, git, resolve_repo, worktree_lock
@@ -51,6 +55,7 @@ class Session:
         self.record = record
         self.approve = approve
         self._engine: Engine | None = None
+        self._executor: ThreadExecutor | None = None
         self._model: Model | None = None
 
     # --- starting and loading ---------------------------------------------------------
@@ -143,7 +148,10 @@ class Session:
     # --- requests ---------------------------------------------------------------------
 
     def history_path(self) -> Path | None:
-        """The conversation the next request continues: the last turn's history.json."""
+        """The conversation the next request continues: what /compact left, else the last
+        turn's history.json."""
+        if self.record.history and Path(self.record.history).is_file():
+            return Path(self.record.history)
         for turn in reversed(self.record.turns):
             path = run_dir_for(self.settings, turn.run_id) / "history.json"
             if path.is_file():
@@ -177,19 +185,24 @@ class Session:
         server is the executor's, started on first use and kept for the session."""
         if self._engine is None:
             self._model = None if self.settings.uses_local_model else open_model(self.settings)
-            executor = ThreadExecutor(
+            self._executor = ThreadExecutor(
                 1,
                 model=self._model,
                 log_path=self.settings.data_dir / "session-model-server.log",
                 approve=self.approve,
             )
-            self._engine = Engine(self.settings, executor, publisher=None)
+            self._engine = Engine(self.settings, self._executor, publisher=None)
         return self._engine
 
-    def submit(self, request: str, listeners: Iterable[Listener] = ()) -> RunHandle:
-        """Start the next request through the engine; `finish_turn` records it when done."""
+    def submit(
+        self, request: str, listeners: Iterable[Listener] = (), stream: bool = False
+    ) -> RunHandle:
+        """Start the next request through the engine; `finish_turn` records it when done.
+        With `stream` the listeners also get each reply's pieces as it is generated
+        (transient `model.delta` events)."""
         task = self.task_for(request)
-        return self.engine().submit(task, listeners, settings=self.settings)
+        settings = dataclasses.replace(self.settings, stream_replies=True) if stream else None
+        return self.engine().submit(task, listeners, settings=settings or self.settings)
 
     def finish_turn(self, task: Task, result: AttemptResult) -> Turn:
         """Record a finished request as a turn: its checkpoint is where the branch is now
@@ -212,6 +225,7 @@ class Session:
             tokens=result.usage.total_tokens,
         )
         self.record.turns.append(turn)
+        self.record.history = None  # the turn's own history.json goes on from the compaction
         self.record.note = INTERRUPTED_NOTE if result.status == "cancelled" else ""
         self.record.model = self.settings.model_name
         self.save()
@@ -234,6 +248,7 @@ class Session:
         git("clean", "--quiet", "-fd", cwd=self.worktree)
         self.record.turns.pop()
         self.record.note = ""
+        self.record.history = None
         self.save()
         return turn
 
@@ -316,6 +331,49 @@ class Session:
         self.save()
         return number
 
+    def compact(self) -> Compaction:
+        """/compact: replace the older turns of the conversation by the model's summary now;
+        the next request continues the compacted conversation."""
+        path = self.history_path()
+        if path is None:
+            raise UserError("there is nothing to compact yet: the session has no conversation.")
+        messages = json.loads(path.read_text(encoding="utf-8"))
+        self.engine()
+        assert self._executor is not None
+        settings = self._executor.model_settings(self.settings)
+        model = self._model or open_model(settings)
+        wire = protocol_for(resolve_protocol(settings.protocol, settings.model_name))
+        try:
+            done = compact(model, messages, wire)
+        except CompactionError:
+            raise UserError(
+                "there is nothing to compact yet: the conversation is only the task and its "
+                "last turns."
+            ) from None
+        finally:
+            if model is not self._model:
+                model.close()
+        target = (
+            sessions_dir(self.settings.data_dir)
+            / self.record.id
+            / (f"compacted-{len(self.record.compactions) + 1}.json")
+        )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(done.messages, ensure_ascii=False, indent=1), "utf-8")
+        self.record.history = str(target)
+        self.record.compactions.append(
+            {
+                "after_turn": len(self.record.turns),
+                "dropped_turns": done.dropped_turns,
+                "chars_before": done.chars_before,
+                "chars_after": done.chars_after,
+                "seconds": done.seconds,
+                "fallback": done.fallback,
+            }
+        )
+        self.save()
+        return done
+
     def test_command(self) -> str:
         self.ensure_worktree()
         agents_md = collect_agents_md(self.worktree, None)
@@ -354,6 +412,7 @@ class Session:
         if self._engine is not None:
             self._engine.close()
             self._engine = None
+            self._executor = None
         if self._model is not None:
             self._model.close()
             self._model = None

@@ -48,6 +48,10 @@ class SessionRecord:
     # The commit whose change /apply last brought into the user's tree.
     applied: str | None = None
     model: str = ""
+    # The conversation as /compact left it, which the next request continues (None: the last
+    # turn's); each compaction's figures, for /status.
+    history: str | None = None
+    compactions: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def tip(self) -> str:

@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "apply": ("", "bring the change into your working tree as uncommitted edits"),
     "pr": ("", "record a local pull request of the session, with its evidence"),
     "test": ("", "run the repository's tests now"),
+    "compact": ("", "replace the older turns of the conversation by the model's summary"),
     "model": ("NAME", "use the model NAME from the next request on"),
     "status": ("", "show the session, the model, tokens and the sandbox"),
     "new": ("", "start a new session (this one stays saved)"),

@@ -2,7 +2,8 @@
 
 Everything that touches the terminal happens on the main thread: the engine's listeners and
 the agent's approval hook only put items on one queue, which the main thread renders or
-answers while it waits for the turn. Ctrl-C during a turn cancels the run (the command is
+answers while it waits for the turn; the model's reply is streamed into the view as it is
+generated (see view.py). Ctrl-C during a turn cancels the run (the command is
 killed; the model is told with the next request); at the prompt it clears the line; Ctrl-D
 (or /quit) leaves, the session saved for `pullsmith resume`.
 """
@@ -121,6 +122,7 @@ class SessionApp:
 
     def _answer(self, question: _Question) -> None:
         self._settle()
+        self.view.end_stream(keep=True)
         if self.cancelling:
             question.answer.set_result(Decision(run=False, reason="the user interrupted the turn"))
             return
@@ -198,7 +200,7 @@ class SessionApp:
     def request(self, text: str) -> None:
         self.view.begin()
         self.cancelling = False
-        handle = self.session.submit(text, [self.inbox.put])
+        handle = self.session.submit(text, [self.inbox.put], stream=True)
         while True:
             try:
                 item = self.inbox.get(timeout=0.1)
@@ -216,6 +218,7 @@ class SessionApp:
                     self.view(item)
             except KeyboardInterrupt:
                 self._interrupt(handle)
+        self.view.end_stream(keep=True)
         result = handle.result()
         turn = self.session.finish_turn(handle.task, result)
         if result.status == "error":
@@ -228,6 +231,7 @@ class SessionApp:
 
     def _interrupt(self, handle) -> None:  # noqa: ANN001
         if not self.cancelling:
+            self.view.interrupted()
             self.console.print("[yellow]interrupting the turn…[/]")
         self.cancelling = True
         handle.cancel()
@@ -268,6 +272,18 @@ class SessionApp:
             )
         elif command.name == "test":
             self._test()
+        elif command.name == "compact":
+            self.console.print("[dim]asking the model for a summary of the older turns…[/]")
+            done = session.compact()
+            self.view.context_tokens = 0
+            how = (
+                f" ({done.fallback}; pullsmith wrote it from the commands)" if done.fallback else ""
+            )
+            self.console.print(
+                f"compacted {done.dropped_turns} turn(s) into a summary{how}, kept the task and the "
+                f"last {done.kept_turns} turn(s): {done.chars_before:,} → {done.chars_after:,} "
+                f"characters.\n[dim]{escape(done.summary)}[/]"
+            )
         elif command.name == "model":
             session.use_model(command.arg)
             self.console.print(f"model {escape(command.arg)} from the next request on.")

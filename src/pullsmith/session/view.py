@@ -4,6 +4,11 @@ exit code, each edit as a coloured diff, the tests, and how the turn ended.
 Events are rendered on the session's main thread (the terminal's), in the order they come.
 The diff of an edit is the worktree's change since the last one shown, read when the command's
 `command.finished` event is rendered.
+
+A streamed reply (transient `model.delta` events) grows live in a Rich `Live` region that is
+refreshed only here, on the main thread (no refresh thread of its own): its last lines as they
+arrive, replaced by the normal rendering once the reply's `model.reply` comes. A stream cut
+short (a cancel, a failed model) leaves what had arrived on the screen.
 """
 
 from __future__ import annotations
@@ -15,14 +20,18 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.live import Live
 from rich.markup import escape
 from rich.syntax import Syntax
+from rich.text import Text
 
 from pullsmith.events import Event
 
 OUTPUT_HEAD = 3
 OUTPUT_TAIL = 6
 DIFF_LINES = 80
+# The rows of a streamed reply shown while it grows (its last ones).
+STREAM_ROWS = 12
 
 
 def worktree_tree(worktree: Path) -> str | None:
@@ -68,15 +77,68 @@ class SessionView:
         self.worktree = worktree
         self.context_tokens = 0
         self._tree: str | None = None
+        self._live: Live | None = None
+        self._streamed = ""
+        self._stream_turn: int | None = None
+        self._muted = False
 
     def begin(self) -> None:
         """Call before a turn: edits are shown against the worktree as it is now."""
         self._tree = worktree_tree(self.worktree)
+        self._muted = False
+
+    def interrupted(self) -> None:
+        """The person interrupted the turn: what streamed so far stays on the screen, and no
+        more of it is shown (the stream closes at its next piece)."""
+        self.end_stream(keep=True)
+        self._muted = True
 
     def __call__(self, event: Event) -> None:
+        if event.type != "model.delta":
+            # The reply's own event replaces the live text; any other means it was cut short.
+            self.end_stream(keep=event.type != "model.reply")
         handler = getattr(self, "on_" + event.type.replace(".", "_"), None)
         if handler is not None:
             handler(event.data)
+
+    def on_model_delta(self, d: dict[str, Any]) -> None:
+        if self._muted:
+            return
+        if d["turn"] != self._stream_turn:
+            self.end_stream(keep=True)
+            self._stream_turn = d["turn"]
+        self._streamed += d["text"]
+        if self._live is None:
+            self._live = Live(
+                console=self.console,
+                auto_refresh=False,  # refreshed below, on this (the main) thread only
+                transient=True,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            )
+            self._live.start()
+        self._live.update(self._stream_text(), refresh=True)
+
+    def end_stream(self, keep: bool = False) -> None:
+        """Close the live region of a streamed reply; with `keep`, print what had arrived (a
+        stream cut short keeps its text on the screen)."""
+        live, self._live = self._live, None
+        text, self._streamed, self._stream_turn = self._streamed, "", None
+        if live is None:
+            return
+        live.stop()
+        if keep and text.strip():
+            self.console.print(self._stream_text(text))
+            self.console.print("  [dim](reply cut short)[/]")
+
+    def _stream_text(self, text: str | None = None) -> Text:
+        """The last STREAM_ROWS rows of the streamed text, wrapped here to the terminal's
+        width (so the live region knows its height)."""
+        width = max(20, self.console.width - 3)
+        rows: list[str] = []
+        for line in (self._streamed if text is None else text).expandtabs(4).split("\n"):
+            rows += [line[i : i + width] for i in range(0, len(line), width)] or [""]
+        return Text("● " + "\n  ".join(rows[-STREAM_ROWS:]), style="italic dim")
 
     def on_model_reply(self, d: dict[str, Any]) -> None:
         self.context_tokens = int(d.get("prompt_tokens") or 0) + int(
@@ -146,6 +208,13 @@ class SessionView:
     def on_limit_reached(self, d: dict[str, Any]) -> None:
         reason = "interrupted" if d["reason"] == "cancelled" else d["reason"]
         self.console.print(f"[yellow]stopped: {escape(reason)}[/]")
+
+    def on_context_compacted(self, d: dict[str, Any]) -> None:
+        self.context_tokens = int(d.get("tokens_after") or 0)
+        self.console.print(
+            f"[yellow]context nearly full:[/] compacted {d['dropped_turns']} older turn(s) into a "
+            f"summary (~{d['tokens_before']:,} → ~{d['tokens_after']:,} tokens)"
+        )
 
     def on_error(self, d: dict[str, Any]) -> None:
         self.console.print(f"[red]error:[/] {escape(d['message'])}")

@@ -593,6 +593,7 @@ function taskView(main, id) {
   const attempts = h("div", { id: "attempts", class: "attempts" });
   const evidence = h("div", { id: "evidence", class: "evidence" });
   const diff = h("div", { id: "diff" }, h("p", { class: "muted", text: "The diff appears here when the task has run." }));
+  const review = h("div", { id: "review", class: "review" });
   main.append(
     h("p", { class: "crumbs" }, h("a", { href: "/", text: "← Tasks" })),
     head,
@@ -602,7 +603,8 @@ function taskView(main, id) {
       h("div", { class: "side" },
         h("section", { class: "card" }, h("h2", { text: "Attempts" }), attempts),
         h("section", { class: "card" }, h("h2", { text: "Evidence: the tests before and after" }), evidence),
-        h("section", { class: "card" }, h("h2", { text: "Diff" }), diff))));
+        h("section", { class: "card" }, h("h2", { text: "Diff" }), diff),
+        h("section", { class: "card", id: "review-card", hidden: true }, h("h2", { text: "Review" }), review))));
 
   const setStream = (state) => {
     streamState.textContent = state;
@@ -847,6 +849,34 @@ function taskView(main, id) {
       h("details", { class: "fold" }, h("summary", {}, `output, ${lines(run.output)} lines`), h("pre", { class: "out", text: run.output || "" })));
   }
 
+  // The pull request's latest review (`pullsmith pr review N`): verdict, then each finding
+  // with its location and, for a checked one, the command that demonstrated it (or not).
+  function renderReview() {
+    const r = page.pr && page.pr.review;
+    $("#review-card").hidden = !r;
+    if (!r) return;
+    const stale = page.pr.head_commit && r.head !== page.pr.head_commit;
+    fill(review,
+      h("p", {}, h("span", { class: `badge ${r.verdict === "correct" ? "s-passed" : "s-failed"}`, text: r.verdict }),
+        " ", r.reasoning),
+      h("p", { class: "muted" }, `${plural(r.findings.length, "finding")} · ${r.model} · commit `,
+        h("code", { text: short(r.head) }), stale ? " (the branch has moved on since)" : "",
+        r.remote_url ? [" · ", h("a", { href: r.remote_url, text: "on GitHub" })] : null),
+      r.findings.map((f) => {
+        const demo = f.demonstration;
+        return h("div", { class: `finding ${f.priority.toLowerCase()}` },
+          h("div", { class: "attempt-head" }, h("strong", { text: `[${f.priority}] ${f.title}` }),
+            f.check !== "not checked" ? h("span", { class: `badge ${f.check === "demonstrated" ? "s-passed" : "s-cancelled"}`, text: f.check }) : null),
+          h("div", { class: "muted" }, h("code", { text: `${f.location.path}:${f.location.start_line}${f.location.end_line !== f.location.start_line ? `-${f.location.end_line}` : ""}` }),
+            ` · confidence ${Number(f.confidence).toFixed(2)}`),
+          h("p", { text: f.body }),
+          demo && demo.command ? h("details", { class: "fold" }, h("summary", {}, h("code", { text: `$ ${demo.command.split("\n")[0]}` })),
+            h("p", { class: "muted", text: demo.reason }),
+            demo.runs.map((run) => h("div", {}, h("strong", { text: `on the ${run.tree === "head" ? "change" : "base"}: ` }), exitBadge(run.exit_code),
+              run.output ? h("pre", { class: "out", text: run.output }) : null))) : null);
+      }));
+  }
+
   function renderEvidence() {
     const result = page.task && page.task.result;
     const before = (result && result.tests_before) || page.tests.before;
@@ -898,6 +928,7 @@ function taskView(main, id) {
     renderHead();
     renderAttempts();
     renderEvidence();
+    renderReview();
     if (page.task.result) await loadDiff();
   }
 
