@@ -15,7 +15,13 @@ from pullsmith.agent.context import (
     evidence_sources,
     file_listing,
 )
-from pullsmith.agent.failures import hang_note, parse_test_output, summarize
+from pullsmith.agent.failures import (
+    cpu_capped,
+    cpu_exceeded,
+    hang_note,
+    parse_test_output,
+    summarize,
+)
 from pullsmith.agent.feedback import ChangeReporter
 from pullsmith.agent.loop import Agent, AgentLimits, Approve, Outcome, clip
 from pullsmith.agent.prompts import TaskContext, prompts_for, tests_still_fail
@@ -280,9 +286,7 @@ class Attempt:
             if before
             else "",
             test_timed_out=bool(before and before.timed_out),
-            test_note=hang_note(before.output, before.timed_out, self.test_timeout_s)
-            if before
-            else "",
+            test_note=hang_note(before.output, before.timed_out, self.test_limit) if before else "",
             failures=failures,
             sources=sources,
         )
@@ -297,7 +301,7 @@ class Attempt:
                 run.command,
                 run.exit_code,
                 clip(run.output, TEST_OUTPUT_CHARS),
-                hang_note(run.output, run.timed_out, self.test_timeout_s),
+                hang_note(run.output, run.timed_out, self.test_limit),
             )
 
         protocol = self._protocol()
@@ -322,7 +326,7 @@ class Attempt:
                 test_command,
                 lambda: self._run_tests(sandbox, test_command, "edit"),
                 protocol,
-                test_timeout_s=self.test_timeout_s,
+                test_limit=self.test_limit,
             ),
             protocol=protocol_for(protocol, mcp_tools),
             cancel=self.cancel,
@@ -514,21 +518,26 @@ class Attempt:
 
     @property
     def test_timeout_s(self) -> float:
-        """How long one of the attempt's own test runs may take: `feedback_test_timeout_s`
-        within `test_timeout_s` (a suite that hangs on the bug costs that, not minutes)."""
+        """The wall clock of one of the attempt's own test runs: `feedback_test_timeout_s`
+        within `test_timeout_s` (the CPU time of its processes is capped apart, `test_cpu_s`)."""
         s = self.settings
         if s.feedback_test_timeout_s > 0:
             return min(s.test_timeout_s, s.feedback_test_timeout_s)
         return s.test_timeout_s
 
     @property
+    def test_limit(self) -> str:
+        """The limits of a test run in words, for the note to the model when one hung."""
+        cpu = self.settings.test_cpu_s
+        wall = f"{self.test_timeout_s:g} s"
+        return f"{cpu:g} s of CPU time a process or {wall} in all" if cpu > 0 else wall
+
+    @property
     def verdict_timeout_s(self) -> float:
-        """How long a run that decides something (the finish's "check", the status's
-        "after") may take: three times
-        `test_timeout_s` above, within `test_timeout_s`. On a loaded machine the interpreter's
-        start alone can take 20 s (measured: 32 s of a 34 s run whose tests took 2 s), and a
-        false timeout here would fail a change that passes; a false one in a feedback run
-        costs a misleading note at worst, and one in the shrink keeps a hunk."""
+        """The wall clock of a run that decides something (the finish's "check", the status's
+        "after"): three times `test_timeout_s` above, within `test_timeout_s`. A false timeout
+        here would fail a change that passes; on a loaded machine (measured: 1 s of CPU time
+        took 20 s) a wall clock says little, which is why loops are caught by `test_cpu_s`."""
         return min(self.settings.test_timeout_s, 3 * self.test_timeout_s)
 
     def _run_tests(self, sandbox: Sandbox, command: str | None, phase: str) -> TestRun | None:
@@ -536,7 +545,8 @@ class Attempt:
             return None
         self.events.emit(StartedTests(phase=phase, command=command))
         timeout = self.verdict_timeout_s if phase in ("check", "after") else self.test_timeout_s
-        res = sandbox.run(command, timeout_s=timeout)
+        res = sandbox.run(cpu_capped(command, self.settings.test_cpu_s), timeout_s=timeout)
+        timed_out = res.timed_out or cpu_exceeded(res.exit_code, res.output)
         event = self.events.emit(
             RanTests(
                 phase=phase,
@@ -544,7 +554,7 @@ class Attempt:
                 exit_code=res.exit_code,
                 seconds=round(res.duration_s, 3),
                 output=res.output,
-                timed_out=res.timed_out,
+                timed_out=timed_out,
             )
         )
         return TestRun(
@@ -553,7 +563,7 @@ class Attempt:
             exit_code=res.exit_code,
             output=res.output,
             seconds=round(res.duration_s, 3),
-            timed_out=res.timed_out,
+            timed_out=timed_out,
             event_id=event.id,
         )
 

@@ -162,15 +162,24 @@ class Settings:
     command_timeout_s: float = 120.0
     # pullsmith's own runs of the repository's tests (before, after each edit, after).
     test_timeout_s: float = 300.0
-    # ... and within that, each of an attempt's own test runs before the agent, after each edit
-    # and in the diff shrink ends after this many seconds, the check of a finish and the run
-    # after the agent (verdicts) after three times this: a suite that hangs on the bug costs
-    # that much per run, not minutes; 0: test_timeout_s alone.
-    feedback_test_timeout_s: float = 20.0
+    # ... and within that, each of an attempt's own test runs (before the agent, after each
+    # edit, in the diff shrink): a process of the run that has used `test_cpu_s` seconds of CPU
+    # time is stopped (RLIMIT_CPU: a test that loops forever costs that, not minutes, and a
+    # loaded machine that only stretches the wall clock does not stop a passing suite), and
+    # the run ends after `feedback_test_timeout_s` seconds of wall clock (a hang that sleeps or
+    # waits for input; three times that for the check of a finish and the run after the agent,
+    # whose verdicts decide the status); 0 turns either off.
+    test_cpu_s: float = 20.0
+    feedback_test_timeout_s: float = 120.0
     # pytest only (PYTEST_TIMEOUT and PYTEST_ADDOPTS in the sandbox, which other runners
-    # ignore): a test running longer fails (pytest-timeout, where the sandbox's Python has it)
-    # or has its stack dumped (faulthandler, at 1.5 times this); 0: off.
-    pytest_timeout_s: float = 8.0
+    # ignore): a test running longer (wall clock) fails (pytest-timeout, where the sandbox's
+    # Python has it) or has its stack dumped (faulthandler, at 1.5 times this); 0: off.
+    pytest_timeout_s: float = 30.0
+    # pytest plugins of the sandbox's Python (pullsmith's own environment) that pytest in the
+    # sandbox does not load: schemathesis and hypothesis's plugin are pullsmith's test tools,
+    # and importing them tripled the CPU time of every pytest start (1.1 s against 0.38 s);
+    # hypothesis itself still works without its plugin.
+    pytest_skip_plugins: str = "schemathesis,hypothesispytest"
     # Before committing, drop each hunk of the diff whose revert keeps the visible tests
     # passing (at most `shrink_max_runs` test runs, `shrink_max_s` seconds); see shrink.py.
     shrink_diff: bool = True

@@ -76,7 +76,7 @@ class ChangeReporter:
         test_command: str | None,
         run_tests: Callable[[], SuiteRun | None],
         protocol: str = "text",
-        test_timeout_s: float | None = None,
+        test_limit: str = "",
     ) -> None:
         if protocol not in FINISH_HINTS:
             raise ValueError(f"protocol must be 'text' or 'tools', not {protocol!r}.")
@@ -85,8 +85,8 @@ class ChangeReporter:
         self.test_command = test_command
         self.run_tests = run_tests
         self.protocol = protocol
-        # The timeout of a test run, to say so when one hangs.
-        self.test_timeout_s = test_timeout_s
+        # The limits of a test run in words, to say so when one hangs.
+        self.test_limit = test_limit
         self.last_diff = workspace.diff()
 
     def __call__(self, command: str, result: CommandResult) -> str | None:
@@ -110,7 +110,7 @@ class ChangeReporter:
                     f"\nAfter this change `{run.command}` exits with code {run.exit_code}:"
                     f"\n```\n{output}\n```"
                 )
-                hung = hang_note(run.output, getattr(run, "timed_out", False), self.test_timeout_s)
+                hung = hang_note(run.output, getattr(run, "timed_out", False), self.test_limit)
                 if hung:
                     note += "\n" + hung
                 if run.passed:
