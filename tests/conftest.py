@@ -78,6 +78,9 @@ def isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("GIT_COMMITTER_EMAIL", "test@example.invalid")
     for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "PULLSMITH_MODEL", "PULLSMITH_SANDBOX"):
         monkeypatch.delenv(var, raising=False)
+    # Scripted models answer the agent's turns; the tests of the summary written from the final
+    # diff (tests/test_summary.py) turn it on and script that reply too.
+    monkeypatch.setenv("PULLSMITH_SUMMARY_FROM_DIFF", "false")
     return home
 
 

@@ -256,7 +256,8 @@ def test_among_passing_attempts_the_smallest_diff_wins(example_repo, tmp_path):
     noisy_reply = "```bash\ncat > inventory/export.py <<'EOF'\n" + noisy + "EOF\n```"
     done = '```bash\nfinish "fixed"\n```'
     replies = [noisy_reply, done, PATCH_REPLY, done]
-    result, _, _, _ = run_attempts(example_repo, tmp_path, replies, attempts=2)
+    # Without the diff shrink, which would drop the comments and leave the diffs equal.
+    result, _, _, _ = run_attempts(example_repo, tmp_path, replies, attempts=2, shrink_diff=False)
     assert [a["tests_pass"] for a in result.attempts] == [True, True]
     assert result.attempt == 2
     assert result.attempts[1]["changed_lines"] < result.attempts[0]["changed_lines"]

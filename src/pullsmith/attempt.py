@@ -15,22 +15,31 @@ from pullsmith.agent.context import (
     evidence_sources,
     file_listing,
 )
-from pullsmith.agent.failures import parse_test_output, summarize
+from pullsmith.agent.failures import (
+    cpu_capped,
+    cpu_exceeded,
+    hang_note,
+    parse_test_output,
+    summarize,
+)
 from pullsmith.agent.feedback import ChangeReporter
 from pullsmith.agent.loop import Agent, AgentLimits, Approve, Outcome, clip
 from pullsmith.agent.prompts import TaskContext, prompts_for, tests_still_fail
 from pullsmith.agent.protocol import protocol_for
+from pullsmith.agent.summary import summary_request, write_summary
 from pullsmith.config import Settings
 from pullsmith.errors import UserError
 from pullsmith.events import (
     AttemptFinished,
     CommitCreated,
+    DiffShrunk,
     ErrorEvent,
     EventLog,
     RanTests,
     SetupRan,
     SetupStarted,
     StartedTests,
+    SummaryWritten,
     TaskStarted,
     WorkspaceCreated,
 )
@@ -41,6 +50,7 @@ from pullsmith.models.replay import REPLAY_PREFIX, is_replay, load_recordings
 from pullsmith.sandbox import make_sandbox
 from pullsmith.sandbox.base import Sandbox, SandboxPolicy
 from pullsmith.sandbox.policy import agent_policy
+from pullsmith.shrink import ShrinkResult, cannot_decide, shrink
 from pullsmith.task import AttemptResult, Task, TestRun
 from pullsmith.workspace import Workspace, resolve_repo
 
@@ -276,6 +286,7 @@ class Attempt:
             if before
             else "",
             test_timed_out=bool(before and before.timed_out),
+            test_note=hang_note(before.output, before.timed_out, self.test_limit) if before else "",
             failures=failures,
             sources=sources,
         )
@@ -286,7 +297,12 @@ class Attempt:
             run = self._run_tests(sandbox, test_command, "check")
             if run is None or run.passed:
                 return None
-            return tests_still_fail(run.command, run.exit_code, clip(run.output, TEST_OUTPUT_CHARS))
+            return tests_still_fail(
+                run.command,
+                run.exit_code,
+                clip(run.output, TEST_OUTPUT_CHARS),
+                hang_note(run.output, run.timed_out, self.test_limit),
+            )
 
         protocol = self._protocol()
         history = self._history()
@@ -310,6 +326,7 @@ class Attempt:
                 test_command,
                 lambda: self._run_tests(sandbox, test_command, "edit"),
                 protocol,
+                test_limit=self.test_limit,
             ),
             protocol=protocol_for(protocol, mcp_tools),
             cancel=self.cancel,
@@ -338,7 +355,98 @@ class Attempt:
             return
         after = self._run_tests(sandbox, test_command, "after")
         result.tests_after = after
+        if self.settings.shrink_diff and not self.cancel.is_set():
+            self._shrink(workspace, sandbox, test_command, result)
+        after = result.tests_after
         result.status = "cancelled" if self.cancel.is_set() else self._status(outcome, after)
+        if result.status != "cancelled":
+            self._summarize(workspace, result)
+
+    def _summarize(self, workspace: Workspace, result: AttemptResult) -> None:
+        """The summary of the commit and the PR: with `summary_from_diff`, the model's words
+        once more, with the final diff and the test results in front of it (agent.summary);
+        else, or when that fails, its finish summary. A summary.written event says which."""
+        diff = workspace.diff()
+        if not diff.strip():
+            return
+        finish = result.summary
+        result.finish_summary = finish
+        result.summary_source = "finish" if finish else ""
+        settings = self.settings
+        error: str | None = None
+        if not settings.summary_from_diff:
+            self.events.emit(SummaryWritten(source="finish", summary=finish, finish_summary=finish))
+            return
+        spent = (self.pricing.cost(result.usage) or 0.0) + self.cost_before
+        if is_replay(settings.model):
+            error = "a replayed run has no recorded reply to ask"
+        elif settings.max_cost is not None and spent >= settings.max_cost:
+            error = f"the cost limit (${settings.max_cost:g}) was reached"
+        elif self.model is None:
+            error = "no model"
+        if error is None:
+            assert self.model is not None
+            messages = summary_request(
+                self.task.instruction,
+                diff,
+                result.tests_before,
+                result.tests_after,
+                (result.shrink or {}).get("dropped"),
+            )
+            try:
+                written = write_summary(self.model, messages)
+            except Exception as exc:  # any failure of the model: the finish summary stays
+                error = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            else:
+                result.usage.add(written.usage)
+                result.model_seconds = round(result.model_seconds + written.seconds, 3)
+                result.summary, result.summary_source = written.text, "diff"
+                usage = written.usage
+                self.events.emit(
+                    SummaryWritten(
+                        source="diff",
+                        summary=written.text,
+                        finish_summary=finish,
+                        seconds=round(written.seconds, 3),
+                        prompt_tokens=usage.prompt_tokens,
+                        completion_tokens=usage.completion_tokens,
+                        cached_tokens=usage.cached_tokens,
+                        cache_write_tokens=usage.cache_write_tokens,
+                        cost_usd=self.pricing.cost(usage),
+                    )
+                )
+                return
+        self.events.emit(
+            SummaryWritten(source="finish", summary=finish, finish_summary=finish, error=error)
+        )
+
+    def _shrink(
+        self,
+        workspace: Workspace,
+        sandbox: Sandbox,
+        test_command: str | None,
+        result: AttemptResult,
+    ) -> None:
+        """Drop the hunks the visible tests do not need (pullsmith.shrink); a diff.shrunk
+        event says what was dropped, or why nothing was tried. When something was dropped, the
+        last passing test run (which tested the tree as it is now) becomes `tests_after`."""
+        if not workspace.changed_files():
+            return
+        reason = cannot_decide(test_command, result.tests_before, result.tests_after)
+        if reason:
+            outcome = ShrinkResult(status="skipped", reason=reason)
+        else:
+            outcome = shrink(
+                workspace,
+                lambda: self._run_tests(sandbox, test_command, "shrink"),
+                max_runs=self.settings.shrink_max_runs,
+                max_seconds=self.settings.shrink_max_s,
+                should_stop=self.cancel.is_set,
+            )
+        if outcome.dropped and outcome.last_pass is not None:
+            result.tests_after = outcome.last_pass
+        result.shrink = outcome.to_event()
+        self.events.emit(DiffShrunk(**result.shrink))
 
     def _history(self) -> list[dict] | None:
         """The earlier conversation a follow-up goes on with (FollowUp.history), if any."""
@@ -408,11 +516,37 @@ class Attempt:
             return "passed" if outcome.finished else "passed-unfinished"
         return "failed"
 
+    @property
+    def test_timeout_s(self) -> float:
+        """The wall clock of one of the attempt's own test runs: `feedback_test_timeout_s`
+        within `test_timeout_s` (the CPU time of its processes is capped apart, `test_cpu_s`)."""
+        s = self.settings
+        if s.feedback_test_timeout_s > 0:
+            return min(s.test_timeout_s, s.feedback_test_timeout_s)
+        return s.test_timeout_s
+
+    @property
+    def test_limit(self) -> str:
+        """The limits of a test run in words, for the note to the model when one hung."""
+        cpu = self.settings.test_cpu_s
+        wall = f"{self.test_timeout_s:g} s"
+        return f"{cpu:g} s of CPU time a process or {wall} in all" if cpu > 0 else wall
+
+    @property
+    def verdict_timeout_s(self) -> float:
+        """The wall clock of a run that decides something (the finish's "check", the status's
+        "after"): three times `test_timeout_s` above, within `test_timeout_s`. A false timeout
+        here would fail a change that passes; on a loaded machine (measured: 1 s of CPU time
+        took 20 s) a wall clock says little, which is why loops are caught by `test_cpu_s`."""
+        return min(self.settings.test_timeout_s, 3 * self.test_timeout_s)
+
     def _run_tests(self, sandbox: Sandbox, command: str | None, phase: str) -> TestRun | None:
         if not command or self.cancel.is_set():
             return None
         self.events.emit(StartedTests(phase=phase, command=command))
-        res = sandbox.run(command, timeout_s=self.settings.test_timeout_s)
+        timeout = self.verdict_timeout_s if phase in ("check", "after") else self.test_timeout_s
+        res = sandbox.run(cpu_capped(command, self.settings.test_cpu_s), timeout_s=timeout)
+        timed_out = res.timed_out or cpu_exceeded(res.exit_code, res.output)
         event = self.events.emit(
             RanTests(
                 phase=phase,
@@ -420,7 +554,7 @@ class Attempt:
                 exit_code=res.exit_code,
                 seconds=round(res.duration_s, 3),
                 output=res.output,
-                timed_out=res.timed_out,
+                timed_out=timed_out,
             )
         )
         return TestRun(
@@ -429,7 +563,7 @@ class Attempt:
             exit_code=res.exit_code,
             output=res.output,
             seconds=round(res.duration_s, 3),
-            timed_out=res.timed_out,
+            timed_out=timed_out,
             event_id=event.id,
         )
 
@@ -516,14 +650,31 @@ def read_result(run_dir: Path) -> AttemptResult | None:
 
 
 def commit_message(result: AttemptResult) -> str:
-    title = (result.summary or result.instruction).strip().splitlines()[0]
+    said = (result.summary or result.instruction).strip().splitlines()
+    title = said[0]
     if len(title) > 72:
         title = title[:71].rstrip() + "…"
-    lines = [title, "", f"Task: {result.instruction.strip()}"]
+    lines = [title, ""]
+    if result.summary.strip():
+        if len(said) > 1:
+            lines += [*said[1:], ""]
+        when = (
+            "written from the final diff and the test results"
+            if result.summary_source == "diff"
+            else "from when it finished"
+        )
+        lines.append(f"Summary: the model's words, {when}; the tests below are pullsmith's.")
+    lines.append(f"Task: {result.instruction.strip()}")
     if result.tests_after is not None:
         verdict = "pass" if result.tests_after.passed else "FAIL"
         lines.append(
             f"Tests: `{result.tests_after.command}` {verdict} (exit {result.tests_after.exit_code})"
         )
+    dropped = (result.shrink or {}).get("dropped") or []
+    if dropped:
+        where = ", ".join(
+            f"{d['path']}:{d['old_start'] or d['new_start']} ({d['kind']})" for d in dropped
+        )
+        lines.append(f"Left out (the tests pass without it): {where}")
     lines.append(f"Run: {result.task_id} ({result.exit_reason or result.status})")
     return "\n".join(lines)

@@ -114,7 +114,12 @@ class TerminalView:
             )
 
     def on_tests_started(self, d: dict[str, Any]) -> None:
-        label = {"before": "tests before the change", "check": "checking", "after": "tests after"}
+        label = {
+            "before": "tests before the change",
+            "check": "checking",
+            "after": "tests after",
+            "shrink": "tests without part of the diff",
+        }
         self.console.print(
             f"[bold]▸ {label.get(d['phase'], d['phase'])}:[/] $ {escape(d['command'])}"
         )
@@ -154,6 +159,32 @@ class TerminalView:
 
     def on_agent_finished(self, d: dict[str, Any]) -> None:
         self.console.print(f"  [bold]finish:[/] {escape(d['summary'] or '(no summary)')}")
+
+    def on_diff_shrunk(self, d: dict[str, Any]) -> None:
+        cost = (
+            f"{d['test_runs']} test run{'s' if d['test_runs'] != 1 else ''}, {d['seconds']:.1f} s"
+        )
+        if d["status"] == "shrunk":
+            self.console.print(
+                f"[bold]shrink:[/] left out {len(d['dropped'])} of {d['hunks']} hunks the tests "
+                f"do not need ({cost})"
+            )
+            for hunk in d["dropped"]:
+                at = hunk["old_start"] or hunk["new_start"]
+                self.console.print(f"  - {escape(hunk['path'])}:{at} ({hunk['kind']})")
+        elif d["status"] == "unchanged":
+            self.console.print(f"[bold]shrink:[/] every hunk tried is needed ({cost})")
+        else:
+            self.console.print(f"[dim]shrink: nothing tried: {escape(d['reason'])}[/]")
+
+    def on_summary_written(self, d: dict[str, Any]) -> None:
+        if d["source"] == "diff":
+            first = (d["summary"].splitlines() or [""])[0]
+            self.console.print(f"  [bold]summary:[/] {escape(first)} [dim](from the final diff)[/]")
+        elif d.get("error"):
+            self.console.print(
+                f"  [yellow]summary from the finish:[/] asking again failed ({escape(d['error'])})"
+            )
 
     def on_format_error(self, d: dict[str, Any]) -> None:
         self.console.print(f"  [yellow]malformed reply:[/] {escape(d['message'])}")

@@ -242,6 +242,32 @@ class Settings:
     command_timeout_s: float = 120.0
     # pullsmith's own runs of the repository's tests (before, after each edit, after).
     test_timeout_s: float = 300.0
+    # ... and within that, each of an attempt's own test runs (before the agent, after each
+    # edit, in the diff shrink): a process of the run that has used `test_cpu_s` seconds of CPU
+    # time is stopped (RLIMIT_CPU: a test that loops forever costs that, not minutes, and a
+    # loaded machine that only stretches the wall clock does not stop a passing suite), and
+    # the run ends after `feedback_test_timeout_s` seconds of wall clock (a hang that sleeps or
+    # waits for input; three times that for the check of a finish and the run after the agent,
+    # whose verdicts decide the status); 0 turns either off.
+    test_cpu_s: float = 20.0
+    feedback_test_timeout_s: float = 120.0
+    # pytest only (PYTEST_TIMEOUT and PYTEST_ADDOPTS in the sandbox, which other runners
+    # ignore): a test running longer (wall clock) fails (pytest-timeout, where the sandbox's
+    # Python has it) or has its stack dumped (faulthandler, at 1.5 times this); 0: off.
+    pytest_timeout_s: float = 30.0
+    # pytest plugins of the sandbox's Python (pullsmith's own environment) that pytest in the
+    # sandbox does not load: schemathesis and hypothesis's plugin are pullsmith's test tools,
+    # and importing them tripled the CPU time of every pytest start (1.1 s against 0.38 s);
+    # hypothesis itself still works without its plugin.
+    pytest_skip_plugins: str = "schemathesis,hypothesispytest"
+    # Before committing, drop each hunk of the diff whose revert keeps the visible tests
+    # passing (at most `shrink_max_runs` test runs, `shrink_max_s` seconds); see shrink.py.
+    shrink_diff: bool = True
+    shrink_max_runs: int = 8
+    shrink_max_s: float = 90.0
+    # After the final diff is known, ask the model once more for the summary of the commit and
+    # the PR, with that diff and the test results in front of it (off: the finish summary).
+    summary_from_diff: bool = True
     temperature: float = 0.2
     seed: int | None = None
     max_reply_tokens: int = 2048
@@ -381,6 +407,8 @@ _ENV_VARS = {
     "PULLSMITH_GITHUB_REPO": "github_repo",
     "PULLSMITH_EXECUTOR": "executor",
     "PULLSMITH_RAY_ADDRESS": "ray_address",
+    "PULLSMITH_SHRINK_DIFF": "shrink_diff",
+    "PULLSMITH_SUMMARY_FROM_DIFF": "summary_from_diff",
 }
 
 

@@ -188,6 +188,40 @@ class EditMade(Payload):
     detail: str = ""
 
 
+class DiffShrunk(Payload):
+    """Before the commit, the hunks whose revert kept the visible tests passing were dropped
+    (pullsmith.shrink); or nothing was tried, and `reason` says why."""
+
+    type: ClassVar[str] = "diff.shrunk"
+    status: str
+    reason: str
+    hunks: int = 0
+    dropped: list[dict[str, Any]] = []
+    kept: int = 0
+    untried: int = 0
+    test_runs: int = 0
+    seconds: float = 0.0
+    test_events: list[int] = []
+
+
+class SummaryWritten(Payload):
+    """The summary of the commit and the PR: written by the model once more with the final
+    diff and the test results in front of it (`source` "diff"), or its finish summary
+    (`source` "finish") when that was off or failed (`error`)."""
+
+    type: ClassVar[str] = "summary.written"
+    source: str
+    summary: str
+    finish_summary: str = ""
+    error: str | None = None
+    seconds: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost_usd: float | None = None
+
+
 class CommitCreated(Payload):
     type: ClassVar[str] = "commit.created"
     commit: str
@@ -354,6 +388,8 @@ EVENT_TYPES: dict[str, type[Payload]] = {
         LimitReachedEvent,
         ContextCompacted,
         EditMade,
+        DiffShrunk,
+        SummaryWritten,
         CommitCreated,
         AttemptFinished,
         AttemptsStarted,

@@ -134,6 +134,13 @@ class AttemptResult:
     pull_request: int | None = None
     # What this attempt's model calls cost in US dollars; None when the price is unknown.
     cost_usd: float | None = None
+    # The diff shrink before the commit (pullsmith.shrink): its diff.shrunk event's data.
+    shrink: dict[str, Any] | None = None
+    # Where `summary` comes from: "diff" (the model wrote it once more with the final diff and
+    # the tests in front of it), "finish" (its finish summary) or "" (it gave none).
+    summary_source: str = ""
+    # The model's finish summary, kept when `summary` was written from the diff.
+    finish_summary: str = ""
 
     @property
     def succeeded(self) -> bool:

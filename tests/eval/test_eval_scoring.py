@@ -73,7 +73,9 @@ def test_faking_the_hidden_tests_does_not_resolve(mini, settings, tmp_path):
         heredoc("test_calc.py", "print('fine')\n"),
         FINISH,
     ]
-    record = run(mini.tasks[0], settings, tmp_path, cheat)
+    # Without the diff shrink, which would leave out the fake (the visible tests pass without it).
+    no_shrink = replace(settings, shrink_diff=False)
+    record = run(mini.tasks[0], no_shrink, tmp_path, cheat)
     assert "hidden_test_calc.py" in record.diff  # the fake is in the agent's branch ...
     assert not record.resolved  # ... and changes nothing
     assert record.score["tests"][0]["exit_code"] != 0

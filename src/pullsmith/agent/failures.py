@@ -269,3 +269,53 @@ def summarize(report: TestReport, limit: int = MAX_FAILURES) -> str:
     if hidden > 0:
         lines.append(f"[... and {hidden} more failing tests ...]")
     return "\n".join(lines)
+
+
+# pytest-timeout's failure line ("Failed: Timeout (>8.0s) from pytest-timeout.", older
+# versions "Timeout >8.0s"), and faulthandler's dump of a test still running ("Timeout (0:00:12)!").
+_PER_TEST_TIMEOUT = re.compile(
+    r"Timeout \(>([\d.]+)s\) from pytest-timeout|^E?\s*Failed: Timeout >([\d.]+)s|"
+    r"^Timeout \((\d+:\d\d:\d\d(?:\.\d+)?)\)!$",
+    re.M,
+)
+
+
+# A process of a test run stopped by RLIMIT_CPU: SIGXCPU (bash reports 128 + 24).
+_SIGXCPU_EXITS = (152, -24)
+_CPU_EXCEEDED = "CPU time limit exceeded"
+
+
+def cpu_capped(command: str, cpu_s: float) -> str:
+    """`command` with each of its processes limited to `cpu_s` seconds of CPU time (a soft
+    RLIMIT_CPU set by the shell it runs in; 0: as it is)."""
+    if cpu_s <= 0:
+        return command
+    return f"ulimit -S -t {max(1, round(cpu_s))} 2>/dev/null; {command}"
+
+
+def cpu_exceeded(exit_code: int, output: str) -> bool:
+    """Whether a test run (or a process of it) was stopped by its CPU time limit."""
+    return exit_code in _SIGXCPU_EXITS or _CPU_EXCEEDED in output
+
+
+def hang_note(output: str, timed_out: bool, limit: str = "") -> str:
+    """What to tell the model when a test run hung: the whole run was stopped at its timeout
+    or its CPU time limit, or a test was stopped by its per-test timeout. "" when nothing
+    timed out."""
+    if timed_out:
+        within = f" within {limit}" if limit else ""
+        return (
+            f"The tests did not finish{within} and were stopped: on the current code they most "
+            "likely loop forever (or wait for input). Find the loop or recursion that never "
+            "ends; a traceback above, if there is one, shows where a test was stuck."
+        )
+    match = _PER_TEST_TIMEOUT.search(output)
+    if match is None:
+        return ""
+    seconds = match.group(1) or match.group(2)
+    after = f" after {float(seconds):g} s" if seconds else ""
+    return (
+        f"A test was still running{after} and was stopped by its per-test timeout: on the "
+        "current code it most likely loops forever (or waits for input). The stack above shows "
+        "where it was stuck."
+    )

@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable
 from typing import Protocol
 
+from pullsmith.agent.failures import hang_note
 from pullsmith.agent.loop import clip
 from pullsmith.events import EventLog
 from pullsmith.sandbox.base import CommandResult
@@ -57,6 +58,9 @@ class SuiteRun(Protocol):
     @property
     def passed(self) -> bool: ...
 
+    @property
+    def timed_out(self) -> bool: ...
+
 
 class ChangeReporter:
     """Tells the model what its last command changed, and what the tests say about it.
@@ -72,6 +76,7 @@ class ChangeReporter:
         test_command: str | None,
         run_tests: Callable[[], SuiteRun | None],
         protocol: str = "text",
+        test_limit: str = "",
     ) -> None:
         if protocol not in FINISH_HINTS:
             raise ValueError(f"protocol must be 'text' or 'tools', not {protocol!r}.")
@@ -80,6 +85,8 @@ class ChangeReporter:
         self.test_command = test_command
         self.run_tests = run_tests
         self.protocol = protocol
+        # The limits of a test run in words, to say so when one hangs.
+        self.test_limit = test_limit
         self.last_diff = workspace.diff()
 
     def __call__(self, command: str, result: CommandResult) -> str | None:
@@ -103,6 +110,9 @@ class ChangeReporter:
                     f"\nAfter this change `{run.command}` exits with code {run.exit_code}:"
                     f"\n```\n{output}\n```"
                 )
+                hung = hang_note(run.output, getattr(run, "timed_out", False), self.test_limit)
+                if hung:
+                    note += "\n" + hung
                 if run.passed:
                     note += "\n" + FINISH_HINTS[self.protocol]
         return note

@@ -110,6 +110,8 @@ class TaskContext:
     test_exit_code: int | None = None
     test_output: str = ""
     test_timed_out: bool = False
+    # What to say of a run that hung (agent.failures.hang_note), after its output.
+    test_note: str = ""
     failures: str = ""
     sources: tuple[str, ...] = ()
 
@@ -128,6 +130,8 @@ def first_message(ctx: TaskContext, closing: str = "Reply with one ```bash block
             f"The tests run with `{ctx.test_command}`. Before any change they {verdict}:"
             f"\n```\n{ctx.test_output.rstrip()}\n```"
         )
+        if ctx.test_note:
+            parts.append(ctx.test_note)
     if ctx.sources:
         parts.append("Source the failing tests point to:\n\n" + "\n\n".join(ctx.sources))
     parts.append(closing)
@@ -137,7 +141,10 @@ def first_message(ctx: TaskContext, closing: str = "Reply with one ```bash block
 def observation(exit_code: int, output: str, timed_out: bool = False) -> str:
     head = f"exit code {exit_code}"
     if timed_out:
-        head += " (the command timed out and was killed)"
+        head += (
+            " (the command timed out and was killed; if it ran the tests, they most likely loop"
+            " forever on the current code)"
+        )
     body = output.rstrip() or "(no output)"
     return f"{head}\n```\n{body}\n```"
 
@@ -148,10 +155,12 @@ def mcp_observation(ok: bool, output: str) -> str:
     return f"{head}\n```\n{output.rstrip() or '(no output)'}\n```"
 
 
-def tests_still_fail(command: str, exit_code: int, output: str) -> str:
+def tests_still_fail(command: str, exit_code: int, output: str, note: str = "") -> str:
+    """The answer to a finish while the tests fail; `note` says that they hung, if they did."""
+    note = f"\n{note}" if note else ""
     return (
         f"You finished, but `{command}` still fails (exit code {exit_code}):\n```\n"
-        f"{output.rstrip()}\n```\nFix the code so the tests pass, then finish again."
+        f"{output.rstrip()}\n```{note}\nFix the code so the tests pass, then finish again."
     )
 
 

@@ -411,10 +411,13 @@ def run_one(
         task_settings = dataclasses.replace(task_settings, test_command=task.test_command)
     if task.tests.timeout_s:
         # The suite says how long its tests may take; a bug that loops forever should cost
-        # that, not the default five minutes, on every test run of the agent's.
-        task_settings = dataclasses.replace(
-            task_settings, test_timeout_s=max(30.0, 3 * task.tests.timeout_s)
-        )
+        # about that, not the default 20 s, of CPU time on every test run of the agent's (the
+        # wall clock stays generous: on a loaded machine it says little).
+        limit = max(10.0, 3 * task.tests.timeout_s)
+        if task_settings.test_cpu_s > 0:
+            task_settings = dataclasses.replace(
+                task_settings, test_cpu_s=min(task_settings.test_cpu_s, limit)
+            )
     run_id = f"eval-{task.safe_id}-{secrets.token_hex(3)}"
     user_task = Task(
         instruction=task.statement,

@@ -218,21 +218,92 @@ def _task_section(facts: PullRequestFacts) -> list[str]:
     return lines
 
 
+def _summary_origin(attempt: AttemptRecord) -> str:
+    """When the model wrote its summary: from the final diff, or at its finish."""
+    note = (attempt.notes or {}).get("summary") or {}
+    where = cite(attempt, note.get("event"))
+    if note.get("source") == "diff":
+        return f"written after it saw the final diff and pullsmith's test results ({where})"
+    if note.get("error"):
+        return (
+            "written when it finished, before pullsmith's last checks: asking it again with "
+            f"the final diff failed ({cell(note['error'])}; {where})"
+        )
+    return "written when it finished, before pullsmith's last checks"
+
+
 def _summary_section(attempts: Sequence[AttemptRecord]) -> list[str]:
+    said = [a for a in attempts if a.summary.strip()]
+    head = "*In the model's own words"
+    if len(said) == 1:
+        head += f", {_summary_origin(said[0])}"
     lines = [
         "## Summary",
         "",
-        "*In the model's own words; pullsmith does not check them — the evidence below does.*",
+        f"{head}; pullsmith does not check them — the evidence below does.*",
         "",
     ]
-    said = [a for a in attempts if a.summary.strip()]
     if not said:
         return [*lines, "The model gave no summary: it did not say it was done."]
     if len(said) == 1:
         return [*lines, quote(said[0].summary)]
     for attempt in reversed(said):
-        lines += [f"{cite(attempt, None)}:", "", quote(attempt.summary), ""]
+        lines += [
+            f"{cite(attempt, None)}: *{_summary_origin(attempt)}*",
+            "",
+            quote(attempt.summary),
+            "",
+        ]
     return lines[:-1]
+
+
+def _shrink_lines(attempts: Sequence[AttemptRecord]) -> list[str]:
+    """What pullsmith left out of the diff before committing (pullsmith.shrink), per run."""
+    lines: list[str] = []
+    for attempt in attempts:
+        shrink = (attempt.notes or {}).get("shrink")
+        if not shrink:
+            continue
+        where = cite(attempt, shrink.get("event"))
+        runs = shrink.get("test_runs", 0)
+        cost = f"{runs} test run{'s' if runs != 1 else ''}, {float(shrink.get('seconds', 0)):.1f} s"
+        dropped = shrink.get("dropped") or []
+        if shrink.get("status") == "shrunk" and dropped:
+            count = len(dropped)
+            lines += [
+                "",
+                f"**Left out by pullsmith:** {count} hunk{'s' if count != 1 else ''} of the "
+                "model's change that the tests did not need (they pass without "
+                f"{'them' if count != 1 else 'it'}) were reverted before the commit ({where}; "
+                f"{cost}):",
+                "",
+            ]
+            for hunk in dropped:
+                at = hunk.get("old_start") or hunk.get("new_start")
+                lines += [
+                    f"- {code(hunk.get('path', ''))} line {at}: {cell(hunk.get('kind', ''))}",
+                    "",
+                    "  <details><summary>the change left out</summary>",
+                    "",
+                    "  " + fenced(str(hunk.get("diff", "")), "diff").replace("\n", "\n  "),
+                    "",
+                    "  </details>",
+                ]
+            if shrink.get("untried"):
+                lines += [
+                    "",
+                    f"{shrink['untried']} other hunks were not tried (the limit of runs).",
+                ]
+        elif shrink.get("status") == "unchanged":
+            lines += [
+                "",
+                "pullsmith tried leaving out parts of the diff: every part it tried is needed, "
+                f"the tests fail without it ({where}; {cost}).",
+            ]
+        else:
+            reason = str(shrink.get("reason") or "")
+            lines += ["", f"pullsmith left the diff as it is: {cell(reason)} ({where})."]
+    return lines
 
 
 def _changes_section(facts: PullRequestFacts) -> list[str]:
@@ -259,7 +330,7 @@ def _changes_section(facts: PullRequestFacts) -> list[str]:
     ]
     if facts.commits:
         lines += [""] + [f"- {code(_short(c.sha))} {cell(c.subject)}" for c in facts.commits]
-    return lines
+    return lines + _shrink_lines(facts.attempts)
 
 
 def _test_run_lines(

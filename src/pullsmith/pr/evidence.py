@@ -202,6 +202,15 @@ def run_evidence(
             notes["format_errors"] += 1
         elif event.type == "error":
             notes["errors"].append({"event": event.id, "message": d.get("message", "")})
+        elif event.type == "diff.shrunk":
+            notes["shrink"] = {"event": event.id, **d}
+        elif event.type == "summary.written":
+            notes["summary"] = {
+                "event": event.id,
+                "source": d.get("source", ""),
+                "error": d.get("error"),
+                "finish_summary": d.get("finish_summary", ""),
+            }
 
     def find(run: Any, phase: str) -> dict[str, Any] | None:
         if run is not None:

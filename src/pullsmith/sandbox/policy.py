@@ -35,7 +35,7 @@ def agent_policy(settings: Settings, hidden: Iterable[str | Path] = ()) -> Sandb
         env_set={
             "PATH": f"{tools_dir}:{path}",
             "PYTHONDONTWRITEBYTECODE": "1",
-            "PYTEST_ADDOPTS": "-p no:cacheprovider",
+            **pytest_env(settings.pytest_timeout_s, settings.pytest_skip_plugins),
         },
         hidden_paths=tuple(dict.fromkeys(candidates)),
         limits=Limits(
@@ -48,3 +48,20 @@ def agent_policy(settings: Settings, hidden: Iterable[str | Path] = ()) -> Sandb
             cgroup=settings.sandbox_cgroup,
         ),
     )
+
+
+def pytest_env(per_test_s: float, skip_plugins: str = "") -> dict[str, str]:
+    """The environment that makes pytest (and only pytest) stop a test running longer than
+    `per_test_s` seconds: pytest-timeout reads PYTEST_TIMEOUT where the sandbox's Python has
+    it; elsewhere faulthandler dumps the stack of a test still running at 1.5 times that (the
+    test run's own timeout then ends it). 0: no per-test limit. `skip_plugins` (comma-separated)
+    are plugins of the sandbox's Python that pytest does not load (`-p no:NAME`)."""
+    options = "-p no:cacheprovider"
+    for name in filter(None, (part.strip() for part in skip_plugins.split(","))):
+        options += f" -p no:{name}"
+    if per_test_s <= 0:
+        return {"PYTEST_ADDOPTS": options}
+    return {
+        "PYTEST_ADDOPTS": f"{options} -o faulthandler_timeout={per_test_s * 1.5:g}",
+        "PYTEST_TIMEOUT": f"{per_test_s:g}",
+    }
