@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from pullsmith.agent import failures
 from pullsmith.agent.context import SOURCES_CHARS, evidence_sources, source_excerpt
-from pullsmith.agent.failures import TestReport, function_source, parse_test_output
+from pullsmith.agent.failures import function_source, parse_test_output
 from pullsmith.agent.localize import build_index, rank_functions, stems
 from pullsmith.agent.prompts import TaskContext, first_message
 from pullsmith.eval.snapshot import init_repo, materialize
@@ -60,7 +61,7 @@ def test_a_bug_two_calls_below_the_frames_ranks_in_the_top_few_and_is_shown(task
     sources = evidence_sources(repo, output)
     _, _, body = function_source(repo / meta["bug_file"], meta["bug_function"])
     shown = "\n\n".join(sources)
-    assert body in shown and len(shown) <= SOURCES_CHARS
+    assert body in shown and sum(len(piece) for piece in sources) <= SOURCES_CHARS
     # The code comes first, the failing tests last.
     assert sources[-1].startswith("tests/test_api.py:")
     message = first_message(
@@ -93,7 +94,7 @@ def test_a_single_file_task_is_shown_whole_as_before(tmp_path):
 
 def test_nothing_is_ranked_without_failing_tests(tmp_path):
     repo, _ = task_repo("month-of", tmp_path)
-    assert rank_functions(repo, TestReport(failures=[], failed=0, passed=9)) == []
+    assert rank_functions(repo, failures.TestReport(failures=[], failed=0, passed=9)) == []
     assert evidence_sources(repo, "========= 9 passed in 0.1s =========") == []
 
 
@@ -165,9 +166,9 @@ def test_a_huge_repository_is_cut_to_the_budget(tmp_path):
         ============================== 1 failed in 0.10s ===============================
         """
     )
-    started = time.monotonic()
+    started = time.process_time()
     shown = evidence_sources(tmp_path, output)
-    assert time.monotonic() - started < 30
+    assert time.process_time() - started < 20
     assert sum(len(piece) for piece in shown) <= SOURCES_CHARS
     # The functions the test calls first, cut out of their (big) file.
     assert "def f0_0(x):" in shown[0] and "only the functions" in shown[0]
@@ -192,6 +193,7 @@ def test_the_benchmark_measures_a_suite_without_a_model(tmp_path, capsys):
     )
     assert spec and spec.loader
     bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # its dataclasses look their module up
     spec.loader.exec_module(bench)
     assert bench.main([str(FIXTURE), "--sandbox", "none", "--json"]) == 0
     import json
@@ -200,8 +202,9 @@ def test_the_benchmark_measures_a_suite_without_a_model(tmp_path, capsys):
     records = {r["task_id"]: r for r in data["records"]}
     assert set(records) == {"month-of", "parse-amount", "debit-normal"}
     for task_id in ("month-of", "debit-normal"):
-        assert records[task_id]["function_shown"] and records[task_id]["rank"] <= 5
-    assert all(r["file_shown"] and r["test_exit_code"] == 1 for r in records.values())
+        record = records[task_id]
+        assert record["file_shown"] and record["function_shown"] and record["rank"] <= 5
+    assert all(r["test_exit_code"] == 1 and r["failing"] >= 1 for r in records.values())
     summary = data["summary"]
     assert summary["with_bug_metadata"] == 3 and summary["errors"] == 0
     assert 0 < summary["median_first_message_chars"] < 16000

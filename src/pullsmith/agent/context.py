@@ -20,6 +20,9 @@ SOURCE_FILE_CAP = 12 * 1024
 SOURCES_CHARS = 8000
 WHOLE_FILE_CHARS = 4000
 MAX_FUNCTIONS = 24
+# A function whose share of the walk is below this fraction of the first one's is not shown
+# (every function of a module the failing tests import gets a little of it).
+MIN_SCORE_SHARE = 0.05
 
 _TEST_LINE = re.compile(
     r"^\s*(?:[-*]\s*)?(?:\*\*)?test(?:s|ing)?(?:\s+command)?(?:\*\*)?\s*:\s*`([^`]+)`", re.I | re.M
@@ -201,7 +204,10 @@ def evidence_sources(
             shown.append(source_excerpt(root, path, cap=min(SOURCE_FILE_CAP, room // 2)))
             whole.add(path)
             used += len(shown[-1])
+    floor = ranked[0].score * MIN_SCORE_SHARE
     for candidate in ranked[:MAX_FUNCTIONS]:
+        if candidate.score < floor:
+            break
         definition = candidate.definition
         path = root / definition.path
         if path in whole or any(s <= definition.start <= e for s, e, _ in cut.get(path, [])):
