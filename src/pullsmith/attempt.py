@@ -61,6 +61,37 @@ TEST_OUTPUT_CHARS = 3000
 TRAILER = "Co-authored-by: pullsmith <pullsmith@users.noreply.local>"
 
 
+def task_context(
+    root: Path,
+    instruction: str,
+    agents_md: str,
+    test_command: str | None,
+    before: TestRun | None,
+    test_note: str = "",
+) -> TaskContext:
+    """What the first message is made of, from the test run before any change (`before`):
+    the failing tests summed up and the code they point to (benchmarks/localization.py
+    measures it the same way); `test_note` says what to tell the model of a run that hung."""
+    sources: tuple[str, ...] = ()
+    failures = ""
+    if before and not before.passed:
+        sources = tuple(evidence_sources(root, before.output))
+        failures = summarize(parse_test_output(root, before.output))
+    return TaskContext(
+        instruction=instruction,
+        files=file_listing(root),
+        agents_md=agents_md,
+        test_command=test_command,
+        test_exit_code=before.exit_code if before else None,
+        # With the failures summed up above it, the raw output needs less room.
+        test_output=clip(before.output, 1500 if failures else TEST_OUTPUT_CHARS) if before else "",
+        test_timed_out=bool(before and before.timed_out),
+        test_note=test_note,
+        failures=failures,
+        sources=sources,
+    )
+
+
 def run_dir_for(settings: Settings, task_id: str) -> Path:
     return settings.runs_dir / task_id
 
@@ -270,25 +301,13 @@ class Attempt:
         if self.cancel.is_set():
             result.status = result.exit_reason = "cancelled"
             return
-        sources: tuple[str, ...] = ()
-        failures = ""
-        if before and not before.passed:
-            sources = tuple(evidence_sources(workspace.path, before.output))
-            failures = summarize(parse_test_output(workspace.path, before.output))
-        context = TaskContext(
-            instruction=self._instruction(),
-            files=file_listing(workspace.path),
-            agents_md=agents_md,
-            test_command=test_command,
-            test_exit_code=before.exit_code if before else None,
-            # With the failures summed up above it, the raw output needs less room.
-            test_output=clip(before.output, 1500 if failures else TEST_OUTPUT_CHARS)
-            if before
-            else "",
-            test_timed_out=bool(before and before.timed_out),
-            test_note=hang_note(before.output, before.timed_out, self.test_limit) if before else "",
-            failures=failures,
-            sources=sources,
+        context = task_context(
+            workspace.path,
+            self._instruction(),
+            agents_md,
+            test_command,
+            before,
+            hang_note(before.output, before.timed_out, self.test_limit) if before else "",
         )
         if self.model is None:
             self.model = open_model(self.settings, log_path=self.run_dir / "model-server.log")

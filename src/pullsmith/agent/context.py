@@ -8,11 +8,21 @@ import re
 import subprocess
 from pathlib import Path
 
-from pullsmith.agent.failures import called_names, function_source, parse_test_output
+from pullsmith.agent.failures import TestReport, function_source, parse_test_output
+from pullsmith.agent.localize import rank_functions
 
 AGENTS_MD_CAP = 32 * 1024
 LISTING_CAP = 200
 SOURCE_FILE_CAP = 12 * 1024
+# What the first message shows of the code: at most this many characters (about 2,700 tokens
+# of the bundled model's 8,192, a third of them for the failing tests), made of the functions
+# ranked first — each one's whole file when it is at most WHOLE_FILE_CHARS.
+SOURCES_CHARS = 8000
+WHOLE_FILE_CHARS = 4000
+MAX_FUNCTIONS = 24
+# A function whose share of the walk is below this fraction of the first one's is not shown
+# (every function of a module the failing tests import gets a little of it).
+MIN_SCORE_SHARE = 0.05
 
 _TEST_LINE = re.compile(
     r"^\s*(?:[-*]\s*)?(?:\*\*)?test(?:s|ing)?(?:\s+command)?(?:\*\*)?\s*:\s*`([^`]+)`", re.I | re.M
@@ -169,47 +179,137 @@ def _is_test_file(path: Path) -> bool:
     return name.startswith("test_") or name.endswith("_test.py") or "tests" in path.parts
 
 
-def evidence_sources(root: Path, output: str, limit: int = 4) -> list[str]:
-    """The code a failing test run points to, ready to show: small files whole (a small model
-    edits best when it sees the whole file), big ones cut to the functions that the traceback
-    frames and the failing tests' calls name."""
+def evidence_sources(
+    root: Path, output: str, limit: int = 4, budget: int = SOURCES_CHARS
+) -> list[str]:
+    """The code a failing test run points to, ready to show, within `budget` characters: the
+    functions `localize.rank_functions` ranks first — a small file whole (a small model edits
+    best when it sees the whole file), a big one cut to those functions — then the failing
+    tests. Without a ranking (no failing test understood), the files of the tracebacks."""
     root = root.resolve()
     report = parse_test_output(root, output)
-    paths = relevant_sources(root, output, limit=limit)
+    ranked = rank_functions(root, report) if report.failures else []
+    if not ranked:
+        return _frame_sources(root, output, report, limit, budget)
+    tests = _test_pieces(root, report, budget // 3)
+    room = budget - sum(len(piece) for piece in tests)
+    shown: list[str] = []
+    whole: set[Path] = set()
+    # Functions per file, in the order of each file's best function.
+    cut: dict[Path, list[tuple[int, int, str]]] = {}
+    used = 0
+    # A Python file the output names that does not parse has no functions to rank: whole.
+    for path in files_in_output(root, output):
+        if path.suffix == ".py" and not _is_test_file(path) and not _parses(path):
+            shown.append(source_excerpt(root, path, cap=min(SOURCE_FILE_CAP, room // 2)))
+            whole.add(path)
+            used += len(shown[-1])
+    floor = ranked[0].score * MIN_SCORE_SHARE
+    for candidate in ranked[:MAX_FUNCTIONS]:
+        if candidate.score < floor:
+            break
+        definition = candidate.definition
+        path = root / definition.path
+        if path in whole or any(s <= definition.start <= e for s, e, _ in cut.get(path, [])):
+            continue
+        size = path.stat().st_size
+        if path not in cut and size <= WHOLE_FILE_CHARS and used + size + 50 <= room:
+            whole.add(path)
+            shown.append(source_excerpt(root, path))
+            used += len(shown[-1])
+            continue
+        found = function_source(path, definition.name)
+        if found is None:
+            continue
+        piece = f"# lines {found[0]}-{found[1]}\n{found[2]}"
+        if used + len(piece) + len(definition.path) + 60 > room:
+            continue
+        if path not in cut:
+            cut[path] = []
+            shown.append(str(path))  # a placeholder, filled in below
+            used += len(definition.path) + 60
+        cut[path].append(found)
+        used += len(piece) + 2
+    for number, item in enumerate(shown):
+        path = Path(item)
+        if path in cut:
+            body = "\n\n".join(f"# lines {a}-{b}\n{text}" for a, b, text in sorted(cut[path]))
+            shown[number] = (
+                f"{path.relative_to(root)} (only the functions the failures most likely "
+                f"reach):\n```\n{body}\n```"
+            )
+    return shown + tests
+
+
+def _parses(path: Path) -> bool:
+    try:
+        ast.parse(path.read_text(encoding="utf-8", errors="replace"))
+    except (SyntaxError, ValueError):
+        return False
+    return True
+
+
+def _test_pieces(root: Path, report: TestReport, budget: int) -> list[str]:
+    """The failing tests: their files whole when small, else the failing test functions."""
     wanted: dict[Path, set[str]] = {}
-    called: set[str] = set()
     for failure in report.failures:
+        if "::" in failure.test:
+            path = (root / failure.test.split("::")[0]).resolve()
+            name = ".".join(failure.test.split("::")[1:]).split("[")[0]
+            wanted.setdefault(path, set()).add(name)
         for frame in failure.frames:
             path = (root / frame.path).resolve()
-            if frame.function:
-                wanted.setdefault(path, set()).add(frame.function)
             if _is_test_file(path) and frame.function:
-                called |= called_names(path, frame.function)
-        if "::" in failure.test:
-            test_path = (root / failure.test.split("::")[0]).resolve()
-            test_name = failure.test.split("::")[-1].split("[")[0]
-            wanted.setdefault(test_path, set()).add(test_name)
-            called |= called_names(test_path, test_name)
-            if test_path.is_file() and test_path not in paths:
-                paths.append(test_path)
-    # Code first, then the tests: the fix belongs in the code.
+                wanted.setdefault(path, set()).add(frame.function)
+    pieces: list[str] = []
+    used = 0
+    for path, names in wanted.items():
+        if not path.is_file():
+            continue
+        if path.stat().st_size <= WHOLE_FILE_CHARS:
+            piece = source_excerpt(root, path)
+        else:
+            found = [function_source(path, name) for name in sorted(names)]
+            parts = [f"# lines {f[0]}-{f[1]}\n{f[2]}" for f in found if f]
+            if not parts:
+                continue
+            body = "\n\n".join(parts)
+            piece = f"{path.relative_to(root)} (only the failing tests):\n```\n{body}\n```"
+        if used + len(piece) > budget:
+            piece = piece[: max(0, budget - used - 40)].rstrip() + "\n[... cut ...]\n```"
+            if budget - used < 400:
+                break
+        pieces.append(piece)
+        used += len(piece)
+    return pieces
+
+
+def _frame_sources(
+    root: Path, output: str, report: TestReport, limit: int, budget: int
+) -> list[str]:
+    """The files the tracebacks name (a file that does not parse, a crash outside any test):
+    small ones whole, big ones cut to the functions the frames name, within `budget`."""
+    paths = relevant_sources(root, output, limit=limit)
+    wanted: dict[Path, set[str]] = {}
+    for failure in report.failures:
+        for frame in failure.frames:
+            if frame.function:
+                wanted.setdefault((root / frame.path).resolve(), set()).add(frame.function)
     paths = sorted(dict.fromkeys(paths), key=_is_test_file)
     shown: list[str] = []
+    used = 0
     for path in paths[:limit]:
-        if path.stat().st_size <= SOURCE_FILE_CAP:
-            shown.append(source_excerpt(root, path))
-            continue
-        names = sorted(wanted.get(path, set()) | {n for n in called if function_source(path, n)})
-        pieces = []
-        for name in names:
-            found = function_source(path, name)
-            if found:
-                start, end, text = found
-                pieces.append(f"# lines {start}-{end}\n{text}")
-        if pieces:
-            rel = path.relative_to(root)
-            body = "\n\n".join(pieces)
-            shown.append(f"{rel} (only the functions the failure points to):\n```\n{body}\n```")
-        else:
-            shown.append(source_excerpt(root, path))
+        piece = ""
+        if path.stat().st_size > SOURCE_FILE_CAP:
+            found = [function_source(path, name) for name in sorted(wanted.get(path, set()))]
+            parts = [f"# lines {f[0]}-{f[1]}\n{f[2]}" for f in found if f]
+            if parts:
+                body = "\n\n".join(parts)
+                rel = path.relative_to(root)
+                piece = f"{rel} (only the functions the failure points to):\n```\n{body}\n```"
+        piece = piece or source_excerpt(root, path, cap=max(0, min(SOURCE_FILE_CAP, budget - used)))
+        if used + len(piece) > budget + 200 and shown:
+            break
+        shown.append(piece)
+        used += len(piece)
     return shown
