@@ -18,6 +18,17 @@ terminal). The mounts, from the outermost path inwards (a deeper mount covers a 
 
 Limits (timeout, memory, processes, file size, CPU time, output) come from process.py and
 limits.py, as for every backend.
+
+Every command still gets a sandbox of its own, but it is started ahead: once a command has
+ended, the next one's sandbox (its cgroup and rlimits, namespaces, mounts and seccomp filter) is
+started on a background thread, with a launcher, `bash -c LAUNCHER`, waiting in it. `run`
+writes the command into a memfd, says go on a pipe, and the launcher closes both and becomes
+`bash -c COMMAND` with the environment bwrap gave, so the command sees what it saw when its
+sandbox was started at the command (the same fds, environment, pid 2, an empty /tmp). Its
+timeout counts from `run`. A sandbox started ahead that has died by then is replaced by one
+started at once; `close` (or dropping the BwrapSandbox) stops the one waiting. The mount plan
+was always made once per BwrapSandbox; `--bind-try`/`--ro-bind-try` paths are now looked up
+when the sandbox starts, after the previous command, rather than at the command.
 """
 
 from __future__ import annotations
@@ -30,7 +41,11 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+import time
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from pullsmith.errors import UserError
@@ -41,7 +56,14 @@ from pullsmith.sandbox.base import (
     hidden_paths,
     home_dir,
 )
-from pullsmith.sandbox.process import require_workspace, run_process, sandbox_env
+from pullsmith.sandbox.process import (
+    StartedProcess,
+    cancelled_result,
+    finish_process,
+    require_workspace,
+    sandbox_env,
+    start_process,
+)
 from pullsmith.sandbox.seccomp import seccomp_program
 
 BWRAP_MISSING = (
@@ -56,6 +78,17 @@ NAMESPACE_ARGS = ("--die-with-parent", "--new-session", "--unshare-all", "--cap-
 RESOLVER_DIRS = ("/run/systemd/resolve", "/run/resolvconf", "/run/NetworkManager")
 # Under /run but holding programs, not sockets (NixOS keeps its whole system there).
 RUN_PROGRAM_DIRS = ("/run/current-system", "/run/booted-system", "/run/opengl-driver")
+
+# What bash runs in a sandbox started ahead of its command: wait for the word on descriptor
+# {go} ("y": keep stdin, "n": /dev/null), read the command from the memfd {text} (written with a
+# "." after it, so that $(...) keeps its trailing newlines), close both and become
+# `bash -c COMMAND`, with the environment bwrap gave (less the SHLVL this bash exported).
+LAUNCHER = (
+    "IFS= read -r go <&{go} || exit 125; exec {go}<&-; "
+    '[ "$go" = y ] || exec </dev/null; '
+    "command=$(< /dev/fd/{text}); exec {text}<&-; "
+    'unset SHLVL; exec bash -c "${{command%.}}"'
+)
 
 # Ranks order mounts of the same depth: later ones cover earlier ones.
 _COVER, _READ_ONLY, _WRITABLE, _HIDDEN, _GIT = range(5)
@@ -261,6 +294,9 @@ class BwrapSandbox:
             self.argv_prefix.append("--share-net")
         self.argv_prefix += mount_args(self.workspace, self.policy, tmpfs_size)
         self.argv_prefix += ["--chdir", str(self.workspace)]
+        self._ready = _ReadySlot()
+        # A sandbox dropped without close() stops its waiting launcher too.
+        weakref.finalize(self, self._ready.discard)
 
     def run(
         self,
@@ -269,10 +305,64 @@ class BwrapSandbox:
         stdin: str | None = None,
         on_output: OutputCallback | None = None,
     ) -> CommandResult:
-        """Run `command` with bash -c inside the sandbox and return what happened."""
-        argv = list(self.argv_prefix)
-        fds: list[int] = []
+        """Run `command` with bash -c inside the sandbox and return what happened.
+
+        The sandbox started after the previous command (`_Ready`) takes it if it is still
+        alive; otherwise one is started now. Either way the command runs in a sandbox of its
+        own, started for it, and once it has ended the next one is started in the background.
+        """
+        if self.cancel is not None and self.cancel.is_set():
+            self._ready.discard()
+            return cancelled_result(command)
+        if "\0" in command:
+            raise ValueError("embedded null byte")
+        ready = self._ready.take()
+        if ready is None or ready.started.proc.poll() is not None:
+            if ready is not None:
+                ready.discard()
+            ready = self._start()
+        started_at = time.monotonic()
         try:
+            ready.go(command, stdin is not None)
+        except OSError:
+            # The launcher went between the look and the word (its pipe is broken): start
+            # the command's sandbox now instead.
+            ready.discard()
+            ready = self._start()
+            started_at = time.monotonic()
+            try:
+                ready.go(command, stdin is not None)
+            except BaseException:
+                ready.discard()
+                raise
+        except BaseException:
+            ready.discard()
+            raise
+        try:
+            return finish_process(
+                ready.started,
+                command=command,
+                limits=self.policy.limits,
+                started_at=started_at,
+                timeout_s=timeout_s,
+                stdin=stdin,
+                on_output=on_output,
+                cancel=self.cancel,
+            )
+        finally:
+            if self.cancel is None or not self.cancel.is_set():
+                self._ready.prepare(self._start)
+
+    def _start(self) -> _Ready:
+        """A sandbox for the next command, its launcher waiting for that command."""
+        fds: list[int] = []
+        go_read, go_write = os.pipe()
+        text = os.memfd_create("pullsmith-command", os.MFD_CLOEXEC)
+        try:
+            fds.append(go_read)
+            os.set_inheritable(text, True)
+            fds.append(text)
+            argv = list(self.argv_prefix)
             if self.seccomp is not None:
                 # bwrap reads the filter to the end of the descriptor, so each run gets its own.
                 read_end, write_end = os.pipe()
@@ -280,23 +370,25 @@ class BwrapSandbox:
                 with open(write_end, "wb") as pipe:
                     pipe.write(self.seccomp)
                 argv += ["--seccomp", str(read_end)]
-            argv += ["--", "bash", "-c", command]
-            return run_process(
+            argv += ["--", "bash", "-c", LAUNCHER.format(go=go_read, text=text)]
+            started = start_process(
                 argv,
-                command=command,
                 cwd=self.workspace,
                 env=self.env,
                 limits=self.policy.limits,
-                timeout_s=timeout_s,
-                stdin=stdin,
-                on_output=on_output,
+                stdin_pipe=True,
                 pass_fds=fds,
-                cancel=self.cancel,
             )
+        except BaseException:
+            for fd in (go_write, text):
+                os.close(fd)
+            raise
         finally:
             for fd in fds:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+                if fd != text:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+        return _Ready(started, go_write, text)
 
     def long_lived_argv(
         self,
@@ -328,4 +420,92 @@ class BwrapSandbox:
         return [*prefix, "--", *argv], {**self.env, **(env or {})}
 
     def close(self) -> None:
-        """Nothing to release: every command's namespaces end with it."""
+        """Stop the sandbox waiting for a next command; every command's namespaces end with it."""
+        self._ready.discard()
+
+
+@dataclass
+class _Ready:
+    """A started sandbox whose launcher waits for its command."""
+
+    started: StartedProcess
+    go_fd: int
+    text_fd: int
+
+    def go(self, command: str, keep_stdin: bool) -> None:
+        """Hand the launcher `command`; stdin stays a pipe if `keep_stdin`, else /dev/null."""
+        try:
+            os.write(self.text_fd, os.fsencode(command) + b".")
+            os.write(self.go_fd, b"y\n" if keep_stdin else b"n\n")
+        finally:
+            self.close_fds()
+        if not keep_stdin and self.started.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.started.proc.stdin.close()
+            self.started.proc.stdin = None
+
+    def close_fds(self) -> None:
+        for fd in (self.go_fd, self.text_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.go_fd = self.text_fd = -1
+
+    def discard(self) -> None:
+        self.close_fds()
+        self.started.discard()
+
+
+class _ReadySlot:
+    """The one sandbox started ahead for a BwrapSandbox's next command, or the start of it
+    under way on the starter thread."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.future: Future[_Ready] | None = None
+        self.pid = os.getpid()
+
+    def prepare(self, start: Callable[[], _Ready]) -> None:
+        """Start the next sandbox in the background, unless one is there already."""
+        with self.lock:
+            if self.pid != os.getpid():
+                self.pid, self.future = os.getpid(), None
+            if self.future is not None:
+                return
+            try:
+                self.future = _starter().submit(start)
+            except RuntimeError:  # the interpreter is shutting down
+                self.future = None
+
+    def take(self) -> _Ready | None:
+        """The sandbox started ahead (waiting for its start to finish), or None."""
+        with self.lock:
+            future, self.future = self.future, None
+            if self.pid != os.getpid():
+                # A forked child: the start ran (or runs) in the parent, whose sandbox it is.
+                self.pid, future = os.getpid(), None
+        if future is None:
+            return None
+        try:
+            return future.result()
+        except Exception:  # noqa: BLE001 - the command starts its own sandbox and reports
+            return None
+
+    def discard(self) -> None:
+        ready = self.take()
+        if ready is not None:
+            ready.discard()
+
+
+_STARTER: tuple[int, ThreadPoolExecutor] | None = None
+_STARTER_LOCK = threading.Lock()
+
+
+def _starter() -> ThreadPoolExecutor:
+    """The thread that starts sandboxes ahead of their commands: one per process, living as
+    long as it does (bwrap's --die-with-parent follows the thread that started it)."""
+    global _STARTER
+    with _STARTER_LOCK:
+        if _STARTER is None or _STARTER[0] != os.getpid():
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pullsmith-sandbox-start")
+            _STARTER = (os.getpid(), pool)
+        return _STARTER[1]

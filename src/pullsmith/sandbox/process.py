@@ -17,11 +17,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from pullsmith.errors import UserError
 from pullsmith.sandbox.base import MIB, CommandResult, Limits, OutputCallback, SandboxPolicy
-from pullsmith.sandbox.limits import confine
+from pullsmith.sandbox.limits import CommandCgroup, confine
 
 READ_CHUNK = 64 * 1024
 # After the command ends, output still in the pipe is read for at most this long: a process that
@@ -136,6 +137,65 @@ def cancelled_result(command: str) -> CommandResult:
     )
 
 
+@dataclass
+class StartedProcess:
+    """A confined process that `start_process` started and `finish_process` has not finished."""
+
+    proc: subprocess.Popen[bytes]
+    cgroup: CommandCgroup | None
+
+    def kill(self) -> None:
+        """SIGKILL its process group and its cgroup."""
+        _kill_group(self.proc)
+        if self.cgroup is not None:
+            self.cgroup.kill()
+
+    def discard(self) -> None:
+        """Kill it, reap it, close its pipes and give its cgroup back (one never finished)."""
+        if self.proc.returncode is None:
+            self.kill()
+        self.proc.wait()
+        for pipe in (self.proc.stdout, self.proc.stdin):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+        if self.cgroup is not None:
+            self.cgroup.release()
+
+
+def start_process(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    limits: Limits,
+    stdin_pipe: bool = False,
+    pass_fds: Sequence[int] = (),
+) -> StartedProcess:
+    """Start `argv` in a new session and its own cgroup (if any), under `limits`' rlimits
+    (see limits.py), its stdout and stderr merged into one pipe; stdin a pipe if
+    `stdin_pipe`, else /dev/null. `finish_process` (or `discard`) ends it."""
+    confinement = confine(argv, limits)
+    cgroup = confinement.cgroup
+    try:
+        proc = subprocess.Popen(
+            confinement.argv,
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=confinement.preexec_fn,
+            pass_fds=tuple(pass_fds),
+        )
+    except BaseException:
+        if cgroup is not None:
+            cgroup.release()
+        raise
+    return StartedProcess(proc, cgroup)
+
+
 def run_process(
     argv: Sequence[str],
     *,
@@ -164,38 +224,46 @@ def run_process(
     """
     if cancel is not None and cancel.is_set():
         return cancelled_result(command)
+    started_at = time.monotonic()
+    started = start_process(
+        argv, cwd=cwd, env=env, limits=limits, stdin_pipe=stdin is not None, pass_fds=pass_fds
+    )
+    return finish_process(
+        started,
+        command=command,
+        limits=limits,
+        started_at=started_at,
+        timeout_s=timeout_s,
+        stdin=stdin,
+        on_output=on_output,
+        cancel=cancel,
+    )
+
+
+def finish_process(
+    started: StartedProcess,
+    *,
+    command: str,
+    limits: Limits,
+    started_at: float,
+    timeout_s: float | None = None,
+    stdin: str | None = None,
+    on_output: OutputCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> CommandResult:
+    """Run `started` to its end, as `run_process` describes; its timeout and duration count
+    from `started_at` (time.monotonic()). `stdin` is written to its stdin pipe, if it has one
+    (which is then closed, as it is when `stdin` is None)."""
     timeout = limits.timeout_s if timeout_s is None else timeout_s
     capture = OutputCapture(limits.output_bytes)
-    confinement = confine(argv, limits)
-    cgroup = confinement.cgroup
-    started = time.monotonic()
+    proc, cgroup = started.proc, started.cgroup
     try:
-        proc = subprocess.Popen(
-            confinement.argv,
-            cwd=cwd,
-            env=dict(env),
-            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=confinement.preexec_fn,
-            pass_fds=tuple(pass_fds),
+        stopped = _communicate(
+            proc, capture, stdin, started_at + timeout, started.kill, on_output, cancel
         )
-    except BaseException:
-        if cgroup is not None:
-            cgroup.release()
-        raise
-
-    def kill() -> None:
-        _kill_group(proc)
-        if cgroup is not None:
-            cgroup.kill()
-
-    try:
-        stopped = _communicate(proc, capture, stdin, started + timeout, kill, on_output, cancel)
     finally:
         if proc.returncode is None:
-            kill()
+            started.kill()
         proc.wait()
         assert proc.stdout is not None
         proc.stdout.close()
@@ -217,7 +285,7 @@ def run_process(
         command=command,
         exit_code=128 - code if code < 0 else code,
         output=output,
-        duration_s=time.monotonic() - started,
+        duration_s=time.monotonic() - started_at,
         truncated=capture.omitted_bytes > 0,
         timed_out=stopped == "timeout",
         omitted_bytes=capture.omitted_bytes,
