@@ -24,7 +24,13 @@ from pullsmith.agent.failures import (
 )
 from pullsmith.agent.feedback import ChangeReporter
 from pullsmith.agent.loop import Agent, AgentLimits, Approve, Outcome, clip
-from pullsmith.agent.prompts import TaskContext, prompts_for, tests_still_fail
+from pullsmith.agent.prompts import (
+    TaskContext,
+    closing_for,
+    prompts_for,
+    retry_message,
+    tests_still_fail,
+)
 from pullsmith.agent.protocol import protocol_for
 from pullsmith.agent.summary import summary_request, write_summary
 from pullsmith.config import Settings
@@ -128,6 +134,9 @@ class Attempt:
         self.run_dir = run_dir_for(settings, task.task_id)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.result: AttemptResult | None = None
+        # The task's first message as this attempt built it (before any account of earlier
+        # attempts), once built; best-of-N sends the first one again to the later attempts.
+        self.first_message = ""
         # The run's MCP servers (pullsmith.mcp.client.McpHub), while the agent may use them.
         self.mcp: McpHub | None = None
 
@@ -358,8 +367,16 @@ class Attempt:
         try:
             edit_forms = resolve_edit_forms(self.settings.edit_forms, self.settings.model_name)
             system, first = prompts_for(agent.protocol, context, edit_forms, mcp_tools)
+            self.first_message = first
             if history:
                 first = continuation_message(context)
+            elif self.task.retry is not None:
+                # After the first message attempt 1 was sent, verbatim (the model server has
+                # it cached), what the earlier attempts changed and that the tests still failed.
+                retry = self.task.retry
+                first = retry_message(
+                    retry.first_message or first, retry.earlier, closing_for(agent.protocol)
+                )
             outcome = agent.run(system, first, history=history)
         finally:
             if outside is not None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pullsmith.agent.failures import failure_count
+from pullsmith.agent.failures import failure_count, parse_test_output
 from pullsmith.attempt import Attempt, run_dir_for, write_result
 from pullsmith.config import Settings
 from pullsmith.errors import UserError
@@ -23,13 +25,30 @@ from pullsmith.events import (
 from pullsmith.models import Model, open_model
 from pullsmith.models.openai_compat import ModelError
 from pullsmith.models.prices import check_budget, pricing_for
-from pullsmith.task import AttemptResult, Task
+from pullsmith.task import AttemptResult, EarlierAttempt, Retry, Task
 
 # Attempt 1 samples at the configured temperature (the model's best guess); the others
 # sample hotter so that they explore different fixes instead of repeating the first.
 RETRY_TEMPERATURE = 0.7
 
 Rank = tuple[int, int, int, int]
+
+# The account of an earlier attempt (--until-pass): its changed hunks up to this many
+# characters, this many of the tests still failing, an error line up to this long.
+CHANGES_CHARS = 1000
+FAILING_NAMES = 3
+ERROR_LINE_CHARS = 200
+_DIFF_NOISE = (
+    "diff --git ",
+    "index ",
+    "new file mode",
+    "deleted file mode",
+    "old mode",
+    "new mode",
+    "similarity index",
+    "\\ No newline",
+)
+_ERROR_LINE = re.compile(r"\b\w*(Error|Exception)\b")
 
 
 class _Sampling:
@@ -89,11 +108,13 @@ def attempt_summary(result: AttemptResult, rank: Rank) -> dict[str, Any]:
         "error": result.error,
         "cache_write_tokens": result.usage.cache_write_tokens,
         "cost_usd": result.cost_usd,
+        "repeats_attempt": result.repeats_attempt,
     }
 
 
-def attempt_task(task: Task, number: int) -> Task:
-    """Attempt `number` of a best-of-N task: one attempt, on its own branch and run directory."""
+def attempt_task(task: Task, number: int, retry: Retry | None = None) -> Task:
+    """Attempt `number` of a best-of-N task: one attempt, on its own branch and run directory;
+    `retry` is what it is told of the earlier attempts (--until-pass)."""
     return dataclasses.replace(
         task,
         task_id=f"{task.task_id}-{number}",
@@ -101,7 +122,68 @@ def attempt_task(task: Task, number: int) -> Task:
         until_pass=False,
         # A model stuck repeating itself gets a fresh start in the next attempt.
         stop_when_stuck=number < task.attempts,
+        retry=retry,
     )
+
+
+def compact_diff(diff: str, limit: int = CHANGES_CHARS) -> str:
+    """The changed hunks of `diff`: each file's ---/+++ lines, each hunk's @@ line and its
+    added and removed lines (the context left out), cut at `limit` characters."""
+    kept: list[str] = []
+    size = 0
+    lines = [line for line in diff.splitlines() if _kept_in_account(line)]
+    for index, line in enumerate(lines):
+        if size + len(line) + 1 > limit and kept:
+            kept.append(f"[... {len(lines) - index} more lines of the diff left out ...]")
+            break
+        kept.append(line)
+        size += len(line) + 1
+    return "\n".join(kept)
+
+
+def _kept_in_account(line: str) -> bool:
+    """Whether a diff line is part of a changed hunk: a file's ---/+++ line, an @@ line, an
+    added or removed line (not git's headers, not context)."""
+    if line.startswith("Binary files "):
+        return True
+    return line[:1] in ("+", "-", "@") and not line.startswith(_DIFF_NOISE)
+
+
+def earlier_attempt(result: AttemptResult, root: Path | None = None) -> EarlierAttempt | None:
+    """What the next attempt is told of `result`, an attempt whose tests failed: its changed
+    hunks and pullsmith's own run of the tests after it (the failing tests and the first error
+    line). None when its tests did not run after it (nothing to say it failed)."""
+    after = result.tests_after
+    if after is None or after.passed:
+        return None
+    report = parse_test_output(root or Path(result.repo), after.output)
+    failures = [f for f in report.failures if f.test != "(traceback)"]
+    messages = [f.message for f in report.failures if f.message.strip()]
+    if messages:
+        error = messages[0].strip().splitlines()[0]
+    else:
+        lines = [line.strip() for line in after.output.splitlines() if line.strip()]
+        error = next((line for line in reversed(lines) if _ERROR_LINE.search(line)), "")
+    if len(error) > ERROR_LINE_CHARS:
+        error = error[: ERROR_LINE_CHARS - 1] + "…"
+    if after.timed_out:
+        error = error or "the tests timed out"
+    return EarlierAttempt(
+        number=result.attempt,
+        changes=compact_diff(result.diff),
+        test_command=after.command,
+        failing=tuple(f.test for f in failures[:FAILING_NAMES]),
+        error_line=error,
+        exit_reason=result.exit_reason,
+    )
+
+
+def repeated_diff(result: AttemptResult, earlier: Sequence[AttemptResult]) -> int | None:
+    """The attempt among `earlier` whose final diff `result`'s is identical to (the first
+    one); None when none is, or when `result` changed nothing."""
+    if not result.diff.strip():
+        return None
+    return next((e.attempt for e in earlier if e.diff == result.diff), None)
 
 
 def attempt_sampling(settings: Settings, number: int) -> tuple[float | None, int | None]:
@@ -111,8 +193,12 @@ def attempt_sampling(settings: Settings, number: int) -> tuple[float | None, int
     return temperature, seed
 
 
-def score_attempt(result: AttemptResult, events: EventLog) -> Rank:
-    """Rank one finished attempt and record its score (attempt.scored)."""
+def score_attempt(
+    result: AttemptResult, events: EventLog, earlier: Sequence[AttemptResult] = ()
+) -> Rank:
+    """Rank one finished attempt and record its score (attempt.scored), with the attempt
+    among `earlier` (those finished before it) whose diff it repeated, if any."""
+    result.repeats_attempt = repeated_diff(result, earlier)
     rank = attempt_rank(result)
     events.emit(AttemptScored(**attempt_summary(result, rank)))
     return rank
@@ -155,6 +241,10 @@ class BestOfN:
 
     Every attempt keeps its branch and its run log, so the ones not chosen stay inspectable.
     Attempts share one model (and its prompt cache: they all start from the same prompt).
+    With --until-pass each attempt after the first is sent attempt 1's first message again,
+    verbatim, followed by what the earlier attempts changed and which tests still failed after
+    them, so that it tries something else; `repeats_attempt` marks an attempt that ended with
+    an earlier one's diff all the same.
     """
 
     def __init__(
@@ -172,6 +262,9 @@ class BestOfN:
         self.cancel = cancel or threading.Event()
         self.run_dir = run_dir_for(settings, task.task_id)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        # The first message the first attempt that got so far was sent (--until-pass: the
+        # later attempts are sent it again, verbatim, with the account of the earlier ones).
+        self.first_message = ""
 
     def run(self) -> AttemptResult:
         task, settings = self.task, self.settings
@@ -197,13 +290,13 @@ class BestOfN:
                     )
                     break
                 try:
-                    result = self._attempt(number, spent)
+                    result = self._attempt(number, spent, self._retry([r for _, r in results]))
                 except ModelError as exc:
                     # The model is gone: the attempts already made still count.
                     stopped = exc
                     break
                 spent += result.cost_usd or 0.0
-                rank = score_attempt(result, self.events)
+                rank = score_attempt(result, self.events, [r for _, r in results])
                 results.append((rank, result))
                 if result.status == "cancelled" or (task.until_pass and result.tests_pass):
                     break
@@ -214,6 +307,15 @@ class BestOfN:
         write_result(self.run_dir, chosen)
         return chosen
 
+    def _retry(self, earlier: list[AttemptResult]) -> Retry | None:
+        """What the next attempt is told of the earlier ones: with --until-pass, each that
+        failed its tests, after the first message; None for the first attempt or without
+        --until-pass (independent attempts, ranked against each other)."""
+        if not self.task.until_pass:
+            return None
+        accounts = [a for a in (earlier_attempt(r) for r in earlier) if a is not None]
+        return Retry(self.first_message, tuple(accounts)) if accounts else None
+
     def _relay(self, event: Event, number: int) -> None:
         """An attempt's event into the task's log, marked with its number (a transient one
         passed on unwritten)."""
@@ -223,9 +325,11 @@ class BestOfN:
         else:
             self.events.emit(event.type, **data)
 
-    def _attempt(self, number: int, cost_before: float = 0.0) -> AttemptResult:
+    def _attempt(
+        self, number: int, cost_before: float = 0.0, retry: Retry | None = None
+    ) -> AttemptResult:
         task, settings = self.task, self.settings
-        sub = attempt_task(task, number)
+        sub = attempt_task(task, number, retry)
         log = EventLog(
             sub.task_id,
             run_dir_for(settings, sub.task_id) / "events.jsonl",
@@ -252,6 +356,7 @@ class BestOfN:
             result.error = result.error or exc.message
         finally:
             log.close()
+            self.first_message = self.first_message or attempt.first_message
         result.attempt = number
         return result
 

@@ -276,6 +276,8 @@ class AttemptScored(Payload):
     error: str | None = None
     cache_write_tokens: int = 0
     cost_usd: float | None = None
+    # The attempt finished before this one whose final diff this one's is identical to.
+    repeats_attempt: int | None = None
 
 
 class AttemptsSelected(Payload):

@@ -712,7 +712,8 @@ class RayExecutor:
             with lock:
                 if passed.is_set() and result.status == "cancelled" and not job.cancelled.is_set():
                     return  # stopped by --until-pass: it did not run to its end
-                finished.append((score_attempt(result, parent), result))
+                earlier = [r for _, r in finished]
+                finished.append((score_attempt(result, parent, earlier), result))
                 if task.until_pass and result.tests_pass and not passed.is_set():
                     passed.set()
                     stop = [r for r in job.runs if not r.ended.is_set()]

@@ -45,6 +45,32 @@ class FollowUp:
     history: str | None = None
 
 
+@dataclass(frozen=True)
+class EarlierAttempt:
+    """An attempt of a best-of-N task with --until-pass that did not pass, as the attempts
+    after it are told of it: the hunks it changed (compacted and capped; "" when it changed
+    nothing), the tests that still failed in pullsmith's own run after it, the first error line
+    of that run, and how the agent stopped."""
+
+    number: int
+    changes: str = ""
+    test_command: str | None = None
+    failing: tuple[str, ...] = ()
+    error_line: str = ""
+    exit_reason: str = ""
+
+
+@dataclass(frozen=True)
+class Retry:
+    """What an attempt after the first of a best-of-N task with --until-pass is told of the
+    earlier ones: `first_message` is the first message attempt 1 was sent, verbatim (the
+    prompt's prefix the model server has cached; "" when none was sent), and `earlier` are
+    the attempts that did not pass, oldest first. Their account goes after that message."""
+
+    first_message: str
+    earlier: tuple[EarlierAttempt, ...]
+
+
 @dataclass
 class Task:
     """What to do and where. `repo` is an absolute path or a URL once a front end made it."""
@@ -63,6 +89,8 @@ class Task:
     hidden_paths: tuple[str, ...] = ()
     # End the attempt when the model repeats a reply exactly (another attempt follows).
     stop_when_stuck: bool = False
+    # Best-of-N with --until-pass, attempts after the first: what the earlier ones did.
+    retry: Retry | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,6 +101,15 @@ class Task:
         if isinstance(data.get("follow_up"), dict):
             data["follow_up"] = FollowUp(**_known(FollowUp, data["follow_up"]))
         data["hidden_paths"] = tuple(data.get("hidden_paths") or ())
+        if isinstance(data.get("retry"), dict):
+            retry = data["retry"]
+            earlier = tuple(
+                EarlierAttempt(
+                    **{**_known(EarlierAttempt, e), "failing": tuple(e.get("failing") or ())}
+                )
+                for e in retry.get("earlier") or ()
+            )
+            data["retry"] = Retry(str(retry.get("first_message") or ""), earlier)
         return cls(**data)
 
 
@@ -141,6 +178,9 @@ class AttemptResult:
     summary_source: str = ""
     # The model's finish summary, kept when `summary` was written from the diff.
     finish_summary: str = ""
+    # Best-of-N: the attempt (finished before this one) whose diff this one's final diff is
+    # identical to, when it repeated one; None otherwise (and for an empty diff).
+    repeats_attempt: int | None = None
 
     @property
     def succeeded(self) -> bool:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from pullsmith.mcp.tools import McpTool
 from pullsmith.models.profiles import BUNDLED, TOOL_CALLER
+from pullsmith.task import EarlierAttempt
 
 TEXT_INTRO = """\
 You are pullsmith, a careful software engineer. You work in a git repository by running shell \
@@ -116,7 +117,10 @@ class TaskContext:
     sources: tuple[str, ...] = ()
 
 
-def first_message(ctx: TaskContext, closing: str = "Reply with one ```bash block.") -> str:
+TEXT_CLOSING = "Reply with one ```bash block."
+
+
+def first_message(ctx: TaskContext, closing: str = TEXT_CLOSING) -> str:
     parts = [f"Task: {ctx.instruction.strip()}", f"Files in the repository:\n{ctx.files}"]
     if ctx.agents_md:
         parts.append(ctx.agents_md)
@@ -259,3 +263,53 @@ def prompts_for(
     if protocol != "tools":
         return system_prompt(edit_forms) + extra, first_message(ctx)
     return tools_system_prompt(edit_forms) + extra, first_message(ctx, TOOLS_CLOSING)
+
+
+# Best-of-N with --until-pass: the account of the earlier attempts, after the first message ----
+
+RETRY_INTRO = "Earlier attempts at this task did not make the tests pass."
+
+RETRY_CHANGED = (
+    "Those changes did not fix the task. Do not make the same change again: read the failing "
+    "tests and the code again, find the real cause, and make a different change."
+)
+
+RETRY_NOTHING = (
+    "They stopped without changing the code. Find the cause of the failure and change the code."
+)
+
+
+def closing_for(protocol: str) -> str:
+    """The closing line of the first message under `protocol`."""
+    return TOOLS_CLOSING if protocol == "tools" else TEXT_CLOSING
+
+
+def earlier_attempt_account(attempt: EarlierAttempt) -> str:
+    """What one earlier attempt changed, and what pullsmith's run of the tests said after it."""
+    if not attempt.changes.strip():
+        if attempt.exit_reason == "finished":
+            return f"Attempt {attempt.number} finished without changing anything."
+        why = f" (it stopped: {attempt.exit_reason})" if attempt.exit_reason else ""
+        return f"Attempt {attempt.number} changed nothing{why}."
+    text = f"Attempt {attempt.number} changed:\n```diff\n{attempt.changes.rstrip()}\n```"
+    ran = f" (`{attempt.test_command}`)" if attempt.test_command else ""
+    if attempt.failing:
+        text += f"\nAfter it the tests still failed{ran}: {', '.join(attempt.failing)}."
+    elif attempt.error_line or attempt.test_command:
+        text += f"\nAfter it the tests still failed{ran}."
+    if attempt.error_line:
+        text += f"\nFirst error: {attempt.error_line}"
+    return text
+
+
+def retry_message(first: str, earlier: Sequence[EarlierAttempt], closing: str) -> str:
+    """The first message of an attempt after earlier ones failed: `first` (attempt 1's first
+    message, verbatim, so the model server serves it from its prompt cache), then an account of
+    each earlier attempt, oldest first (attempt N+1's message begins with attempt N's but for
+    the closing lines), and the request not to repeat them."""
+    if not earlier:
+        return first
+    accounts = [earlier_attempt_account(attempt) for attempt in earlier]
+    changed = any(attempt.changes.strip() for attempt in earlier)
+    parts = [first.rstrip(), RETRY_INTRO, *accounts, RETRY_CHANGED if changed else RETRY_NOTHING]
+    return "\n\n".join([*parts, closing])

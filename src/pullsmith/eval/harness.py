@@ -486,7 +486,16 @@ def _score_attempts(
 
 
 def _attempt_fields(entry: dict[str, Any]) -> dict[str, Any]:
-    keys = ("attempt", "status", "exit_reason", "tests_pass", "turns", "tokens", "wall_seconds")
+    keys = (
+        "attempt",
+        "status",
+        "exit_reason",
+        "tests_pass",
+        "turns",
+        "tokens",
+        "wall_seconds",
+        "repeats_attempt",
+    )
     return {k: entry.get(k) for k in keys}
 
 

@@ -102,6 +102,7 @@ def _attempt_totals(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     n = len(rows)
     firsts = [(r.get("attempt_results") or [r])[0] for r in rows]
     first = sum(1 for a in firsts if a.get("resolved"))
+    later = [a for r in rows for a in (r.get("attempt_results") or [])[1:]]
     anyone = sum(
         1
         for r in rows
@@ -116,6 +117,12 @@ def _attempt_totals(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
         "any_rate": anyone / n if n else None,
         "median_attempts": _median(len(r.get("attempt_results") or [1]) for r in rows),
         "chosen_not_first": sum(1 for r in rows if int(r.get("attempt") or 1) != 1),
+        # Attempts after the first, and those whose final diff was an earlier attempt's again
+        # (None for records made before attempts recorded it).
+        "later_attempts": len(later),
+        "repeated_diffs": sum(1 for a in later if a.get("repeats_attempt"))
+        if any("repeats_attempt" in a for a in later)
+        else None,
     }
 
 
@@ -305,6 +312,15 @@ def _attempt_lines(t: Mapping[str, Any]) -> list[str]:
     if not a:
         return []
     low, high = a["first_ci95"]
+    repeated = (
+        [
+            f"Of the {a['later_attempts']} attempts after a first one, {a['repeated_diffs']} "
+            "ended with the same diff as an earlier attempt.",
+            "",
+        ]
+        if a.get("repeated_diffs") is not None
+        else []
+    )
     return [
         "## Attempts",
         "",
@@ -322,6 +338,7 @@ def _attempt_lines(t: Mapping[str, Any]) -> list[str]:
         f"{a['chosen_not_first']} task(s). The per-task wall time, model time, tokens and "
         "turns above and below count every attempt that ran.",
         "",
+        *repeated,
     ]
 
 
