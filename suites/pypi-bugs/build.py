@@ -39,8 +39,8 @@ SUITE_DIR = Path(__file__).resolve().parent
 LIBS = "libs"
 BUGS = "bugs.jsonl"
 SEED = 20261201
-PER_LIBRARY = 8
-MAX_TRIES = 24
+PER_LIBRARY = 10
+MAX_TRIES = 60
 MIN_FAILURES, MAX_FAILURES = 1, 6
 # No plugins of whatever environment runs the tests: these suites need none, and loading them
 # takes most of a run.
@@ -570,7 +570,9 @@ def _worker(name: str, work: Path, out: Path) -> None:
 
     baseline = run(TEST_TIMEOUT_S)
     if baseline["failed"] or baseline["collect_errors"] or baseline["timed_out"]:
-        raise SystemExit(f"{name}: the unchanged tests do not all pass; fix libs/ first")
+        what = [f["nodeid"] + ": " + f["message"][:200] for f in baseline["failed"][:3]]
+        what += baseline["collect_errors"][:3] + (["timed out"] if baseline["timed_out"] else [])
+        raise SystemExit(f"{name}: the unchanged tests do not all pass ({'; '.join(what)})")
     timeout = max(10.0, 5 * baseline["seconds"])
     rng = random.Random(f"{SEED}:{lib.name}")
     sites = find_sites(work, lib)
