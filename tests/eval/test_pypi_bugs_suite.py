@@ -11,7 +11,8 @@ from pullsmith.eval.snapshot import apply_change, copy_tree, materialize
 from pullsmith.eval.tasks import load_suite
 
 SUITE = Path(__file__).resolve().parents[2] / "suites" / "pypi-bugs"
-MIN_TASKS = 40
+# The bugs injected and kept (bugs.jsonl); the issue aims at 40 (README: what stands in the way).
+TASKS = 36
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +24,15 @@ def _names(text: str, word: str) -> bool:
     return re.search(rf"(?<![\w.]){re.escape(word)}(?!\w)", text) is not None
 
 
-def test_the_builder_loads_enough_tasks_with_unique_ids(suite):
+def test_the_builder_loads_every_bug_with_unique_ids(suite):
     ids = [task.id for task in suite.tasks]
-    assert len(ids) == len(set(ids))
-    if len(ids) < MIN_TASKS:
-        pytest.xfail(f"only {len(ids)} bugs were injected so far (aim: {MIN_TASKS})")
+    assert len(ids) == len(set(ids)) == TASKS
+    assert {task.metadata["library"] for task in suite.tasks} == {
+        "jmespath",
+        "semver",
+        "webcolors",
+        "mistune",
+    }
 
 
 def test_statements_never_name_the_bugs_file_or_function(suite):
