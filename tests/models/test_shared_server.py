@@ -149,7 +149,7 @@ def test_starts_one_server_with_a_slot_per_worker(tmp_path, starts):
         "threads": 3,
         "parallel": 4,
         "log_path": log,
-        "speculation": Speculation(),  # off unless the settings ask for it
+        "speculation": Speculation(mode="ngram"),  # the settings' default
     }
     assert shared.started and shared.base_url == "http://127.0.0.1:4321/v1"
     assert shared.slots == 4
