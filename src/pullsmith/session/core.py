@@ -51,7 +51,10 @@ class Session:
     def __init__(
         self, settings: Settings, record: SessionRecord, approve: Approve | None = None
     ) -> None:
-        self.settings = settings
+        # A turn is a step of a conversation the user watches, not a pull request: its diff is
+        # what the user asked for (no shrink reverting it behind their back) and its summary
+        # needs no second model call.
+        self.settings = dataclasses.replace(settings, shrink_diff=False, summary_from_diff=False)
         self.record = record
         self.approve = approve
         self._engine: Engine | None = None
