@@ -367,5 +367,5 @@ def test_a_prs_review_shows_on_its_task_page(page, server, recordings, tmp_path,
     expect(card).to_contain_text(f"{path}:{line}")
     expect(card.locator(".finding .attempt-head .badge")).to_have_text("not demonstrated")
     card.locator("details summary").click()
-    expect(card).to_contain_text("fails on the base too")
+    expect(card).to_contain_text("the same way on the base")
     shoot(page, tmp_path / "8-review.png", capsys)

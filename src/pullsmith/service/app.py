@@ -17,7 +17,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -367,6 +367,15 @@ def _cookie(headers: Headers) -> str | None:
 # --- the app -----------------------------------------------------------------------------
 
 
+def _single_query_values(request: Request) -> None:
+    """Every query parameter of the API takes one value: a repeated one is refused (422)
+    rather than silently read as its last value."""
+    for name in request.query_params:
+        count = len(request.query_params.getlist(name))
+        if count > 1:
+            raise Invalid(f"query parameter {name!r} was given {count} times; give it once.")
+
+
 def create_app(
     service: TaskService,
     access: Access,
@@ -387,6 +396,7 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
+        dependencies=[Depends(_single_query_values)],
     )
     app.add_middleware(TokenGate, access=access)
 
