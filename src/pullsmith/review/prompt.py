@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from pullsmith.review.diff import Change, FileDiff
 from pullsmith.review.schema import Dropped, Finding, Location
+from pullsmith.tools.replace_function import outline
 
 # The diff shown to the model is cut to this many characters (the bundled model has 8k tokens).
 DIFF_CAP = 12_000
@@ -70,38 +71,20 @@ CODE_LINES = 60
 DEMONSTRATE_REMINDER = "Reply with exactly one ```bash block holding the command, nothing else."
 
 
-def _indent(text: str) -> int:
-    return len(text) - len(text.lstrip())
-
-
-def _definition_end(lines: list[str], number: int) -> int:
-    """The last line of the body of the `def`/`class` on line `number` (1-based)."""
-    level, last = _indent(lines[number - 1]), number
-    for later in range(number + 1, len(lines) + 1):
-        text = lines[later - 1]
-        if text.strip() and _indent(text) <= level and not text.lstrip().startswith(")"):
-            break
-        last = later
-    while last > number and not lines[last - 1].strip():
-        last -= 1
-    return last
-
-
 def enclosing_code(lines: list[str], start: int, end: int, cap: int = CODE_LINES) -> str:
     """Lines `start`-`end` (1-based) in their context, numbered: the innermost Python function
-    or class that holds them all, else ten lines either side; at most `cap` lines, centred on
-    the range when the definition is longer."""
+    or class that holds them all (`replace_function.outline`, by indentation where the file
+    does not parse), else ten lines either side; at most `cap` lines, centred on the range
+    when the definition is longer."""
     if not lines:
         return ""
     start = max(1, min(start, len(lines)))
     end = max(start, min(end, len(lines)))
     first, last = max(1, start - 10), min(len(lines), end + 10)
-    for number in range(start, 0, -1):
-        if re.match(r"\s*(async\s+def|def|class)\s", lines[number - 1]):
-            body_end = _definition_end(lines, number)
-            if body_end >= end:
-                first, last = number, body_end
-                break
+    holding = [d for d in outline(lines)[0] if d.start < start and d.end >= end]
+    if holding:
+        innermost = max(holding, key=lambda d: d.start)
+        first, last = innermost.start + 1, innermost.end
     if last - first + 1 > cap:
         first = max(first, (start + end) // 2 - cap // 2)
         last = min(last, first + cap - 1)
