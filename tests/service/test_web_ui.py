@@ -362,6 +362,9 @@ def test_a_prs_review_shows_on_its_task_page(page, server, recordings, tmp_path,
     page.goto(f"{server.base}/tasks/{created['id']}")
     card = page.locator("#review-card")
     expect(card).to_be_visible()
+    # the diff shrink and the summary's source read as sentences in the log, not raw JSON
+    expect(page.locator('#log li[data-type="diff.shrunk"]')).to_contain_text("nothing left out")
+    expect(page.locator('#log li[data-type="summary.written"]')).to_contain_text("finish summary")
     expect(card).to_contain_text("incorrect")
     expect(card).to_contain_text("[P1] the export may drop a row")
     expect(card).to_contain_text(f"{path}:{line}")

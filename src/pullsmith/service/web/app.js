@@ -514,6 +514,29 @@ function eventEntry(page, event) {
       cls = "bad";
       body.push(`${d.reason} (after ${plural(d.turn, "turn")})`);
       break;
+    case "context.compacted":
+      label = "compacted";
+      body.push(`${plural(d.dropped_turns, "older turn")} became a summary (${d.trigger}) · `
+        + `${d.tokens_before} → ${d.tokens_after} tokens · ${seconds(d.seconds)}`,
+        d.fallback ? h("div", { class: "muted", text: `pullsmith's own summary: ${d.fallback}` }) : null,
+        output(d.summary, "summary"));
+      break;
+    case "diff.shrunk": {
+      label = "shrink";
+      const dropped = d.dropped || [];
+      body.push(dropped.length
+        ? `${plural(dropped.length, "hunk")} of ${d.hunks} left out: the tests pass without them`
+        : `nothing left out (${d.status}): ${d.reason}`,
+        h("span", { class: "muted", text: ` · ${plural(d.test_runs, "test run")} · ${seconds(d.seconds)}` }),
+        ...dropped.map((hunk) => output(hunk.diff, `${hunk.path} (${hunk.kind})`)));
+      break;
+    }
+    case "summary.written":
+      label = "summary";
+      body.push(d.source === "diff" ? "written from the final diff: " : "the model's finish summary: ",
+        h("span", { class: "said", text: d.summary || "(none)" }),
+        d.error ? h("div", { class: "muted", text: `not from the diff: ${d.error}` }) : null);
+      break;
     case "commit.created":
       label = "commit";
       body.push(h("code", { text: short(d.commit) }), " on ", h("code", { text: d.branch }));
