@@ -10,7 +10,8 @@ exactly as an attempt would (`attempt.task_context`, `prompts_for` under the set
 and reports: is the bug's file shown in the message's source section, is the bug's function
 shown whole, the rank `localize.rank_functions` gives it, and the size of the first message
 (characters, and tokens at 3 characters a token). Tasks without that metadata count for the
-size only. Settings come from the usual places (`--sandbox` overrides the sandbox).
+size only. Settings come from the usual places (`--sandbox` overrides the sandbox;
+`PULLSMITH_LOCALIZE=false` measures the first message without the ranking).
 """
 
 from __future__ import annotations
@@ -87,7 +88,9 @@ def measure_task(task: EvalTask, settings: Settings, work: Path) -> TaskLocaliza
             "before", command, res.exit_code, res.output, res.duration_s, res.timed_out, 0
         )
         record.test_exit_code = res.exit_code
-    context = task_context(repo, task.statement, agents_md, command, before)
+    context = task_context(
+        repo, task.statement, agents_md, command, before, localize=settings.localize
+    )
     protocol = resolve_protocol(settings.protocol, settings.model_name)
     edit_forms = resolve_edit_forms(settings.edit_forms, settings.model_name)
     system, first = prompts_for(protocol, context, edit_forms)

@@ -118,6 +118,18 @@ def test_the_first_attempt_and_independent_attempts_are_told_nothing(example_rep
     assert result.attempts[1]["repeats_attempt"] == 1
 
 
+def test_with_retry_account_off_every_attempt_gets_the_same_first_message(example_repo, tmp_path):
+    result, model, _, _ = run_attempts(
+        example_repo, tmp_path, [bash(WRONG), bash(RIGHT)], retry_account=False
+    )
+    assert result.attempt == 2 and result.tests_pass
+    # Each attempt's own test run before it makes its first message (timings differ).
+    for seen in model.seen:
+        assert "Attempt 1 changed:" not in seen[1]["content"]
+        assert "Earlier attempts" not in seen[1]["content"]
+        assert seen[1]["content"].endswith("Reply with one ```bash block.")
+
+
 def test_a_single_attempt_is_told_nothing(example_repo, tmp_path):
     result, model, _, _ = run_attempts(example_repo, tmp_path, [bash(WRONG)], attempts=1)
     assert result.repeats_attempt is None and not result.attempts

@@ -74,14 +74,16 @@ def task_context(
     test_command: str | None,
     before: TestRun | None,
     test_note: str = "",
+    localize: bool = True,
 ) -> TaskContext:
     """What the first message is made of, from the test run before any change (`before`):
     the failing tests summed up and the code they point to (benchmarks/localization.py
-    measures it the same way); `test_note` says what to tell the model of a run that hung."""
+    measures it the same way); `test_note` says what to tell the model of a run that hung;
+    `localize` off shows the tracebacks' files instead of the ranked functions."""
     sources: tuple[str, ...] = ()
     failures = ""
     if before and not before.passed:
-        sources = tuple(evidence_sources(root, before.output))
+        sources = tuple(evidence_sources(root, before.output, rank=localize))
         failures = summarize(parse_test_output(root, before.output))
     return TaskContext(
         instruction=instruction,
@@ -317,6 +319,7 @@ class Attempt:
             test_command,
             before,
             hang_note(before.output, before.timed_out, self.test_limit) if before else "",
+            localize=self.settings.localize,
         )
         if self.model is None:
             self.model = open_model(self.settings, log_path=self.run_dir / "model-server.log")

@@ -310,8 +310,9 @@ class BestOfN:
     def _retry(self, earlier: list[AttemptResult]) -> Retry | None:
         """What the next attempt is told of the earlier ones: with --until-pass, each that
         failed its tests, after the first message; None for the first attempt or without
-        --until-pass (independent attempts, ranked against each other)."""
-        if not self.task.until_pass:
+        --until-pass (independent attempts, ranked against each other) or with the
+        `retry_account` setting off."""
+        if not self.task.until_pass or not self.settings.retry_account:
             return None
         accounts = [a for a in (earlier_attempt(r) for r in earlier) if a is not None]
         return Retry(self.first_message, tuple(accounts)) if accounts else None

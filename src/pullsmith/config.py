@@ -268,6 +268,12 @@ class Settings:
     # After the final diff is known, ask the model once more for the summary of the commit and
     # the PR, with that diff and the test results in front of it (off: the finish summary).
     summary_from_diff: bool = True
+    # The first message shows the functions localize.rank_functions ranks first for the
+    # failing tests (off: the files of the tracebacks and what they import, as before).
+    localize: bool = True
+    # With --until-pass, each later attempt is told what the earlier ones changed and that
+    # the tests still failed (off: every attempt gets the same first message).
+    retry_account: bool = True
     temperature: float = 0.2
     seed: int | None = None
     max_reply_tokens: int = 2048
@@ -411,6 +417,8 @@ _ENV_VARS = {
     "PULLSMITH_RAY_ADDRESS": "ray_address",
     "PULLSMITH_SHRINK_DIFF": "shrink_diff",
     "PULLSMITH_SUMMARY_FROM_DIFF": "summary_from_diff",
+    "PULLSMITH_LOCALIZE": "localize",
+    "PULLSMITH_RETRY_ACCOUNT": "retry_account",
 }
 
 

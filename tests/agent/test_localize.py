@@ -70,6 +70,19 @@ def test_a_bug_two_calls_below_the_frames_ranks_in_the_top_few_and_is_shown(task
     assert body in message
 
 
+def test_with_the_ranking_off_the_tracebacks_files_are_shown_instead(tmp_path):
+    # localize = false: what the first message showed before the ranking, the files the
+    # frames name and what they import; here the frames are in the test file only.
+    repo, meta = task_repo("month-of", tmp_path)
+    output = pytest_output(repo)
+    ranked = evidence_sources(repo, output)
+    unranked = evidence_sources(repo, output, rank=False)
+    assert unranked != ranked
+    assert any(piece.startswith("tests/test_api.py:") for piece in unranked)
+    _, _, body = function_source(repo / meta["bug_file"], meta["bug_function"])
+    assert body in "\n\n".join(ranked)
+
+
 def test_a_single_file_task_is_shown_whole_as_before(tmp_path):
     # A humanevalfix task: the buggy file whole, then the test file whole.
     (tmp_path / "has_close.py").write_text(

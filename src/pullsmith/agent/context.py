@@ -180,15 +180,16 @@ def _is_test_file(path: Path) -> bool:
 
 
 def evidence_sources(
-    root: Path, output: str, limit: int = 4, budget: int = SOURCES_CHARS
+    root: Path, output: str, limit: int = 4, budget: int = SOURCES_CHARS, rank: bool = True
 ) -> list[str]:
     """The code a failing test run points to, ready to show, within `budget` characters: the
     functions `localize.rank_functions` ranks first — a small file whole (a small model edits
     best when it sees the whole file), a big one cut to those functions — then the failing
-    tests. Without a ranking (no failing test understood), the files of the tracebacks."""
+    tests. Without a ranking (no failing test understood, or `rank` off: the `localize`
+    setting), the files of the tracebacks and what they import."""
     root = root.resolve()
     report = parse_test_output(root, output)
-    ranked = rank_functions(root, report) if report.failures else []
+    ranked = rank_functions(root, report) if rank and report.failures else []
     if not ranked:
         return _frame_sources(root, output, report, limit, budget)
     tests = _test_pieces(root, report, budget // 3)
