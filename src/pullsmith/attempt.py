@@ -14,6 +14,7 @@ from pullsmith.agent.context import (
     detect_test_command,
     evidence_sources,
     file_listing,
+    without_progress,
 )
 from pullsmith.agent.failures import (
     cpu_capped,
@@ -91,8 +92,15 @@ def task_context(
         agents_md=agents_md,
         test_command=test_command,
         test_exit_code=before.exit_code if before else None,
-        # With the failures summed up above it, the raw output needs less room.
-        test_output=clip(before.output, 1500 if failures else TEST_OUTPUT_CHARS) if before else "",
+        # With the failures summed up above it, the raw output needs less room (and none of
+        # pytest's progress lines).
+        test_output=(
+            clip(without_progress(before.output), 1500)
+            if failures
+            else clip(before.output, TEST_OUTPUT_CHARS)
+        )
+        if before
+        else "",
         test_timed_out=bool(before and before.timed_out),
         test_note=test_note,
         failures=failures,

@@ -1,11 +1,54 @@
+import subprocess
 from pathlib import Path
 
 from pullsmith.agent.context import (
     AGENTS_MD_CAP,
     collect_agents_md,
     detect_test_command,
+    file_listing,
     files_in_output,
+    without_progress,
 )
+
+
+def git_repo(root: Path, names: list[str]) -> Path:
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("x\n")
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    subprocess.run(["git", "-C", str(root), "add", "-A"], check=True)
+    return root
+
+
+def test_a_directory_of_many_data_files_is_listed_as_one_line(tmp_path):
+    fixtures = [f"tests/fixtures/case{n:02d}.txt" for n in range(30)] + [
+        "tests/fixtures/spec.json",
+        "tests/fixtures/__init__.py",
+    ]
+    few = ["docs/a.md", "docs/b.md"]
+    top = [f"NOTE{n}.md" for n in range(10)]
+    repo = git_repo(tmp_path, ["lib/core.py", "tests/test_core.py", *fixtures, *few, *top])
+    listing = file_listing(repo).splitlines()
+    assert "tests/fixtures/: 31 data files (30 .txt, 1 .json)" in listing
+    assert "tests/fixtures/__init__.py" in listing  # code is always listed
+    assert not any(line.startswith("tests/fixtures/case") for line in listing)
+    assert "docs/a.md" in listing and "docs/b.md" in listing  # a few stay as they are
+    assert "NOTE9.md" in listing  # the top directory is never folded
+    assert "lib/core.py" in listing and "tests/test_core.py" in listing
+
+
+def test_pytest_progress_lines_are_left_out():
+    output = (
+        "........................................................ [ 45%]\n"
+        "......F.....                                             [100%]\n"
+        "=== FAILURES ===\n"
+        "E   assert 1 == 2\n"
+        "1 failed, 67 passed in 0.3s\n"
+    )
+    text = without_progress(output)
+    assert text.startswith("[2 progress lines left out]\n=== FAILURES ===")
+    assert "E   assert 1 == 2" in text and "[100%]" not in text
+    assert without_progress("E   assert 1 == 2\n") == "E   assert 1 == 2\n"
 
 
 def test_agents_md_root_to_subdir_nearer_last(tmp_path):

@@ -6,6 +6,7 @@ import ast
 import json
 import re
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 from pullsmith.agent.failures import TestReport, function_source, parse_test_output
@@ -13,6 +14,13 @@ from pullsmith.agent.localize import rank_functions
 
 AGENTS_MD_CAP = 32 * 1024
 LISTING_CAP = 200
+# More data files than this in one directory are listed as one line (see file_listing).
+DATA_FILES_SHOWN = 8
+SOURCE_SUFFIXES = frozenset(
+    ".py .pyi .pyx .js .jsx .mjs .ts .tsx .go .rs .java .kt .scala .c .h .cc .cpp .hpp .cs "
+    ".rb .php .swift .m .sh .bash .lua .pl .r .jl .ex .exs .erl .hs .ml .clj .dart .zig .vue "
+    ".toml .cfg .ini .mk .cmake .gradle".split()
+)
 SOURCE_FILE_CAP = 12 * 1024
 # What the first message shows of the code: at most this many characters (about 2,700 tokens
 # of the bundled model's 8,192, a third of them for the failing tests), made of the functions
@@ -94,15 +102,47 @@ def detect_test_command(root: Path, agents_md: str = "") -> str | None:
     return None
 
 
+_PROGRESS = re.compile(r"^[.FEsxX]+ *(?:\[ *\d+%\])?$")
+
+
+def without_progress(output: str) -> str:
+    """A test run's output without pytest's progress lines (`....F... [ 45%]`): a suite of a
+    thousand tests prints a dozen of them, and they say nothing the failures do not."""
+    lines = output.splitlines()
+    kept = [line for line in lines if not _PROGRESS.match(line.strip()) or not line.strip()]
+    dropped = len(lines) - len(kept)
+    if not dropped:
+        return output
+    return f"[{dropped} progress lines left out]\n" + "\n".join(kept)
+
+
 def file_listing(root: Path, cap: int = LISTING_CAP) -> str:
-    """Tracked files, one per line, cut to `cap` entries."""
+    """Tracked files, one per line, cut to `cap` entries; a directory's data files (anything
+    but source code), when there are more than `DATA_FILES_SHOWN` of them, as one line that
+    counts them by extension: a test fixtures directory of 40 text files costs a line, not a
+    thousand characters of the first message."""
     result = subprocess.run(
         ["git", "ls-files"], cwd=root, capture_output=True, text=True, check=False
     )
     files = result.stdout.splitlines()
-    shown = files[:cap]
-    if len(files) > cap:
-        shown.append(f"[... and {len(files) - cap} more files ...]")
+    data: dict[str, list[str]] = {}
+    for name in files:
+        if Path(name).suffix.lower() not in SOURCE_SUFFIXES:
+            data.setdefault(str(Path(name).parent), []).append(name)
+    # The top directory (README, LICENSE, package.json, ...) is always listed file by file.
+    folded = {d for d, names in data.items() if len(names) > DATA_FILES_SHOWN and d != "."}
+    lines: list[str] = []
+    for name in files:
+        parent = str(Path(name).parent)
+        if parent not in folded or Path(name).suffix.lower() in SOURCE_SUFFIXES:
+            lines.append(name)
+        elif name == data[parent][0]:
+            kinds = Counter(Path(n).suffix.lower() or "no extension" for n in data[parent])
+            counts = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
+            lines.append(f"{parent}/: {len(data[parent])} data files ({counts})")
+    shown = lines[:cap]
+    if len(lines) > cap:
+        shown.append(f"[... and {len(lines) - cap} more files ...]")
     return "\n".join(shown)
 
 
