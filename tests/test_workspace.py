@@ -381,3 +381,25 @@ def test_git_helper_errors(repo, tmp_path):
     assert git("rev-parse", "--verify", "-q", "nope", cwd=repo, check=False) == ""
     with pytest.raises(UserError, match="does not exist"):
         git("status", cwd=tmp_path / "missing")
+
+
+def test_a_long_summary_line_keeps_its_words_in_the_body():
+    from pullsmith.attempt import commit_message, subject_line
+    from pullsmith.task import AttemptResult
+
+    sentence = "Fixed the off-by-one in the CSV export loop. It now writes every row."
+    assert subject_line(sentence) == (sentence, "")
+    long = (
+        "Fixed the off-by-one in the CSV export loop so that the last row is written. "
+        "The header is unchanged."
+    )
+    subject, rest = subject_line(long)
+    assert subject == "Fixed the off-by-one in the CSV export loop so that the last row is…"
+    assert len(subject) <= 72 and rest == long
+    two = "Fixed the bound of the loop in to_csv. " + "It now writes the last row too, " * 3
+    subject, rest = subject_line(two)
+    assert subject == "Fixed the bound of the loop in to_csv." and rest.startswith("It now")
+    result = AttemptResult("t", "passed", "finished", "fix the export", "/r", summary=long)
+    message = commit_message(result).splitlines()
+    assert message[0].endswith("…") and len(message[0]) <= 72
+    assert message[1] == "" and message[2] == long

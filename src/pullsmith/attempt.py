@@ -696,12 +696,27 @@ def read_result(run_dir: Path) -> AttemptResult | None:
         return None
 
 
+def subject_line(line: str, limit: int = 72) -> tuple[str, str]:
+    """A commit subject of at most `limit` characters from `line`, and what of it the body
+    must still say: the first sentence when it fits (the rest goes to the body), else the
+    words that fit with "…" (and the whole line in the body), so no word of it is lost."""
+    line = " ".join(line.split())
+    if len(line) <= limit:
+        return line, ""
+    end = max(line.rfind(mark, 0, limit) for mark in (". ", "; "))
+    if end >= limit // 3:
+        return line[: end + (1 if line[end] == "." else 0)], line[end + 2 :]
+    cut = line.rfind(" ", 0, limit - 1)
+    cut = cut if cut >= limit // 3 else limit - 1
+    return line[:cut].rstrip(" ,:") + "…", line
+
+
 def commit_message(result: AttemptResult) -> str:
     said = (result.summary or result.instruction).strip().splitlines()
-    title = said[0]
-    if len(title) > 72:
-        title = title[:71].rstrip() + "…"
+    title, rest = subject_line(said[0])
     lines = [title, ""]
+    if rest:
+        said = [said[0], rest, *said[1:]]
     if result.summary.strip():
         if len(said) > 1:
             lines += [*said[1:], ""]
