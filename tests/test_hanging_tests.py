@@ -8,9 +8,11 @@ import time
 import pytest
 from conftest import ScriptedModel, bwrap_works, git
 
-from pullsmith.agent.failures import cpu_capped, cpu_exceeded, hang_note
+from pullsmith.agent.failures import CPU_MARK, cpu_capped, cpu_exceeded, cpu_used, hang_note
+from pullsmith.attempt import run_dir_for
 from pullsmith.config import Settings, load_settings
 from pullsmith.engine import run_task
+from pullsmith.events import read_events
 from pullsmith.sandbox.policy import agent_policy, pytest_env
 from pullsmith.task import Task
 
@@ -65,7 +67,9 @@ def test_the_defaults_cap_each_test_run_at_20_cpu_seconds():
     assert env["PYTEST_ADDOPTS"] == (
         "-p no:cacheprovider -p no:schemathesis -p no:hypothesispytest -o faulthandler_timeout=45"
     )
-    assert cpu_capped("pytest -q", 20) == "ulimit -S -t 20 2>/dev/null; pytest -q"
+    capped = cpu_capped("pytest -q", 20)
+    assert capped.startswith("ulimit -S -t 20 2>/dev/null; ( pytest -q\n); ")
+    assert CPU_MARK in capped and capped.endswith("times; exit $__pullsmith_rc")
     assert cpu_capped("pytest -q", 0) == "pytest -q"
     assert pytest_env(0) == {"PYTEST_ADDOPTS": "-p no:cacheprovider"}
     assert pytest_env(0, "a, b") == {"PYTEST_ADDOPTS": "-p no:cacheprovider -p no:a -p no:b"}
@@ -120,11 +124,46 @@ def test_a_run_that_loops_is_stopped_by_its_cpu_time_with_a_plain_note(looping_r
     before = result.tests_before
     assert before.timed_out and before.exit_code == 152 and before.seconds < 120
     first = model.seen[0][1]["content"]
-    assert "did not finish within 2 s of CPU time a process or 120 s in all" in first
+    # The run before the agent may use three times test_cpu_s (a big suite is not a hang).
+    assert "did not finish within 6 s of CPU time a process or 120 s in all" in first
     # After the first edit the tests still hang: the feedback says so.
     feedback = model.seen[1][-1]["content"]
     assert "did not finish within 2 s of CPU time" in feedback and "loop forever" in feedback
     assert result.status == "passed"
+
+
+def test_a_suite_that_needs_more_cpu_than_test_cpu_s_is_not_taken_for_a_hang(tmp_path):
+    # The suite burns 1.5 s of CPU time, test_cpu_s is 1 s: the run before may use 3 s, and
+    # every later run twice what that one used and 5 s more.
+    repo = tmp_path / "slow"
+    repo.mkdir()
+    (repo / "calc.py").write_text("def double(x):\n    return x + x + 1\n")
+    burn = "import time; t = time.process_time()\nwhile time.process_time() - t < 1.5: pass"
+    (repo / "check.py").write_text(f"{burn}\nimport calc\nassert calc.double(2) == 4\n")
+    (repo / "AGENTS.md").write_text("Test command: `python check.py`\n")
+    git("init", "-q", "-b", "main", cwd=repo)
+    git("add", "-A", cwd=repo)
+    git("commit", "-q", "-m", "initial", cwd=repo)
+    settings = load_settings({"sandbox": SANDBOX, "test_cpu_s": 1}, cwd=tmp_path)
+    fix = "Fix it.\n```bash\nprintf 'def double(x):\\n    return x + x\\n' > calc.py\n```"
+    model = ScriptedModel([fix, '```bash\nfinish "double adds x to itself"\n```'])
+    task = Task(instruction="double(2) is 5; fix it.", repo=str(repo))
+    result = run_task(task, settings, model=model)
+    before = result.tests_before
+    assert before.exit_code == 1 and not before.timed_out
+    assert "AssertionError" in before.output and CPU_MARK not in before.output
+    assert not result.tests_after.timed_out and result.status == "passed"
+    ran = [e for e in read_events(run_dir_for(settings, task.task_id) / "events.jsonl")]
+    cpu = [e.data["cpu_seconds"] for e in ran if e.type == "tests.ran"]
+    assert len(cpu) >= 3 and all(seconds >= 1.5 for seconds in cpu)
+
+
+def test_cpu_used_reads_the_report_and_leaves_the_rest():
+    report = f"\n{CPU_MARK}\n0m0.001s 0m0.000s\n1m2.500s 0m0.250s\n"
+    assert cpu_used("1 passed" + report) == ("1 passed", 62.75)
+    killed = "bash: line 2:  7 CPU time limit exceeded ( pytest )\n"
+    assert cpu_used("out" + report + killed) == ("out\n" + killed, 62.75)
+    assert cpu_used("no report") == ("no report", None)
 
 
 def test_cpu_exceeded_reads_the_signal_and_the_shell_message():

@@ -19,6 +19,7 @@ from pullsmith.agent.context import (
 from pullsmith.agent.failures import (
     cpu_capped,
     cpu_exceeded,
+    cpu_used,
     hang_note,
     parse_test_output,
     summarize,
@@ -65,6 +66,8 @@ if TYPE_CHECKING:
     from pullsmith.mcp.client import McpHub
 
 TEST_OUTPUT_CHARS = 3000
+# The run before the agent may use this many times `test_cpu_s` of CPU time (see cpu_cap).
+BEFORE_CPU_FACTOR = 3
 TRAILER = "Co-authored-by: pullsmith <pullsmith@users.noreply.local>"
 
 
@@ -142,6 +145,8 @@ class Attempt:
         self.pricing = pricing_for(settings)
         self.cost_before = cost_before
         self.run_dir = run_dir_for(settings, task.task_id)
+        # The CPU seconds the test run before the agent used (None: not run, or stopped).
+        self.suite_cpu_s: float | None = None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.result: AttemptResult | None = None
         # The task's first message as this attempt built it (before any account of earlier
@@ -326,7 +331,9 @@ class Attempt:
             agents_md,
             test_command,
             before,
-            hang_note(before.output, before.timed_out, self.test_limit) if before else "",
+            hang_note(before.output, before.timed_out, self.limit_words("before"))
+            if before
+            else "",
             localize=self.settings.localize,
         )
         if self.model is None:
@@ -340,7 +347,7 @@ class Attempt:
                 run.command,
                 run.exit_code,
                 clip(run.output, TEST_OUTPUT_CHARS),
-                hang_note(run.output, run.timed_out, self.test_limit),
+                hang_note(run.output, run.timed_out, self.limit_words("check")),
             )
 
         protocol = self._protocol()
@@ -365,7 +372,7 @@ class Attempt:
                 test_command,
                 lambda: self._run_tests(sandbox, test_command, "edit"),
                 protocol,
-                test_limit=self.test_limit,
+                test_limit=self.limit_words(),
             ),
             protocol=protocol_for(protocol, mcp_tools),
             cancel=self.cancel,
@@ -572,10 +579,25 @@ class Attempt:
             return min(s.test_timeout_s, s.feedback_test_timeout_s)
         return s.test_timeout_s
 
-    @property
-    def test_limit(self) -> str:
-        """The limits of a test run in words, for the note to the model when one hung."""
-        cpu = self.settings.test_cpu_s
+    def cpu_cap(self, phase: str) -> float:
+        """The CPU seconds a process of a test run in `phase` may use (0: no cap). The run
+        before the agent may use `BEFORE_CPU_FACTOR` times `test_cpu_s`; once it finished, a
+        later run may use twice what it used and 5 s more, never less than `test_cpu_s`: a
+        suite that needs 30 s of CPU time is not taken for a hang, while a bug that loops
+        forever in a suite of 2 s still costs about `test_cpu_s`."""
+        base = self.settings.test_cpu_s
+        if base <= 0:
+            return 0.0
+        if phase == "before":
+            return BEFORE_CPU_FACTOR * base
+        if self.suite_cpu_s is not None:
+            return max(base, 2 * self.suite_cpu_s + 5)
+        return base
+
+    def limit_words(self, phase: str = "edit") -> str:
+        """The limits of a test run in `phase` in words, for the note to the model when one
+        hung."""
+        cpu = self.cpu_cap(phase)
         wall = f"{self.test_timeout_s:g} s"
         return f"{cpu:g} s of CPU time a process or {wall} in all" if cpu > 0 else wall
 
@@ -592,23 +614,28 @@ class Attempt:
             return None
         self.events.emit(StartedTests(phase=phase, command=command))
         timeout = self.verdict_timeout_s if phase in ("check", "after") else self.test_timeout_s
-        res = sandbox.run(cpu_capped(command, self.settings.test_cpu_s), timeout_s=timeout)
-        timed_out = res.timed_out or cpu_exceeded(res.exit_code, res.output)
+        capped = cpu_capped(command, self.cpu_cap(phase))
+        res = sandbox.run(capped, timeout_s=timeout)
+        output, cpu_s = cpu_used(res.output)
+        timed_out = res.timed_out or cpu_exceeded(res.exit_code, output)
+        if phase == "before":
+            self.suite_cpu_s = None if timed_out else cpu_s
         event = self.events.emit(
             RanTests(
                 phase=phase,
                 command=command,
                 exit_code=res.exit_code,
                 seconds=round(res.duration_s, 3),
-                output=res.output,
+                output=output,
                 timed_out=timed_out,
+                cpu_seconds=cpu_s,
             )
         )
         return TestRun(
             phase=phase,
             command=command,
             exit_code=res.exit_code,
-            output=res.output,
+            output=output,
             seconds=round(res.duration_s, 3),
             timed_out=timed_out,
             event_id=event.id,

@@ -244,8 +244,10 @@ class Settings:
     test_timeout_s: float = 300.0
     # ... and within that, each of an attempt's own test runs (before the agent, after each
     # edit, in the diff shrink): a process of the run that has used `test_cpu_s` seconds of CPU
-    # time is stopped (RLIMIT_CPU: a test that loops forever costs that, not minutes, and a
-    # loaded machine that only stretches the wall clock does not stop a passing suite), and
+    # time (three times that before the agent; later, at least twice what that run used and
+    # 5 s more: Attempt.cpu_cap) is stopped (RLIMIT_CPU: a test that loops forever costs that,
+    # not minutes, and a loaded machine that only stretches the wall clock does not stop a
+    # passing suite), and
     # the run ends after `feedback_test_timeout_s` seconds of wall clock (a hang that sleeps or
     # waits for input; three times that for the check of a finish and the run after the agent,
     # whose verdicts decide the status); 0 turns either off.

@@ -91,6 +91,7 @@ class RanTests(Payload):
     seconds: float
     output: str
     timed_out: bool = False
+    cpu_seconds: float | None = None
 
 
 class ModelReply(Payload):

@@ -285,12 +285,37 @@ _SIGXCPU_EXITS = (152, -24)
 _CPU_EXCEEDED = "CPU time limit exceeded"
 
 
+# The line after which a capped run's shell prints `times` (see cpu_capped, cpu_used).
+CPU_MARK = "[pullsmith: CPU time of the test run]"
+_CPU_TIMES = re.compile(
+    r"\n?" + re.escape(CPU_MARK) + r"\n[^\n]*\n(\d+)m([\d.]+)s (\d+)m([\d.]+)s(?:\n|\Z)"
+)
+
+
 def cpu_capped(command: str, cpu_s: float) -> str:
     """`command` with each of its processes limited to `cpu_s` seconds of CPU time (a soft
-    RLIMIT_CPU set by the shell it runs in; 0: as it is)."""
+    RLIMIT_CPU set by the shell it runs in; 0: as it is). The command runs in a subshell, and
+    then the shell prints the CPU time its children used (bash's `times`, after `CPU_MARK`),
+    which `cpu_used` reads and takes out of the output; the exit code is the command's."""
     if cpu_s <= 0:
         return command
-    return f"ulimit -S -t {max(1, round(cpu_s))} 2>/dev/null; {command}"
+    return (
+        f"ulimit -S -t {max(1, round(cpu_s))} 2>/dev/null; ( {command}\n); __pullsmith_rc=$?; "
+        f"printf '\\n%s\\n' '{CPU_MARK}'; times; exit $__pullsmith_rc"
+    )
+
+
+def cpu_used(output: str) -> tuple[str, float | None]:
+    """The output of a `cpu_capped` run without the CPU report, and the CPU seconds (user and
+    system) its processes used; None when the report is missing (the run was killed)."""
+    matches = list(_CPU_TIMES.finditer(output))
+    if not matches:
+        return output, None
+    match = matches[-1]  # stderr written after it (bash's own note of a kill) stays
+    minutes_u, seconds_u, minutes_s, seconds_s = match.groups()
+    used = 60 * int(minutes_u) + float(seconds_u) + 60 * int(minutes_s) + float(seconds_s)
+    rest = output[match.end() :]
+    return output[: match.start()] + ("\n" + rest if rest else ""), round(used, 3)
 
 
 def cpu_exceeded(exit_code: int, output: str) -> bool:
