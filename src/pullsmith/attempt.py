@@ -132,8 +132,12 @@ class Attempt:
         cancel: threading.Event | None = None,
         cost_before: float = 0.0,
         approve: Approve | None = None,
+        time_left_s: float | None = None,
     ) -> None:
         self.task = task
+        # What is left of the task's time budget (`task_time_s`, best-of-N: after the earlier
+        # attempts): the agent's turns stop by then, however long `max_time_s` is.
+        self.deadline = time.monotonic() + time_left_s if time_left_s else None
         # A terminal's approval hook for the agent's commands (see Agent); None asks nothing.
         self.approve = approve
         self.settings = settings
@@ -339,8 +343,14 @@ class Attempt:
         if self.model is None:
             self.model = open_model(self.settings, log_path=self.run_dir / "model-server.log")
 
+        # The last check of a finish and the diff it ran on: the run after the agent is that
+        # run when the worktree has not changed since (the finish ends the agent's turns).
+        checked: list[tuple[TestRun, str]] = []
+
         def verify() -> str | None:
             run = self._run_tests(sandbox, test_command, "check")
+            if run is not None:
+                checked[:] = [(run, workspace.diff())]
             if run is None or run.passed:
                 return None
             return tests_still_fail(
@@ -407,7 +417,10 @@ class Attempt:
         if self.cancel.is_set():
             result.status = "cancelled"
             return
-        after = self._run_tests(sandbox, test_command, "after")
+        if outcome.finished and checked and checked[0][1] == workspace.diff():
+            after = self._check_stands(checked[0][0])
+        else:
+            after = self._run_tests(sandbox, test_command, "after")
         result.tests_after = after
         if self.settings.shrink_diff and not self.cancel.is_set():
             self._shrink(workspace, sandbox, test_command, result)
@@ -548,9 +561,12 @@ class Attempt:
 
     def _agent_limits(self) -> AgentLimits:
         s = self.settings
+        max_time_s = s.max_time_s
+        if self.deadline is not None:
+            max_time_s = max(1.0, min(max_time_s, round(self.deadline - time.monotonic())))
         return AgentLimits(
             max_turns=s.max_turns,
-            max_time_s=s.max_time_s,
+            max_time_s=max_time_s,
             max_tokens=s.max_tokens,
             context_tokens=s.n_ctx if s.uses_local_model else s.context_window,
             reply_tokens=s.max_reply_tokens,
@@ -608,6 +624,23 @@ class Attempt:
         here would fail a change that passes; on a loaded machine (measured: 1 s of CPU time
         took 20 s) a wall clock says little, which is why loops are caught by `test_cpu_s`."""
         return min(self.settings.test_timeout_s, 3 * self.test_timeout_s)
+
+    def _check_stands(self, check: TestRun) -> TestRun:
+        """The run after the agent when the finish's check ran on the same worktree: that
+        check's result, logged as the `after` run with `same_as` naming the check's event (no
+        test ran again; the evidence is the check)."""
+        event = self.events.emit(
+            RanTests(
+                phase="after",
+                command=check.command,
+                exit_code=check.exit_code,
+                seconds=0.0,
+                output=check.output,
+                timed_out=check.timed_out,
+                same_as=check.event_id,
+            )
+        )
+        return dataclasses.replace(check, phase="after", seconds=0.0, event_id=event.id)
 
     def _run_tests(self, sandbox: Sandbox, command: str | None, phase: str) -> TestRun | None:
         if not command or self.cancel.is_set():

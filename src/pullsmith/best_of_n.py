@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from pullsmith.task import AttemptResult, EarlierAttempt, Retry, Task
 # Attempt 1 samples at the configured temperature (the model's best guess); the others
 # sample hotter so that they explore different fixes instead of repeating the first.
 RETRY_TEMPERATURE = 0.7
+# With a task time budget (task_time_s), no attempt starts with less than this left of it.
+MIN_ATTEMPT_S = 60.0
 
 Rank = tuple[int, int, int, int]
 
@@ -274,6 +277,7 @@ class BestOfN:
         stopped: UserError | None = None
         check_budget(settings, pricing_for(settings))
         spent = 0.0  # what the attempts so far cost: max_cost is the whole task's budget
+        started = time.monotonic()  # task_time_s is the whole task's time budget
         try:
             if self.model is None:
                 self.model = open_model(settings, log_path=self.run_dir / "model-server.log")
@@ -289,8 +293,23 @@ class BestOfN:
                         )
                     )
                     break
+                left = settings.task_time_s - (time.monotonic() - started)
+                if settings.task_time_s > 0 and left < MIN_ATTEMPT_S:
+                    self.events.emit(
+                        WarningEvent(
+                            message=f"the task's time budget ({settings.task_time_s:g} s) was "
+                            f"used up after {number - 1} of {task.attempts} attempts; the "
+                            "others were not started."
+                        )
+                    )
+                    break
                 try:
-                    result = self._attempt(number, spent, self._retry([r for _, r in results]))
+                    result = self._attempt(
+                        number,
+                        spent,
+                        self._retry([r for _, r in results]),
+                        left if settings.task_time_s > 0 else None,
+                    )
                 except ModelError as exc:
                     # The model is gone: the attempts already made still count.
                     stopped = exc
@@ -327,7 +346,11 @@ class BestOfN:
             self.events.emit(event.type, **data)
 
     def _attempt(
-        self, number: int, cost_before: float = 0.0, retry: Retry | None = None
+        self,
+        number: int,
+        cost_before: float = 0.0,
+        retry: Retry | None = None,
+        time_left_s: float | None = None,
     ) -> AttemptResult:
         task, settings = self.task, self.settings
         sub = attempt_task(task, number, retry)
@@ -345,6 +368,7 @@ class BestOfN:
             _Sampling(self.model, temperature, seed),
             self.cancel,
             cost_before=cost_before,
+            time_left_s=time_left_s,
         )
         try:
             result = attempt.run()

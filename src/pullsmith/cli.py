@@ -22,6 +22,7 @@ from pullsmith.cli_options import (
     compact_option,
     executor_option,
     max_cost_option,
+    max_time_option,
     model_options,
     settings_from_flags,
 )
@@ -127,6 +128,12 @@ class TerminalView:
     def on_tests_ran(self, d: dict[str, Any]) -> None:
         ok = d["exit_code"] == 0
         style = "green" if ok else "red"
+        if d.get("same_as") is not None:
+            self.console.print(
+                f"[bold]▸ tests after:[/] [{style}]exit {d['exit_code']}[/] · the check's run "
+                "stands (nothing changed since)"
+            )
+            return
         self.console.print(f"  [{style}]exit {d['exit_code']}[/] · {d['seconds']:.1f} s")
         if not ok or self.verbose:
             self._tail(d["output"], 6)
@@ -377,6 +384,7 @@ def resume_command(
 )
 @click.option("--max-turns", type=int, default=None, help="Stop after this many model turns.")
 @max_cost_option
+@max_time_option
 @compact_option
 @click.option("--test-command", default=None, help="Command that runs the repository's tests.")
 @attempt_options
@@ -411,6 +419,7 @@ def exec_command(
     sandbox_policy: str | None,
     max_turns: int | None,
     max_cost: float | None,
+    task_time: float | None,
     compact: bool | None,
     test_command: str | None,
     attempts: int,
@@ -432,6 +441,7 @@ def exec_command(
         sandbox_policy=sandbox_policy,
         max_turns=max_turns,
         max_cost=max_cost,
+        task_time_s=task_time,
         compact=compact,
         test_command=test_command,
     )

@@ -95,6 +95,20 @@ def max_cost_option(func: Callable[..., Any]) -> Any:
     )(func)
 
 
+def max_time_option(func: Callable[..., Any]) -> Any:
+    """--max-time SECONDS (`pullsmith exec` and `pullsmith eval run`): task_time_s."""
+    return click.option(
+        "--max-time",
+        "task_time",
+        type=click.FloatRange(min=60),
+        default=None,
+        metavar="SECONDS",
+        help="The task's time budget, every attempt counted: no attempt starts with less than "
+        "a minute of it left, and the agent's turns stop when it is used up (its last test "
+        "runs still run).",
+    )(func)
+
+
 def compact_option(func: Callable[..., Any]) -> Any:
     """--compact/--no-compact (`pullsmith exec` and `pullsmith eval run`)."""
     return click.option(

@@ -238,6 +238,11 @@ class Settings:
     sandbox_cgroup: str = "auto"
     max_turns: int = 20
     max_time_s: float = 1200.0
+    # The whole task's time budget in seconds, every attempt counted (0: none): an attempt is
+    # not started with less than a minute of it left, and the agent's turns stop when it is
+    # used up (the test runs after them still run). With the ray executor each attempt is a
+    # task of its own, so there it bounds each attempt.
+    task_time_s: float = 0.0
     max_tokens: int = 400_000
     command_timeout_s: float = 120.0
     # pullsmith's own runs of the repository's tests (before, after each edit, after).
@@ -421,6 +426,7 @@ _ENV_VARS = {
     "PULLSMITH_SUMMARY_FROM_DIFF": "summary_from_diff",
     "PULLSMITH_LOCALIZE": "localize",
     "PULLSMITH_RETRY_ACCOUNT": "retry_account",
+    "PULLSMITH_TASK_TIME": "task_time_s",
 }
 
 

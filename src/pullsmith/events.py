@@ -92,6 +92,7 @@ class RanTests(Payload):
     output: str
     timed_out: bool = False
     cpu_seconds: float | None = None
+    same_as: int | None = None
 
 
 class ModelReply(Payload):

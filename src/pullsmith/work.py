@@ -49,7 +49,15 @@ def execute(
     run_dir = run_dir_for(settings, task.task_id)
     work: Attempt | BestOfN
     if task.attempts == 1:
-        work = Attempt(task, settings, events, model, cancel, approve=approve)
+        work = Attempt(
+            task,
+            settings,
+            events,
+            model,
+            cancel,
+            approve=approve,
+            time_left_s=settings.task_time_s or None,
+        )
     else:
         work = BestOfN(task, settings, events, model, cancel)
     try:

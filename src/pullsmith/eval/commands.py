@@ -32,6 +32,7 @@ from pullsmith.cli_options import (
     compact_option,
     executor_option,
     max_cost_option,
+    max_time_option,
     model_options,
     settings_from_flags,
     stack_options,
@@ -203,6 +204,7 @@ class ProgressView(Listener):
 @click.option("--sandbox", type=click.Choice(SANDBOX_NAMES), default=None, help="Sandbox.")
 @click.option("--max-turns", type=int, default=None, help="Turn limit per task.")
 @max_cost_option
+@max_time_option
 @compact_option
 @click.option("--seed", type=int, default=None, help="Sampling seed, where the model takes one.")
 @attempt_options
@@ -239,6 +241,7 @@ def run_command(
     edit_forms: str | None,
     max_turns: int | None,
     max_cost: float | None,
+    task_time: float | None,
     compact: bool | None,
     seed: int | None,
     attempts: int,
@@ -271,6 +274,7 @@ def run_command(
         edit_forms=edit_forms,
         max_turns=max_turns,
         max_cost=max_cost,
+        task_time_s=task_time,
         compact=compact,
         seed=seed,
         executor=executor,

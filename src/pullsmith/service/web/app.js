@@ -450,7 +450,9 @@ function eventEntry(page, event) {
       label = "tests";
       cls = d.exit_code === 0 ? "good" : "bad";
       body.push(h("span", { class: "phase", text: d.phase }), " ", h("code", { text: d.command }), " ",
-        exitBadge(d.exit_code), h("span", { class: "muted", text: ` ${seconds(d.seconds)}` }),
+        exitBadge(d.exit_code),
+        h("span", { class: "muted", text: d.same_as != null
+          ? " the check's run stands (nothing changed since)" : ` ${seconds(d.seconds)}` }),
         d.timed_out ? h("span", { class: "badge s-failed", text: "timed out" }) : null,
         lastLine(d.output) ? h("div", { class: "gist", text: lastLine(d.output) }) : null,
         output(d.output, "output", true));
