@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/before_after.py suites/humanevalfix --subset dev40 \\
         --out /work/evals/dev40-ba --report [--localization before.json after.json]
 
-Both columns run `pullsmith eval run` from this checkout, in chunks of `--chunk` tasks: chunk
+Both columns run `pullsmith eval run` from this checkout, in chunks of `--chunk` tasks (2): chunk
 1 before, chunk 1 after, chunk 2 after, chunk 2 before, ... (the order alternates so neither
 column always runs on a warmer machine), each with `--resume` into OUT/before or OUT/after,
 so a run that is stopped goes on where it was and the two columns always cover the same
@@ -17,6 +17,9 @@ OUT/<column>-cwd, the directory each runs from):
   timeout, every pytest plugin loaded (`pytest_skip_plugins = ""`): pullsmith as it was before
   issue 16's mechanisms;
 - after: the defaults.
+
+Both get the same time budget per task, every attempt counted (`--max-time`, 600 s by
+default, as the issue's own comparison had).
 
 Bubblewrap sandboxes started ahead have no switch and run in both columns.
 
@@ -102,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     for column, text in zip(COLUMNS, (BEFORE_SETTINGS, AFTER_SETTINGS), strict=True):
         cwd = out / f"{column}-cwd"
         cwd.mkdir(parents=True, exist_ok=True)
-        (cwd / "pullsmith.toml").write_text(text, encoding="utf-8")
+        budget = f"task_time_s = {args.max_time:g}\n"
+        (cwd / "pullsmith.toml").write_text(text + budget, encoding="utf-8")
         (out / column / "server-logs").mkdir(parents=True, exist_ok=True)
     pullsmith = Path(sys.executable).parent / "pullsmith"
     chunks = [tasks[i : i + args.chunk] for i in range(0, len(tasks), args.chunk)]
@@ -212,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subset")
     parser.add_argument("--tasks", action="append")
     parser.add_argument("--limit", type=int)
-    parser.add_argument("--chunk", type=int, default=4)
+    parser.add_argument("--chunk", type=int, default=2)
+    parser.add_argument("--max-time", type=float, default=600.0)
     parser.add_argument("--attempts", type=int, default=4)
     parser.add_argument("--until-pass", action="store_true")
     parser.add_argument("--report", action="store_true")
