@@ -32,23 +32,6 @@ def test_empty_block_is_refused():
         parse_action("```bash\n\n```")
 
 
-def test_a_commented_finish_is_the_finish_it_meant():
-    # The bundled model copies the rule's line as a comment; the tests then decide the finish.
-    action = parse_action(
-        '```bash\n# Finish the change "one sentence saying what you changed"\n```'
-    )
-    assert action.finish and action.command == "" and action.summary == ""
-    action = parse_action('```bash\n# Fix applied.\n# finish "Fixed the loop bound"\n```')
-    assert action.finish and action.summary == "Fixed the loop bound"
-
-
-def test_a_block_of_comments_only_is_refused():
-    with pytest.raises(FormatError, match="only comments"):
-        parse_action("```bash\n# Now I will run the tests\n# finished soon\n```")
-    # A comment above a command is an ordinary command.
-    assert parse_action("```bash\n# run them\npython -m pytest -q\n```").command.endswith("-q")
-
-
 def test_finish_alone():
     action = parse_action('Done.\n```bash\nfinish "Fixed the off-by-one in to_csv"\n```')
     assert action.finish

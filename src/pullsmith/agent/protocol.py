@@ -28,7 +28,6 @@ from pullsmith.models.base import Message, Model, Reply
 SHELL_LANGS = {"", "bash", "sh", "shell", "console", "zsh"}
 FENCE = re.compile(r"^```[ \t]*([\w+-]*)[^\n]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
 FINISH_LINE = re.compile(r"^\s*finish(?:\s|$)")
-COMMENTED_FINISH = re.compile(r"^\s*#+\s*finish\b(.*)$", re.IGNORECASE)
 HEREDOC = re.compile(r"<<-?\s*(['\"]?)([A-Za-z_][A-Za-z0-9_]*)\1")
 
 
@@ -155,26 +154,7 @@ def parse_action(text: str) -> Action:
             )
     if not body.strip():
         raise FormatError("Your ```bash block was empty. Put the command to run inside it.")
-    if all(line.lstrip().startswith("#") for line in lines if line.strip()):
-        return _comments_only(lines, ignored)
     return Action(command=body, ignored_blocks=ignored)
-
-
-def _comments_only(lines: list[str], ignored: int) -> Action:
-    """A block of comments runs nothing. The bundled model, meaning to finish, often writes
-    the rule's own line as a comment (`# Finish the change "one sentence saying ..."`): that
-    is taken as the finish it meant, so the tests decide it; any other is sent back."""
-    for line in lines:
-        match = COMMENTED_FINISH.match(line)
-        if match:
-            summary = _parse_summary(match.group(1))
-            if "one sentence saying" in summary:
-                summary = ""  # the rule's placeholder, not the model's words
-            return Action(command="", finish=True, summary=summary, ignored_blocks=ignored)
-    raise FormatError(
-        "Your ```bash block held only comments, so nothing would run. Put the command to run "
-        'in it, or `finish "summary"` (without #) when the task is done.'
-    )
 
 
 # The tools protocol -------------------------------------------------------------------------
