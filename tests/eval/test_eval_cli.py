@@ -73,9 +73,9 @@ def test_run_resume_report_and_compare(tmp_path):
 def test_interrupted_run_resumes(tmp_path):
     suite = make_mini_suite(tmp_path)
     out = tmp_path / "out"
-    # Each reply takes a second, so the interrupt lands while the second task talks to the
+    # Each reply takes 2.5 s, so the interrupt lands while the second task talks to the
     # model even on a loaded machine (with 0.3 s the whole suite once saw it finish first).
-    with FakeOpenAIServer(FIX_PLANS, delay_s=1.0) as server:
+    with FakeOpenAIServer(FIX_PLANS, delay_s=2.5) as server:
         args = ["eval", "run", str(suite), "--base-url", server.base_url, "--model", "fake"]
         args += ["--sandbox", SANDBOX, "--out", str(out)]
         proc = subprocess.Popen(
