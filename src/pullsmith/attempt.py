@@ -68,6 +68,8 @@ if TYPE_CHECKING:
 TEST_OUTPUT_CHARS = 3000
 # The run before the agent may use this many times `test_cpu_s` of CPU time (see cpu_cap).
 BEFORE_CPU_FACTOR = 3
+# Why a failed attempt keeps its finish summary (summary.written's `reason`).
+FAILED_REASON = "the tests fail after this change"
 TRAILER = "Co-authored-by: pullsmith <pullsmith@users.noreply.local>"
 
 
@@ -432,7 +434,8 @@ class Attempt:
     def _summarize(self, workspace: Workspace, result: AttemptResult) -> None:
         """The summary of the commit and the PR: with `summary_from_diff`, the model's words
         once more, with the final diff and the test results in front of it (agent.summary);
-        else, or when that fails, its finish summary. A summary.written event says which."""
+        else, when that fails, or when the tests fail after the change (no change to merge,
+        so not worth a model call), its finish summary. A summary.written event says which."""
         diff = workspace.diff()
         if not diff.strip():
             return
@@ -443,6 +446,15 @@ class Attempt:
         error: str | None = None
         if not settings.summary_from_diff:
             self.events.emit(SummaryWritten(source="finish", summary=finish, finish_summary=finish))
+            return
+        if result.status == "failed":
+            # Not a change to merge: best-of-N picks another, or the PR says the tests fail.
+            # Asking costs a fresh prompt (17-26 s here on the bundled model) per attempt.
+            self.events.emit(
+                SummaryWritten(
+                    source="finish", summary=finish, finish_summary=finish, reason=FAILED_REASON
+                )
+            )
             return
         spent = (self.pricing.cost(result.usage) or 0.0) + self.cost_before
         if is_replay(settings.model):

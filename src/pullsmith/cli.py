@@ -192,6 +192,8 @@ class TerminalView:
             self.console.print(
                 f"  [yellow]summary from the finish:[/] asking again failed ({escape(d['error'])})"
             )
+        elif d.get("reason"):
+            self.console.print(f"  [dim]summary from the finish: {escape(d['reason'])}[/]")
 
     def on_format_error(self, d: dict[str, Any]) -> None:
         self.console.print(f"  [yellow]malformed reply:[/] {escape(d['message'])}")

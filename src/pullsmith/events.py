@@ -209,13 +209,15 @@ class DiffShrunk(Payload):
 class SummaryWritten(Payload):
     """The summary of the commit and the PR: written by the model once more with the final
     diff and the test results in front of it (`source` "diff"), or its finish summary
-    (`source` "finish") when that was off or failed (`error`)."""
+    (`source` "finish") when that was off, failed (`error`) or was not asked (`reason`: the
+    tests fail after the change, so it is not one to merge)."""
 
     type: ClassVar[str] = "summary.written"
     source: str
     summary: str
     finish_summary: str = ""
     error: str | None = None
+    reason: str = ""
     seconds: float = 0.0
     prompt_tokens: int = 0
     completion_tokens: int = 0

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from conftest import ScriptedModel, git
 from pr_helpers import (  # noqa: F401 (the ledger_repo fixture)
+    FALSE_CLAIM,
     FINISH,
     FIXED_REPORT,
     REPORT,
     REPORT_DOC,
+    failing_replies,
     ledger_repo_fixture,
     settings_for,
 )
@@ -85,6 +87,18 @@ def test_when_asking_again_fails_the_finish_summary_is_used_and_said(ledger_repo
     assert "pullsmith left the diff as it is: the diff is one hunk" in pr.body
 
 
+def test_a_change_the_tests_fail_is_not_summarized_again(ledger_repo, tmp_path):
+    # The model's last finish is refused and it runs out of finishes: the attempt failed.
+    replies = failing_replies()
+    result, model, pr, events = run(ledger_repo, tmp_path, replies, summary_from_diff=True)
+    assert result.status == "failed" and result.summary == FALSE_CLAIM
+    assert len(model.seen) == len(replies)  # no request for a summary was made
+    (written,) = [e for e in events if e.type == "summary.written"]
+    assert written.data["source"] == "finish" and written.data["error"] is None
+    assert written.data["reason"] == "the tests fail after this change"
+    assert "not asked again, since the tests fail after this change" in pr.body
+
+
 def test_with_the_setting_off_the_finish_summary_is_used(ledger_repo, tmp_path):
     fix = f"Fix it.\n```bash\ncat > ledger/report.py <<'EOF'\n{FIXED_REPORT}EOF\n```"
     result, model, pr, events = run(ledger_repo, tmp_path, [fix, FINISH])
@@ -112,4 +126,8 @@ def test_the_request_holds_the_diff_and_the_tests():
     assert "Task: Fix it." in user and "characters cut" in user and len(user) < 8000
     assert "`pytest -q` exit 1 (fail)\n```\nFAILED t::x\n1 failed" in user
     assert "`pytest -q` exit 0 (pass)\n```\n2 passed\n```" in user
+    long_task = "Fix the parser. " + "It reads the header wrong. " * 40
+    (opening,) = [p for p in summary_request(long_task, "+x")[1]["content"].split("\n\n")[:1]]
+    assert opening.startswith("Task: Fix the parser.") and opening.endswith(" …")
+    assert len(opening) <= len("Task: ") + 402 and "wrong. It" in opening
     assert REPORT  # the fixture's source is the one the runs above change

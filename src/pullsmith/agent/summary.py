@@ -8,6 +8,11 @@ own, rather than one more turn of the conversation: the new tokens are the same 
 (the diff and the results are new to the model in both), the conversation's earlier claims
 are not in front of it, and the request fits any context window and either protocol (a
 conversation ending in a tool call can not simply be followed by a question).
+
+On the bundled model the prompt is most of the cost (~500 tokens read afresh, 17-26 s on a slow
+day), so it holds only what the words need: the task's opening (TASK_CHARS), the diff, and the
+last few lines of each test run; and the attempt asks only for a change whose tests do not fail
+(attempt.Attempt._summarize), the one that can be merged.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from pullsmith.models import Model
 from pullsmith.models.base import Usage
 
 DIFF_CHARS = 6000
-OUTPUT_LINES = 6
+OUTPUT_LINES = 3
+TASK_CHARS = 400
 SUMMARY_CHARS = 600
 SUMMARY_LINES = 4
 
@@ -62,6 +68,15 @@ def test_lines(label: str, run: Any) -> str:
     )
 
 
+def task_opening(instruction: str, limit: int = TASK_CHARS) -> str:
+    """The task's first `limit` characters, cut at a word (the diff says the rest)."""
+    text = instruction.strip()
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(" ", 0, limit - 1)
+    return text[: cut if cut > limit // 2 else limit - 1].rstrip() + " …"
+
+
 def summary_request(
     instruction: str,
     diff: str,
@@ -71,7 +86,7 @@ def summary_request(
 ) -> list[dict[str, str]]:
     """The messages asking for the summary of `diff`."""
     parts = [
-        f"Task: {instruction.strip()}",
+        f"Task: {task_opening(instruction)}",
         f"The final diff:\n```diff\n{clip(diff, DIFF_CHARS).rstrip()}\n```",
         test_lines("Tests before the change", before),
         test_lines("Tests after the change (on this diff)", after),

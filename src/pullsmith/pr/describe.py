@@ -229,6 +229,8 @@ def _summary_origin(attempt: AttemptRecord) -> str:
             "written when it finished, before pullsmith's last checks: asking it again with "
             f"the final diff failed ({cell(note['error'])}; {where})"
         )
+    if note.get("reason"):
+        return f"written when it finished; not asked again, since {note['reason']} ({where})"
     return "written when it finished, before pullsmith's last checks"
 
 

@@ -209,6 +209,7 @@ def run_evidence(
                 "event": event.id,
                 "source": d.get("source", ""),
                 "error": d.get("error"),
+                "reason": d.get("reason", ""),
                 "finish_summary": d.get("finish_summary", ""),
             }
 

@@ -537,7 +537,8 @@ function eventEntry(page, event) {
       label = "summary";
       body.push(d.source === "diff" ? "written from the final diff: " : "the model's finish summary: ",
         h("span", { class: "said", text: d.summary || "(none)" }),
-        d.error ? h("div", { class: "muted", text: `not from the diff: ${d.error}` }) : null);
+        d.error ? h("div", { class: "muted", text: `not from the diff: ${d.error}` }) : null,
+        d.reason ? h("div", { class: "muted", text: `not asked again: ${d.reason}` }) : null);
       break;
     case "commit.created":
       label = "commit";
