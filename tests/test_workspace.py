@@ -384,8 +384,9 @@ def test_git_helper_errors(repo, tmp_path):
 
 
 def test_a_long_summary_line_keeps_its_words_in_the_body():
-    from pullsmith.attempt import commit_message, subject_line
+    from pullsmith.attempt import commit_message
     from pullsmith.task import AttemptResult
+    from pullsmith.text import subject_line
 
     sentence = "Fixed the off-by-one in the CSV export loop. It now writes every row."
     assert subject_line(sentence) == (sentence, "")

@@ -60,6 +60,7 @@ from pullsmith.sandbox.base import Sandbox, SandboxPolicy
 from pullsmith.sandbox.policy import agent_policy
 from pullsmith.shrink import ShrinkResult, cannot_decide, shrink
 from pullsmith.task import AttemptResult, Task, TestRun
+from pullsmith.text import one_line, subject_line
 from pullsmith.workspace import Workspace, resolve_repo
 
 if TYPE_CHECKING:
@@ -307,10 +308,10 @@ class Attempt:
         what = (
             f"did not finish within {env.timeout_s:g} s"
             if res.timed_out
-            else f"failed with exit code {res.exit_code}" + (f" ({_short(last)})" if last else "")
+            else f"failed with exit code {res.exit_code}" + (f" ({one_line(last)})" if last else "")
         )
         return workspace, (
-            f"the environment's setup command `{_short(command)}` {what}; fix the setup of "
+            f"the environment's setup command `{one_line(command)}` {what}; fix the setup of "
             "this repository's environment (its whole output is in the setup.ran event)."
         )
 
@@ -744,12 +745,6 @@ def continuation_message(ctx: TaskContext) -> str:
     return "\n\n".join(parts)
 
 
-def _short(text: str, limit: int = 200) -> str:
-    """`text` on one line, cut to `limit` characters."""
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def write_result(run_dir: Path, result: AttemptResult) -> None:
     """Save `result` as the run's result.json (atomically: a reader never sees half of it)."""
     path = run_dir / "result.json"
@@ -766,21 +761,6 @@ def read_result(run_dir: Path) -> AttemptResult | None:
         return AttemptResult.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (ValueError, TypeError, KeyError):
         return None
-
-
-def subject_line(line: str, limit: int = 72) -> tuple[str, str]:
-    """A commit subject of at most `limit` characters from `line`, and what of it the body
-    must still say: the first sentence when it fits (the rest goes to the body), else the
-    words that fit with "…" (and the whole line in the body), so no word of it is lost."""
-    line = " ".join(line.split())
-    if len(line) <= limit:
-        return line, ""
-    end = max(line.rfind(mark, 0, limit) for mark in (". ", "; "))
-    if end >= limit // 3:
-        return line[: end + (1 if line[end] == "." else 0)], line[end + 2 :]
-    cut = line.rfind(" ", 0, limit - 1)
-    cut = cut if cut >= limit // 3 else limit - 1
-    return line[:cut].rstrip(" ,:") + "…", line
 
 
 def commit_message(result: AttemptResult) -> str:

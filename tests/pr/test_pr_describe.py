@@ -160,6 +160,13 @@ def test_code_spans_and_fences_survive_what_they_hold():
     assert block.startswith("````text\n") and block.endswith("\n````")
     assert title_for("  \nFix it\nmore") == "Fix it"
     assert len(title_for("x" * 200)) == 72
+    # A long first line: the sentences that fit, or the words that fit (never half a word).
+    assert title_for("Fix the CSV export of the ledger. " + "Then do more. " * 9) == (
+        "Fix the CSV export of the ledger. Then do more. Then do more."
+    )
+    title = title_for("Make the CSV export write the last row of every ledger, including " * 2)
+    assert title.endswith("ledger,…") is False and title.endswith("…") and len(title) <= 72
+    assert title[:-1].split()[-1] in "Make the CSV export write the last row of every ledger,"
 
 
 # --- the verdict and the body ------------------------------------------------------------

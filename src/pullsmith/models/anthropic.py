@@ -37,6 +37,7 @@ import anthropic
 
 from pullsmith.models.base import Message, Reply, Usage
 from pullsmith.models.openai_compat import ModelError
+from pullsmith.text import one_line
 
 EPHEMERAL = {"type": "ephemeral"}
 # What stands in for an empty assistant turn: the API refuses empty content.
@@ -204,7 +205,7 @@ class AnthropicModel:
             if _retryable(exc):
                 return ModelError(
                     f"{where} stayed overloaded or rate-limited (HTTP {exc.status_code}) through "
-                    f"{self.retries} retries: {_short(_message(exc))}; retry later."
+                    f"{self.retries} retries: {one_line(_message(exc))}; retry later."
                 )
             advice = (
                 "if it does not support tool calls, rerun with --protocol text"
@@ -212,7 +213,7 @@ class AnthropicModel:
                 else "retry later or pick another model"
             )
             return ModelError(
-                f"{where} answered HTTP {exc.status_code}: {_short(_message(exc))}; {advice}."
+                f"{where} answered HTTP {exc.status_code}: {one_line(_message(exc))}; {advice}."
             )
         return exc
 
@@ -244,11 +245,6 @@ def _message(exc: anthropic.APIStatusError) -> str:
     body = exc.body if isinstance(exc.body, dict) else {}
     error = body.get("error") if isinstance(body.get("error"), dict) else {}
     return str(error.get("message") or exc.message)
-
-
-def _short(message: str, limit: int = 200) -> str:
-    message = " ".join(str(message).split())
-    return message if len(message) <= limit else message[: limit - 1] + "…"
 
 
 # --- translation ---------------------------------------------------------------------------

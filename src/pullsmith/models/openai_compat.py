@@ -11,6 +11,7 @@ import openai
 
 from pullsmith.errors import UserError
 from pullsmith.models.base import Message, Reply, Usage
+from pullsmith.text import one_line
 
 
 class ModelError(UserError):
@@ -203,7 +204,7 @@ class OpenAIModel:
                 else "retry later or pick another model"
             )
             return ModelError(
-                f"{where} answered HTTP {exc.status_code}: {_short(exc.message)}; {advice}."
+                f"{where} answered HTTP {exc.status_code}: {one_line(exc.message)}; {advice}."
             )
         return exc
 
@@ -248,8 +249,3 @@ def _add_call_delta(calls: dict[int, dict[str, Any]], delta: Any) -> None:
         call["name"] += function.name
     if function.arguments:
         call["arguments"] += function.arguments
-
-
-def _short(message: str, limit: int = 200) -> str:
-    message = " ".join(str(message).split())
-    return message if len(message) <= limit else message[: limit - 1] + "…"

@@ -16,6 +16,7 @@ from typing import Any
 
 from pullsmith import __version__
 from pullsmith.store import AttemptRecord
+from pullsmith.text import subject_line
 
 TITLE_CHARS = 72
 # GitHub rejects bodies over 65,536 characters; leave room for what a forge may add.
@@ -100,12 +101,10 @@ def cell(text: str) -> str:
 
 
 def title_for(instruction: str) -> str:
-    """The first line of what was asked, cut to a title's length."""
+    """The first line of what was asked, cut to a title's length (its first sentence, or at a
+    word)."""
     first = next((line.strip() for line in instruction.splitlines() if line.strip()), "")
-    first = first or "pullsmith change"
-    if len(first) > TITLE_CHARS:
-        first = first[: TITLE_CHARS - 1].rstrip() + "…"
-    return first
+    return subject_line(first or "pullsmith change", TITLE_CHARS)[0]
 
 
 def _short(sha: str | None) -> str:
