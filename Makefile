@@ -45,7 +45,7 @@ demo: $(STAMP) sandbox-deps
 	bash examples/demo.sh
 
 test: $(STAMP) sandbox-deps postgres-deps browser-deps terminal-deps lint
-	$(BIN)/pytest -ra
+	$(BIN)/pytest -ra --durations=30
 
 unit: $(STAMP) sandbox-deps postgres-deps terminal-deps
 	$(BIN)/pytest -ra -m "not e2e"

@@ -48,6 +48,7 @@ from attempt_time import server_timings  # noqa: E402
 
 from pullsmith.eval.harness import TaskRecord, load_records  # noqa: E402
 from pullsmith.eval.tasks import EvalTask, load_suite  # noqa: E402
+from pullsmith.workspace import changed_lines  # noqa: E402
 
 COLUMNS = ("before", "after")
 BEFORE_SETTINGS = """\
@@ -62,15 +63,6 @@ pytest_timeout_s = 0
 pytest_skip_plugins = ""
 """
 AFTER_SETTINGS = "# The defaults (benchmarks/before_after.py).\n"
-
-
-def changed_lines(diff: str) -> int:
-    """Lines added plus lines removed in a unified diff."""
-    return sum(
-        1
-        for line in diff.splitlines()
-        if line[:1] in "+-" and not line.startswith(("+++ ", "--- "))
-    )
 
 
 def reference_lines(task: EvalTask) -> int | None:

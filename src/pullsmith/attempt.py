@@ -642,18 +642,9 @@ class Attempt:
         """The run after the agent when the finish's check ran on the same worktree: that
         check's result, logged as the `after` run with `same_as` naming the check's event (no
         test ran again; the evidence is the check)."""
-        event = self.events.emit(
-            RanTests(
-                phase="after",
-                command=check.command,
-                exit_code=check.exit_code,
-                seconds=0.0,
-                output=check.output,
-                timed_out=check.timed_out,
-                same_as=check.event_id,
-            )
+        return self._record(
+            dataclasses.replace(check, phase="after", seconds=0.0), same_as=check.event_id
         )
-        return dataclasses.replace(check, phase="after", seconds=0.0, event_id=event.id)
 
     def _run_tests(self, sandbox: Sandbox, command: str | None, phase: str) -> TestRun | None:
         if not command or self.cancel.is_set():
@@ -666,26 +657,34 @@ class Attempt:
         timed_out = res.timed_out or cpu_exceeded(res.exit_code, output)
         if phase == "before":
             self.suite_cpu_s = None if timed_out else cpu_s
-        event = self.events.emit(
-            RanTests(
-                phase=phase,
-                command=command,
-                exit_code=res.exit_code,
-                seconds=round(res.duration_s, 3),
-                output=output,
-                timed_out=timed_out,
-                cpu_seconds=cpu_s,
-            )
-        )
-        return TestRun(
+        run = TestRun(
             phase=phase,
             command=command,
             exit_code=res.exit_code,
             output=output,
             seconds=round(res.duration_s, 3),
             timed_out=timed_out,
-            event_id=event.id,
+            event_id=-1,
         )
+        return self._record(run, cpu_seconds=cpu_s)
+
+    def _record(
+        self, run: TestRun, cpu_seconds: float | None = None, same_as: int | None = None
+    ) -> TestRun:
+        """`run` as a tests.ran event; returns it with that event's id."""
+        event = self.events.emit(
+            RanTests(
+                phase=run.phase,
+                command=run.command,
+                exit_code=run.exit_code,
+                seconds=run.seconds,
+                output=run.output,
+                timed_out=run.timed_out,
+                cpu_seconds=cpu_seconds,
+                same_as=same_as,
+            )
+        )
+        return dataclasses.replace(run, event_id=event.id)
 
     def _finish(self, workspace: Workspace, result: AttemptResult, started: float) -> None:
         result.diff = workspace.diff()

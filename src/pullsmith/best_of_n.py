@@ -12,7 +12,7 @@ from typing import Any
 
 from pullsmith.agent.failures import failure_count, parse_test_output
 from pullsmith.attempt import Attempt, run_dir_for, write_result
-from pullsmith.config import Settings
+from pullsmith.config import MIN_ATTEMPT_S, Settings
 from pullsmith.errors import UserError
 from pullsmith.events import (
     AttemptScored,
@@ -27,12 +27,11 @@ from pullsmith.models import Model, open_model
 from pullsmith.models.openai_compat import ModelError
 from pullsmith.models.prices import check_budget, pricing_for
 from pullsmith.task import AttemptResult, EarlierAttempt, Retry, Task
+from pullsmith.workspace import changed_lines
 
 # Attempt 1 samples at the configured temperature (the model's best guess); the others
 # sample hotter so that they explore different fixes instead of repeating the first.
 RETRY_TEMPERATURE = 0.7
-# With a task time budget (task_time_s), no attempt starts with less than this left of it.
-MIN_ATTEMPT_S = 60.0
 
 Rank = tuple[int, int, int, int]
 
@@ -81,11 +80,7 @@ def attempt_rank(result: AttemptResult, root: Path | None = None) -> Rank:
         failing = 0 if result.status == "untested" and result.exit_reason == "finished" else 1
     else:
         failing = failure_count(root or Path(result.repo), after.output, after.exit_code)
-    changed = sum(
-        1
-        for line in result.diff.splitlines()
-        if line[:1] in "+-" and line[:3] not in ("+++", "---")
-    )
+    changed = changed_lines(result.diff)
     return (0 if result.tests_pass else 1, failing, 0 if changed else 1, changed)
 
 

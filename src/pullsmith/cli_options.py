@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from pullsmith.config import Settings, load_settings
+from pullsmith.config import MIN_ATTEMPT_S, Settings, load_settings
 
 PROTOCOL_CHOICES = ["auto", "text", "tools"]
 
@@ -100,12 +100,12 @@ def max_time_option(func: Callable[..., Any]) -> Any:
     return click.option(
         "--max-time",
         "task_time",
-        type=click.FloatRange(min=60),
+        type=click.FloatRange(min=MIN_ATTEMPT_S),
         default=None,
         metavar="SECONDS",
         help="The task's time budget, every attempt counted: no attempt starts with less than "
-        "a minute of it left, and the agent's turns stop when it is used up (its last test "
-        "runs still run).",
+        f"{MIN_ATTEMPT_S:g} s of it left, and the agent's turns stop when it is used up (its "
+        "last test runs still run).",
     )(func)
 
 

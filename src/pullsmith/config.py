@@ -24,6 +24,8 @@ PRICE_KEYS = ("input", "cached_input", "cache_write", "output")
 # Speculative decoding of the bundled model's llama.cpp server: none, drafts copied from the
 # token history (prompt and reply so far) by n-gram lookup, or drafts of a small draft model.
 SPECULATIVE_MODES = ("off", "ngram", "draft")
+# With a task time budget (task_time_s), no attempt starts with less than this left of it.
+MIN_ATTEMPT_S = 60.0
 # The ranges llama.cpp's own command line accepts for these (common/arg.cpp).
 _SPECULATIVE_RANGES: dict[str, tuple[float, float]] = {
     "speculative_ngram_size": (1, 1024),
@@ -239,7 +241,7 @@ class Settings:
     max_turns: int = 20
     max_time_s: float = 1200.0
     # The whole task's time budget in seconds, every attempt counted (0: none): an attempt is
-    # not started with less than a minute of it left, and the agent's turns stop when it is
+    # not started with less than MIN_ATTEMPT_S of it left, and the agent's turns stop when it is
     # used up (the test runs after them still run). With the ray executor each attempt is a
     # task of its own, so there it bounds each attempt.
     task_time_s: float = 0.0

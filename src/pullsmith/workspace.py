@@ -66,6 +66,15 @@ class GitError(RuntimeError):
         return lines[-1] if lines else f"git exited with status {self.returncode}"
 
 
+def changed_lines(diff: str) -> int:
+    """Lines added plus lines removed in a unified diff (not the ---/+++ file lines)."""
+    return sum(
+        1
+        for line in diff.splitlines()
+        if line[:1] in "+-" and not line.startswith(("+++ ", "--- "))
+    )
+
+
 def _git_env(extra: Mapping[str, str] | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _REPO_LOCATING_VARS}
     env["GIT_TERMINAL_PROMPT"] = "0"
