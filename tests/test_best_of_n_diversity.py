@@ -15,7 +15,7 @@ from pullsmith.config import load_settings
 from pullsmith.engine import run_task
 from pullsmith.eval.report import _attempt_lines, _attempt_totals
 from pullsmith.events import read_events
-from pullsmith.task import AttemptResult, EarlierAttempt, Retry, Task
+from pullsmith.task import AttemptResult, EarlierAttempt, KnownBefore, Retry, Task, TestRun
 
 SANDBOX = "bwrap" if bwrap_works() else "none"
 TEST_ID = "tests/test_export.py::test_csv_has_every_row"
@@ -123,11 +123,43 @@ def test_with_retry_account_off_every_attempt_gets_the_same_first_message(exampl
         example_repo, tmp_path, [bash(WRONG), bash(RIGHT)], retry_account=False
     )
     assert result.attempt == 2 and result.tests_pass
-    # Each attempt's own test run before it makes its first message (timings differ).
+    # Attempt 1's test run before any change stands for attempt 2's: the same first message.
+    assert model.seen[0][:2] == model.seen[1][:2]
     for seen in model.seen:
         assert "Attempt 1 changed:" not in seen[1]["content"]
         assert "Earlier attempts" not in seen[1]["content"]
         assert seen[1]["content"].endswith("Reply with one ```bash block.")
+
+
+def test_the_tests_before_any_change_run_once_for_all_attempts(example_repo, tmp_path):
+    replies = [bash(WRONG), bash(OTHER_WRONG), bash(RIGHT)]
+    result, _, settings, task = run_attempts(example_repo, tmp_path, replies, attempts=3)
+    assert result.attempt == 3 and result.tests_pass
+    log = read_events(run_dir_for(settings, task.task_id) / "events.jsonl")
+    started = [e for e in log if e.type == "tests.started" and e.data["phase"] == "before"]
+    ran = [e for e in log if e.type == "tests.ran" and e.data["phase"] == "before"]
+    assert [e.data["attempt"] for e in started] == [1]
+    assert [(e.data["attempt"], e.data.get("from_attempt")) for e in ran] == [
+        (1, None),
+        (2, 1),
+        (3, 1),
+    ]
+    first, *later = ran
+    assert first.data["exit_code"] == 1 and first.data["seconds"] > 0
+    for event in later:
+        assert event.data["seconds"] == 0.0 and event.data["output"] == first.data["output"]
+        assert event.data["cpu_seconds"] == first.data["cpu_seconds"]
+    # The chosen attempt's result holds the run, with the id of its own log's event.
+    own = read_events(run_dir_for(settings, f"{task.task_id}-3") / "events.jsonl")
+    (mine,) = [e for e in own if e.type == "tests.ran" and e.data["phase"] == "before"]
+    assert result.tests_before.event_id == mine.id and result.tests_before.exit_code == 1
+
+
+def test_a_known_run_before_crosses_process_boundaries_with_the_task():
+    run = TestRun("before", "pytest -q", 1, "1 failed", 2.5, False, 7, cpu_seconds=1.25)
+    task = Task(instruction="x", known_before=KnownBefore(1, "abc123", run))
+    again = Task.from_dict(json.loads(json.dumps(task.to_dict())))
+    assert again == task and again.known_before.run.cpu_seconds == 1.25
 
 
 def test_a_single_attempt_is_told_nothing(example_repo, tmp_path):

@@ -327,7 +327,7 @@ class Attempt:
         )
         test_command = self.settings.test_command or detect_test_command(workspace.path, agents_md)
         result.test_command = test_command
-        before = self._run_tests(sandbox, test_command, "before")
+        before = self._before(sandbox, test_command, workspace)
         result.tests_before = before
         if self.cancel.is_set():
             result.status = result.exit_reason = "cancelled"
@@ -643,7 +643,29 @@ class Attempt:
         check's result, logged as the `after` run with `same_as` naming the check's event (no
         test ran again; the evidence is the check)."""
         return self._record(
-            dataclasses.replace(check, phase="after", seconds=0.0), same_as=check.event_id
+            dataclasses.replace(check, phase="after", seconds=0.0, cpu_seconds=None),
+            same_as=check.event_id,
+        )
+
+    def _before(
+        self, sandbox: Sandbox, command: str | None, workspace: Workspace
+    ) -> TestRun | None:
+        """The test run before any change: an earlier attempt's (`Task.known_before`) when it
+        ran the same command on the same commit, logged with `from_attempt` (the tests do not
+        run again); else a run of its own."""
+        known = self.task.known_before
+        if (
+            known is None
+            or not command
+            or self.cancel.is_set()
+            or known.run.command != command
+            or known.base_commit != workspace.base_commit
+        ):
+            return self._run_tests(sandbox, command, "before")
+        self.suite_cpu_s = None if known.run.timed_out else known.run.cpu_seconds
+        return self._record(
+            dataclasses.replace(known.run, phase="before", seconds=0.0),
+            from_attempt=known.attempt,
         )
 
     def _run_tests(self, sandbox: Sandbox, command: str | None, phase: str) -> TestRun | None:
@@ -665,11 +687,12 @@ class Attempt:
             seconds=round(res.duration_s, 3),
             timed_out=timed_out,
             event_id=-1,
+            cpu_seconds=cpu_s,
         )
-        return self._record(run, cpu_seconds=cpu_s)
+        return self._record(run)
 
     def _record(
-        self, run: TestRun, cpu_seconds: float | None = None, same_as: int | None = None
+        self, run: TestRun, same_as: int | None = None, from_attempt: int | None = None
     ) -> TestRun:
         """`run` as a tests.ran event; returns it with that event's id."""
         event = self.events.emit(
@@ -680,8 +703,9 @@ class Attempt:
                 seconds=run.seconds,
                 output=run.output,
                 timed_out=run.timed_out,
-                cpu_seconds=cpu_seconds,
+                cpu_seconds=run.cpu_seconds,
                 same_as=same_as,
+                from_attempt=from_attempt,
             )
         )
         return dataclasses.replace(run, event_id=event.id)

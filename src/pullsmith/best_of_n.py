@@ -26,7 +26,7 @@ from pullsmith.events import (
 from pullsmith.models import Model, open_model
 from pullsmith.models.openai_compat import ModelError
 from pullsmith.models.prices import check_budget, pricing_for
-from pullsmith.task import AttemptResult, EarlierAttempt, Retry, Task
+from pullsmith.task import AttemptResult, EarlierAttempt, KnownBefore, Retry, Task
 from pullsmith.workspace import changed_lines
 
 # Attempt 1 samples at the configured temperature (the model's best guess); the others
@@ -110,9 +110,12 @@ def attempt_summary(result: AttemptResult, rank: Rank) -> dict[str, Any]:
     }
 
 
-def attempt_task(task: Task, number: int, retry: Retry | None = None) -> Task:
+def attempt_task(
+    task: Task, number: int, retry: Retry | None = None, known_before: KnownBefore | None = None
+) -> Task:
     """Attempt `number` of a best-of-N task: one attempt, on its own branch and run directory;
-    `retry` is what it is told of the earlier attempts (--until-pass)."""
+    `retry` is what it is told of the earlier attempts (--until-pass), `known_before` the
+    test run before any change an earlier attempt made (it stands for this one's own)."""
     return dataclasses.replace(
         task,
         task_id=f"{task.task_id}-{number}",
@@ -121,6 +124,7 @@ def attempt_task(task: Task, number: int, retry: Retry | None = None) -> Task:
         # A model stuck repeating itself gets a fresh start in the next attempt.
         stop_when_stuck=number < task.attempts,
         retry=retry,
+        known_before=known_before,
     )
 
 
@@ -263,6 +267,8 @@ class BestOfN:
         # The first message the first attempt that got so far was sent (--until-pass: the
         # later attempts are sent it again, verbatim, with the account of the earlier ones).
         self.first_message = ""
+        # The first test run before any change (the later attempts take it as theirs).
+        self.known_before: KnownBefore | None = None
 
     def run(self) -> AttemptResult:
         task, settings = self.task, self.settings
@@ -348,7 +354,7 @@ class BestOfN:
         time_left_s: float | None = None,
     ) -> AttemptResult:
         task, settings = self.task, self.settings
-        sub = attempt_task(task, number, retry)
+        sub = attempt_task(task, number, retry, self.known_before)
         log = EventLog(
             sub.task_id,
             run_dir_for(settings, sub.task_id) / "events.jsonl",
@@ -378,6 +384,9 @@ class BestOfN:
             log.close()
             self.first_message = self.first_message or attempt.first_message
         result.attempt = number
+        before = result.tests_before
+        if self.known_before is None and before is not None and not self.cancel.is_set():
+            self.known_before = KnownBefore(number, result.base_commit, before)
         return result
 
 

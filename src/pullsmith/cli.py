@@ -134,6 +134,12 @@ class TerminalView:
                 "stands (nothing changed since)"
             )
             return
+        if d.get("from_attempt") is not None:
+            self.console.print(
+                f"[bold]▸ tests before:[/] [{style}]exit {d['exit_code']}[/] · attempt "
+                f"{d['from_attempt']}'s run stands (the same commit and command)"
+            )
+            return
         self.console.print(f"  [{style}]exit {d['exit_code']}[/] · {d['seconds']:.1f} s")
         if not ok or self.verbose:
             self._tail(d["output"], 6)

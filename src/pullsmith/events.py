@@ -93,6 +93,7 @@ class RanTests(Payload):
     timed_out: bool = False
     cpu_seconds: float | None = None
     same_as: int | None = None
+    from_attempt: int | None = None
 
 
 class ModelReply(Payload):

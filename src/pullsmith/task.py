@@ -71,6 +71,18 @@ class Retry:
     earlier: tuple[EarlierAttempt, ...]
 
 
+@dataclass(frozen=True)
+class KnownBefore:
+    """The test run before any change that an earlier attempt of a best-of-N task made
+    (`attempt`), on `base_commit`: a later attempt from the same commit with the same test
+    command takes it as its own instead of running the same tests on the same code again (a
+    suite that hangs on the bug costs its CPU cap each time)."""
+
+    attempt: int
+    base_commit: str
+    run: TestRun
+
+
 @dataclass
 class Task:
     """What to do and where. `repo` is an absolute path or a URL once a front end made it."""
@@ -91,6 +103,8 @@ class Task:
     stop_when_stuck: bool = False
     # Best-of-N with --until-pass, attempts after the first: what the earlier ones did.
     retry: Retry | None = None
+    # Best-of-N, attempts after the first: the test run before any change, once one ran.
+    known_before: KnownBefore | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,6 +124,10 @@ class Task:
                 for e in retry.get("earlier") or ()
             )
             data["retry"] = Retry(str(retry.get("first_message") or ""), earlier)
+        known = data.get("known_before")
+        if isinstance(known, dict) and isinstance(known.get("run"), dict):
+            run = TestRun(**_known(TestRun, known["run"]))
+            data["known_before"] = KnownBefore(int(known["attempt"]), known["base_commit"], run)
         return cls(**data)
 
 
@@ -126,6 +144,8 @@ class TestRun:
     seconds: float
     timed_out: bool
     event_id: int
+    # The CPU time of its processes (None: not measured, or killed at its wall clock).
+    cpu_seconds: float | None = None
 
     @property
     def passed(self) -> bool:

@@ -452,7 +452,10 @@ function eventEntry(page, event) {
       body.push(h("span", { class: "phase", text: d.phase }), " ", h("code", { text: d.command }), " ",
         exitBadge(d.exit_code),
         h("span", { class: "muted", text: d.same_as != null
-          ? " the check's run stands (nothing changed since)" : ` ${seconds(d.seconds)}` }),
+          ? " the check's run stands (nothing changed since)"
+          : d.from_attempt != null
+            ? ` attempt ${d.from_attempt}'s run stands (the same commit and command)`
+            : ` ${seconds(d.seconds)}` }),
         d.timed_out ? h("span", { class: "badge s-failed", text: "timed out" }) : null,
         lastLine(d.output) ? h("div", { class: "gist", text: lastLine(d.output) }) : null,
         output(d.output, "output", true));
