@@ -116,52 +116,16 @@ class Checker:
         )
 
     def demonstrate(self, finding: Finding, command: str) -> Demonstration:
-        """Run `command` for `finding` and judge what it showed."""
+        """Run `command` for `finding` on the change and, when it fails there and the file is
+        not new, on the base; the demonstration's reason is `decide`'s."""
         head = self.run("head", command)
         runs = [head]
-        if head.exit_code == 0 and not head.timed_out:
-            return Demonstration(
-                command=command, runs=runs, reason="The command passes on the change."
-            )
-        failed = "timed out" if head.timed_out else f"exits {head.exit_code}"
-        new_file = not file_lines(self.change.repo, self.change.base, finding.location.path)
-        if new_file:
-            broken = next((m for m in BROKEN_COMMAND if m in head.output), None)
-            if broken:
-                return Demonstration(
-                    command=command,
-                    runs=runs,
-                    reason=f"The command {failed} on the change, but with '{broken}': the "
-                    "command itself is broken (the file is new, so there is no base to compare).",
-                )
-            return Demonstration(
-                command=command,
-                runs=runs,
-                reason=f"The command {failed} on the change; the file is new in it, so there "
-                "is no base to run it on.",
-            )
-        base = self.run("base", command)
-        runs.append(base)
-        if base.exit_code == 0 and not base.timed_out:
-            return Demonstration(
-                command=command,
-                runs=runs,
-                reason=f"The command {failed} on the change and passes on the base.",
-            )
-        changed = differs(head, base)
-        if changed is not None:
-            return Demonstration(
-                command=command,
-                runs=runs,
-                reason=f"The command {failed} on both sides but differently, so the change "
-                f"alters what the code does here: {changed}.",
-            )
-        return Demonstration(
-            command=command,
-            runs=runs,
-            reason=f"The command {failed} on the change and the same way on the base, so it "
-            "does not show what the change did.",
-        )
+        if not _passes(head) and file_lines(
+            self.change.repo, self.change.base, finding.location.path
+        ):
+            runs.append(self.run("base", command))
+        _, reason = decide(head, runs[1] if len(runs) > 1 else None)
+        return Demonstration(command=command, runs=runs, reason=reason)
 
     def close(self) -> None:
         for sandbox in self._sandboxes.values():
@@ -176,16 +140,46 @@ class Checker:
         self.close()
 
 
+def _passes(run: Run) -> bool:
+    return run.exit_code == 0 and not run.timed_out
+
+
+def decide(head: Run, base: Run | None) -> tuple[Check, str]:
+    """What a command's run on the change (`head`) and on the base (`base`; None when it did
+    not run there: it passed on the change, or the file is new) showed, and why in a sentence
+    (the rules in the module docstring)."""
+    if _passes(head):
+        return "not demonstrated", "The command passes on the change."
+    failed = "timed out" if head.timed_out else f"exits {head.exit_code}"
+    if base is None:
+        broken = next((m for m in BROKEN_COMMAND if m in head.output), None)
+        if broken:
+            return "not demonstrated", (
+                f"The command {failed} on the change, but with '{broken}': the command itself "
+                "is broken (the file is new, so there is no base to compare)."
+            )
+        return "demonstrated", (
+            f"The command {failed} on the change; the file is new in it, so there is no base "
+            "to run it on."
+        )
+    if _passes(base):
+        return "demonstrated", f"The command {failed} on the change and passes on the base."
+    changed = differs(head, base)
+    if changed is not None:
+        return "behaviour changed", (
+            f"The command {failed} on both sides but differently, so the change alters what "
+            f"the code does here: {changed}."
+        )
+    return "not demonstrated", (
+        f"The command {failed} on the change and the same way on the base, so it does not "
+        "show what the change did."
+    )
+
+
 def judge(demonstration: Demonstration) -> Check:
-    """What a demonstration's runs showed (the rules in the module docstring)."""
+    """What a demonstration's runs showed (`decide` on them)."""
     runs = {run.tree: run for run in demonstration.runs}
     head = runs.get("head")
-    if head is None or (head.exit_code == 0 and not head.timed_out):
+    if head is None:
         return "not demonstrated"
-    base = runs.get("base")
-    if base is None:
-        broken = any(m in head.output for m in BROKEN_COMMAND)
-        return "not demonstrated" if broken else "demonstrated"
-    if base.exit_code == 0 and not base.timed_out:
-        return "demonstrated"
-    return "behaviour changed" if differs(head, base) else "not demonstrated"
+    return decide(head, runs.get("base"))[0]
