@@ -136,7 +136,7 @@ class TerminalView:
             return
         if d.get("from_attempt") is not None:
             self.console.print(
-                f"[bold]▸ tests before:[/] [{style}]exit {d['exit_code']}[/] · attempt "
+                f"[bold]▸ tests before the change:[/] [{style}]exit {d['exit_code']}[/] · attempt "
                 f"{d['from_attempt']}'s run stands (the same commit and command)"
             )
             return

@@ -212,6 +212,13 @@ def test_exec_best_of_n_opens_the_pr_from_the_passing_attempt(ledger_repo, monke
     out = proc.stdout
     assert "best of 3" in out and "attempt 1: " in out and "attempt 2: tests pass" in out
     assert "chose attempt 2 of 2" in out
+    # Attempt 2 did not run the tests before any change again, nor after its checked finish.
+    assert out.count("▸ tests before the change: $ ") == 1
+    assert (
+        "▸ tests before the change: exit 1 · attempt 1's run stands (the same commit and "
+        "command)" in out
+    )
+    assert "▸ tests after: exit 0 · the check's run stands (nothing changed since)" in out
     assert "pull request #1 opened (tests passing)" in out
     branches = git("branch", "--list", "pullsmith/*", cwd=ledger_repo).split()
     assert len(branches) == 2 and all(b.startswith("pullsmith/") for b in branches)
