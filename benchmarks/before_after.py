@@ -27,7 +27,8 @@ Bubblewrap sandboxes started ahead have no switch and run in both columns.
 per task, median changed lines of the resolved tasks against the reference fix's (the same
 tasks), the model's generation speed (llama.cpp's timings in the server logs kept per chunk),
 and, given `benchmarks/localization.py --json` of each column, how often the bug's file and
-function were in the first message.
+function were in the first message; then the total wall time and one row per task (resolved or
+not, the attempt chosen, its wall time).
 """
 
 from __future__ import annotations
@@ -198,7 +199,22 @@ def report(args: argparse.Namespace) -> int:
     walls = {c: median([records[c][i].wall_seconds for i in ids]) for c in COLUMNS}
     if walls["before"]:
         print(f"\nmedian wall after / before: {walls['after'] / walls['before']:.2f}x")
+    totals = {c: sum(records[c][i].wall_seconds for i in ids) for c in COLUMNS}
+    print(f"total wall: before {totals['before']:.0f} s, after {totals['after']:.0f} s")
+    print("\n| task | before | after |\n|---|---|---|")
+    for i in ids:
+        print(f"| {i} | {task_cell(records['before'][i])} | {task_cell(records['after'][i])} |")
     return 0
+
+
+def task_cell(record: TaskRecord) -> str:
+    """One task's outcome in a column: resolved or not, the attempt chosen of those that ran,
+    the wall time and, unresolved, how the chosen attempt ended."""
+    mark = "resolved" if record.resolved else "unresolved"
+    ran = len(record.attempt_results) or record.attempts
+    how = f"attempt {record.attempt} of {ran} chosen" if record.resolved else f"{ran} attempts"
+    why = "" if record.resolved else f", {record.exit_reason or record.status}"
+    return f"{mark} ({how}, {record.wall_seconds:.0f} s{why})"
 
 
 def main(argv: list[str] | None = None) -> int:
