@@ -152,8 +152,6 @@ class Attempt:
         self.pricing = pricing_for(settings)
         self.cost_before = cost_before
         self.run_dir = run_dir_for(settings, task.task_id)
-        # The CPU seconds the test run before the agent used (None: not run, or stopped).
-        self.suite_cpu_s: float | None = None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.result: AttemptResult | None = None
         # The task's first message as this attempt built it (before any account of earlier
@@ -608,6 +606,12 @@ class Attempt:
             return min(s.test_timeout_s, s.feedback_test_timeout_s)
         return s.test_timeout_s
 
+    @property
+    def suite_cpu_s(self) -> float | None:
+        """The CPU seconds the test run before the agent used (None: not run, or stopped)."""
+        before = self.result.tests_before if self.result is not None else None
+        return None if before is None or before.timed_out else before.cpu_seconds
+
     def cpu_cap(self, phase: str) -> float:
         """The CPU seconds a process of a test run in `phase` may use (0: no cap). The run
         before the agent may use `BEFORE_CPU_FACTOR` times `test_cpu_s`; once it finished, a
@@ -662,7 +666,6 @@ class Attempt:
             or known.base_commit != workspace.base_commit
         ):
             return self._run_tests(sandbox, command, "before")
-        self.suite_cpu_s = None if known.run.timed_out else known.run.cpu_seconds
         return self._record(
             dataclasses.replace(known.run, phase="before", seconds=0.0),
             from_attempt=known.attempt,
@@ -677,8 +680,6 @@ class Attempt:
         res = sandbox.run(capped, timeout_s=timeout)
         output, cpu_s = cpu_used(res.output)
         timed_out = res.timed_out or cpu_exceeded(res.exit_code, output)
-        if phase == "before":
-            self.suite_cpu_s = None if timed_out else cpu_s
         run = TestRun(
             phase=phase,
             command=command,
