@@ -6,7 +6,7 @@ and what it became, the tests it makes fail and their error lines). Two roles:
 
   maintainer, run once with the venv's python (network: PyPI only; runs the libraries' tests):
 
-    python suites/pypi-bugs/build.py fetch [SDIST_DIR]  # pip download the sdists, trim into libs/
+    python suites/pypi-bugs/build.py fetch [--cache SDIST_DIR] [NAME...]  # pip download, trim
     python suites/pypi-bugs/build.py inject [NAME...]  # find bug sites with ast, keep 1-6-failure ones
 
   suite builder: `tasks(suite_dir)` (suite.toml names this file) turns libs/ + bugs.jsonl into
@@ -61,6 +61,9 @@ class Library(NamedTuple):
     # (test file, text, replacement): edits to the library's tests, each matching once
     edits: tuple[tuple[str, str, str], ...] = ()
     skip_sources: tuple[str, ...] = ()  # package files no bug is injected into
+    # other sdist files kept as they are, e.g. the egg-info whose entry points an installed
+    # copy would have
+    keep: tuple[str, ...] = ()
     notes: str = ""
 
     @property
@@ -118,8 +121,16 @@ LIBRARIES = (
         "3.7",
         "markdown",
         ("LICENSE.md",),
-        ini=("pythonpath = .", "filterwarnings =\n    ignore::pytest.PytestCollectionWarning"),
+        # Its suite is unittest's: only TestCase classes are tests (test_legacy.py turns
+        # warnings into errors at import, so the warning about collecting `TestSuite` is one).
+        ini=("pythonpath = .", "python_classes = *TestCase"),
         skip_sources=("markdown/__main__.py", "markdown/__meta__.py", "markdown/test_tools.py"),
+        # Markdown finds its extensions by name through its distribution's entry points: the
+        # sdist's egg-info, on sys.path with the source tree, gives them as an install would.
+        keep=tuple(
+            f"Markdown.egg-info/{name}"
+            for name in ("PKG-INFO", "entry_points.txt", "top_level.txt")
+        ),
     ),
 )
 DROPPED = {
@@ -130,6 +141,17 @@ DROPPED = {
 
 def lib_dir(suite_dir: Path, lib: Library) -> Path:
     return suite_dir / LIBS / lib.name
+
+
+def _chosen(names: list[str] | None) -> list[Library]:
+    """The libraries named (all when none are), in LIBRARIES order."""
+    known = {lib.name for lib in LIBRARIES}
+    unknown = sorted(set(names or ()) - known)
+    if unknown:
+        raise SystemExit(
+            f"no library {', '.join(unknown)}: choose from {', '.join(sorted(known))}."
+        )
+    return [lib for lib in LIBRARIES if not names or lib.name in names]
 
 
 # --- fetch -----------------------------------------------------------------------------------
@@ -153,10 +175,10 @@ def _sdist(lib: Library, tmp: str, cache: Path | None) -> Path:
     return archive
 
 
-def fetch(suite_dir: Path, cache: Path | None = None) -> None:
-    """Download each library's pinned sdist (or take it from `cache`, a directory of sdists
-    pip downloaded before) and keep its package, tests and licenses."""
-    for lib in LIBRARIES:
+def fetch(suite_dir: Path, names: list[str] | None = None, cache: Path | None = None) -> None:
+    """Download each library's pinned sdist (or of those named; or take it from `cache`, a
+    directory of sdists pip downloaded before) and keep its package, tests and licenses."""
+    for lib in _chosen(names):
         with tempfile.TemporaryDirectory(prefix="pypi-bugs-fetch-") as tmp:
             archive = _sdist(lib, tmp, cache)
             with tarfile.open(archive) as tar:
@@ -177,7 +199,8 @@ def fetch(suite_dir: Path, cache: Path | None = None) -> None:
                 if source.count(text) != 1:
                     raise SystemExit(f"{lib.name}: {rel} does not hold {text!r} exactly once.")
                 path.write_text(source.replace(text, replacement), encoding="utf-8")
-            for name in lib.licenses:
+            for name in lib.licenses + lib.keep:
+                (dest / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(root / name, dest / name)
             (dest / "pytest.ini").write_text(_pytest_ini(lib), encoding="utf-8")
         result = run_tests(dest)
@@ -474,8 +497,7 @@ def inject(suite_dir: Path, names: list[str] | None = None) -> None:
 
     Each library is tried in one worker process (`build.py _worker`) that imports pytest once
     and runs the suite in-process for every candidate: starting pytest is most of a run."""
-    by_name = {lib.name: lib for lib in LIBRARIES}
-    for lib in [by_name[name] for name in names] if names else LIBRARIES:
+    for lib in _chosen(names):
         with tempfile.TemporaryDirectory(prefix=f"pypi-bugs-{lib.name}-") as tmp:
             work = Path(tmp) / lib.name
             shutil.copytree(lib_dir(suite_dir, lib), work)
@@ -770,8 +792,11 @@ def tasks(suite_dir: Path) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["fetch"] and len(argv) <= 2:
-        fetch(SUITE_DIR, Path(argv[1]) if len(argv) == 2 else None)
+    if argv[:1] == ["fetch"]:
+        cache = None
+        if argv[1:2] == ["--cache"] and len(argv) >= 3:
+            cache, argv = Path(argv[2]), argv[:1] + argv[3:]
+        fetch(SUITE_DIR, argv[1:] or None, cache)
         return 0
     if argv[:1] == ["inject"]:
         inject(SUITE_DIR, argv[1:] or None)
