@@ -72,19 +72,7 @@ class FakeStreamingServer:
                 self.wfile.write(data)
 
             def stream(self, body: dict[str, Any], reply: Scripted) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.send_header("Connection", "close")
-                self.end_headers()
-                for number, chunk in enumerate(chunks(body, reply)):
-                    if reply.gate is not None and number == reply.gate_at:
-                        reply.gate.wait(60)
-                    if number and reply.delay:
-                        time.sleep(reply.delay)
-                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-                    self.wfile.flush()
-                self.wfile.write(b"data: [DONE]\n\n")
-                self.wfile.flush()
+                send_stream(self, body, reply)
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -100,6 +88,23 @@ class FakeStreamingServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def send_stream(handler: BaseHTTPRequestHandler, body: dict[str, Any], reply: Scripted) -> None:
+    """Answer `body` (a request that asked to stream) with `reply` as server-sent events."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", "text/event-stream")
+    handler.send_header("Connection", "close")
+    handler.end_headers()
+    for number, chunk in enumerate(chunks(body, reply)):
+        if reply.gate is not None and number == reply.gate_at:
+            reply.gate.wait(60)
+        if number and reply.delay:
+            time.sleep(reply.delay)
+        handler.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        handler.wfile.flush()
+    handler.wfile.write(b"data: [DONE]\n\n")
+    handler.wfile.flush()
 
 
 def _usage(reply: Scripted) -> dict[str, Any]:

@@ -64,3 +64,22 @@ def test_the_task_time_budget_stops_further_attempts(example_repo, tmp_path, mon
     assert len(result.attempts) == 1
     warnings = [e.data["message"] for e in events if e.type == "warning"]
     assert any("time budget (1 s) was used up after 1 of 2 attempts" in w for w in warnings)
+
+
+def test_a_used_up_budget_keeps_the_finish_summary_without_asking(example_repo, tmp_path):
+    # The agent's 1 s is gone after the fix's command (it sleeps 1.5 s): the attempt passed
+    # unfinished, and the summary is not asked for from the diff.
+    model = ScriptedModel(
+        [RIGHT.replace("inventory/export.py\n", "inventory/export.py; sleep 1.5\n")]
+    )
+    settings = load_settings(
+        {"sandbox": SANDBOX, "task_time_s": 1.0, "summary_from_diff": True, "max_turns": 2},
+        cwd=tmp_path,
+    )
+    task = Task(instruction="The CSV export drops the last row; fix it.", repo=str(example_repo))
+    result = run_task(task, settings, model=model)
+    events = read_events(run_dir_for(settings, task.task_id) / "events.jsonl")
+    assert result.status == "passed-unfinished" and len(model.seen) == 1
+    (written,) = [e for e in events if e.type == "summary.written"]
+    assert written.data["source"] == "finish" and written.data["error"] is None
+    assert written.data["reason"] == "the task's time budget was used up"

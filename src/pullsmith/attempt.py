@@ -71,6 +71,7 @@ TEST_OUTPUT_CHARS = 3000
 BEFORE_CPU_FACTOR = 3
 # Why a failed attempt keeps its finish summary (summary.written's `reason`).
 FAILED_REASON = "the tests fail after this change"
+BUDGET_REASON = "the task's time budget was used up"
 TRAILER = "Co-authored-by: pullsmith <pullsmith@users.noreply.local>"
 
 
@@ -446,12 +447,18 @@ class Attempt:
         if not settings.summary_from_diff:
             self.events.emit(SummaryWritten(source="finish", summary=finish, finish_summary=finish))
             return
+        # Not asked: a change the tests fail is not one to merge (best-of-N picks another, or
+        # the PR says the tests fail), and asking costs a fresh prompt (17-26 s here on the
+        # bundled model, minutes on a slow day), which a used-up time budget has no room for.
+        reason = None
         if result.status == "failed":
-            # Not a change to merge: best-of-N picks another, or the PR says the tests fail.
-            # Asking costs a fresh prompt (17-26 s here on the bundled model) per attempt.
+            reason = FAILED_REASON
+        elif self.deadline is not None and time.monotonic() >= self.deadline:
+            reason = BUDGET_REASON
+        if reason is not None:
             self.events.emit(
                 SummaryWritten(
-                    source="finish", summary=finish, finish_summary=finish, reason=FAILED_REASON
+                    source="finish", summary=finish, finish_summary=finish, reason=reason
                 )
             )
             return

@@ -30,7 +30,7 @@ BIG = "x" * 3000
 class CountingModel(ScriptedModel):
     """A scripted model whose usage counts the prompt as a real one would (~3 chars a token)."""
 
-    def complete(self, messages, temperature=None, tools=None, stop=None, seed=None):
+    def complete(self, messages, temperature=None, tools=None, stop=None, seed=None, on_text=None):
         reply = super().complete(messages, temperature, tools, stop, seed)
         chars = sum(len(m.get("content") or "") for m in messages)
         reply.usage = Usage(prompt_tokens=chars // 3, completion_tokens=len(reply.text) // 3)
@@ -38,7 +38,7 @@ class CountingModel(ScriptedModel):
 
 
 class FailingSummaryModel(CountingModel):
-    def complete(self, messages, temperature=None, tools=None, stop=None, seed=None):
+    def complete(self, messages, temperature=None, tools=None, stop=None, seed=None, on_text=None):
         if messages[-1]["content"] == SUMMARY_REQUEST:
             raise RuntimeError("the server went away")
         return super().complete(messages, temperature, tools, stop, seed)

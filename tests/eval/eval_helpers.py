@@ -9,6 +9,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from fake_openai_stream import Scripted, send_stream
+
 from pullsmith.models.base import Reply, Usage
 
 BUGGY_ADD = "def add(a, b):\n    return a - b\n"
@@ -130,6 +132,19 @@ class FakeOpenAIServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 time.sleep(delay_s)
                 reply = model.complete(body["messages"])
+                if body.get("stream"):
+                    usage = reply.usage
+                    send_stream(
+                        self,
+                        body,
+                        Scripted(
+                            [reply.text],
+                            prompt_tokens=usage.prompt_tokens,
+                            completion_tokens=usage.completion_tokens,
+                            cached_tokens=0,
+                        ),
+                    )
+                    return
                 data = json.dumps(
                     {
                         "id": "chatcmpl-fake",

@@ -31,7 +31,7 @@ class LookupModel(ScriptedModel):
         super().__init__([first])
         self.protocol = protocol
 
-    def complete(self, messages, temperature=None, tools=None, stop=None, seed=None):
+    def complete(self, messages, temperature=None, tools=None, stop=None, seed=None, on_text=None):
         if len(self.seen) == 1:  # the tool's answer is the last message now
             fixed = fix_from(messages[-1]["content"])
             heredoc = f"cat > inventory/export.py <<'EOF'\n{fixed}EOF"

@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fake_openai_stream import FakeStreamingServer, Scripted
 
-from pullsmith.agent.loop import Agent
+from pullsmith.agent.loop import Agent, AgentLimits, Outcome
 from pullsmith.agent.prompts import tools_system_prompt
 from pullsmith.agent.protocol import TOOLS
 from pullsmith.events import Event, EventLog, read_events
@@ -153,6 +154,16 @@ def test_the_agent_streams_each_reply_as_transient_events_only(tmp_path: Path, s
     assert json.loads(reply.data["tool_calls"][0]["arguments"]) == {"command": "echo hi"}
 
 
+def run_agent(model: OpenAIModel, events: EventLog, tmp_path: Path, **options: Any) -> Outcome:
+    """One run of the agent, unsandboxed in `tmp_path`; the log is closed after it."""
+    sandbox = make_sandbox("none", tmp_path)
+    try:
+        return Agent(model, sandbox, events, **options).run("system", "go")
+    finally:
+        sandbox.close()
+        events.close()
+
+
 def test_a_cancel_during_a_streamed_reply_closes_the_stream(tmp_path: Path, serve):
     server, model = serve(Scripted(pieces=[f"thinking {i}. " for i in range(400)], delay=0.01))
     events = EventLog("t1", tmp_path / "events.jsonl")
@@ -163,15 +174,22 @@ def test_a_cancel_during_a_streamed_reply_closes_the_stream(tmp_path: Path, serv
             cancel.set()  # Ctrl-C while the reply streams
 
     events.subscribe(listener, transient=True)
-    sandbox = make_sandbox("none", tmp_path)
-    agent = Agent(model, sandbox, events, stream=True, cancel=cancel)
-    try:
-        outcome = agent.run("system", "go")
-    finally:
-        sandbox.close()
-        events.close()
+    outcome = run_agent(model, events, tmp_path, stream=True, cancel=cancel)
     assert outcome.exit_reason == "cancelled" and outcome.turns == 0
     assert server.hung_up.wait(10)
+    logged = [e.type for e in read_events(tmp_path / "events.jsonl")]
+    assert logged == ["limit.reached"]
+
+
+def test_the_time_limit_ends_a_reply_while_it_is_written(tmp_path: Path, serve):
+    # Not streaming for listeners: the reply streams anyway, so the limit can stop it. The whole
+    # reply would take 400 x 0.02 s = 8 s; the limit is 1 s.
+    server, model = serve(Scripted(pieces=[f"thinking {i}. " for i in range(400)], delay=0.02))
+    events = EventLog("t1", tmp_path / "events.jsonl")
+    outcome = run_agent(model, events, tmp_path, limits=AgentLimits(max_time_s=1.0))
+    assert outcome.exit_reason == "time limit reached (1 s)" and outcome.turns == 0
+    assert server.requests[0]["stream"] is True
+    assert server.hung_up.wait(10)  # the server was told to stop generating
     logged = [e.type for e in read_events(tmp_path / "events.jsonl")]
     assert logged == ["limit.reached"]
 

@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from fake_openai_stream import Scripted, send_stream
 
 from pullsmith.agent.loop import Agent
 from pullsmith.agent.prompts import tools_system_prompt
@@ -65,6 +66,23 @@ class FakeServer:
                     self.send(status if status != 200 else 400, payload)
                     return
                 message = server.replies.pop(0)
+                if body.get("stream"):
+                    calls = [
+                        {
+                            **c,
+                            "name": c["function"]["name"],
+                            "arguments": [c["function"]["arguments"]],
+                        }
+                        for c in message.get("tool_calls", [])
+                    ]
+                    reply = Scripted(
+                        [message["content"]] if message.get("content") else [],
+                        tool_calls=calls,
+                        completion_tokens=5,
+                        cached_tokens=40,
+                    )
+                    send_stream(self, body, reply)
+                    return
                 self.send(
                     200,
                     {

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import EXAMPLES, bwrap_works, git
+from fake_openai_stream import Scripted, send_stream
 
 from pullsmith.config import Settings, load_settings
 from pullsmith.errors import UserError
@@ -309,6 +310,17 @@ OUTSIDE = (
 )
 
 
+def scripted(reply: str | dict, number: int) -> Scripted:
+    """A scripted reply (text, or {"tool_calls": [(name, arguments), ...]}) to stream."""
+    if isinstance(reply, str):
+        return Scripted([reply], completion_tokens=5)
+    calls = [
+        {"id": f"call_{number}_{n}", "name": name, "arguments": [json.dumps(args)]}
+        for n, (name, args) in enumerate(reply["tool_calls"])
+    ]
+    return Scripted(tool_calls=calls, completion_tokens=5)
+
+
 class ScriptedServer:
     """OpenAI-shaped chat completions answering with the next scripted reply.
 
@@ -328,6 +340,9 @@ class ScriptedServer:
                 request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.requests += 1
                 reply = server.replies.pop(0) if server.replies else FINISH
+                if request.get("stream"):
+                    send_stream(self, request, scripted(reply, server.requests))
+                    return
                 message: dict = {"role": "assistant", "content": reply}
                 if isinstance(reply, dict):
                     message = {

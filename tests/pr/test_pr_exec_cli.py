@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from conftest import git
 from fake_github import FakeGitHub
+from fake_openai_stream import Scripted, send_stream
 from pr_helpers import (
     EMPTY_TEST,
     FINISH_EMPTY,
@@ -52,6 +53,9 @@ class ScriptedServer:
                     self.wfile.write(data)
                     return
                 text = server.replies.pop(0) if server.replies else '```bash\nfinish "out"\n```'
+                if request.get("stream"):
+                    send_stream(self, request, Scripted([text], completion_tokens=5))
+                    return
                 body = json.dumps(
                     {
                         "id": f"chatcmpl-{len(server.prompts)}",

@@ -27,6 +27,7 @@ same in both; the history is append-only in both (llama.cpp reuses its prompt ca
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -285,7 +286,9 @@ class Agent:
     def step(self) -> None:
         """One turn: ask, record, parse, run, observe; whatever ends it early is raised."""
         self._check_limits()
-        on_text = self._delta if self.stream else None
+        # Streamed for the listeners, and so the time limit can end a reply while it is being
+        # written: on a slow machine one reply can take minutes.
+        on_text = self._delta if self.stream or self._timed() else None
         reply = self.wire.ask(self.model, self.messages, self._temperature(), on_text)
         repeated = self._said_before(reply)
         self._record(reply)
@@ -399,11 +402,21 @@ class Agent:
         return min(1.0, 0.5 + 0.2 * self.repeats) if self.repeats else None
 
     def _delta(self, text: str) -> None:
-        """A piece of the reply being streamed: a transient event for the listeners; a cancel
-        ends the reply here (the model closes its stream)."""
+        """A piece of the reply being streamed: a transient event for the listeners (when
+        streaming); a cancel, or the time limit passing, ends the reply here (the model closes
+        its stream, and the server stops generating)."""
         if self._cancelled():
             raise Cancelled()
-        self.events.transient("model.delta", turn=self.turns + 1, text=text)
+        self._check_time()
+        if self.stream:
+            self.events.transient("model.delta", turn=self.turns + 1, text=text)
+
+    def _timed(self) -> bool:
+        return math.isfinite(self.limits.max_time_s)
+
+    def _check_time(self) -> None:
+        if time.monotonic() - self._started > self.limits.max_time_s:
+            raise LimitReached(f"time limit reached ({self.limits.max_time_s:.0f} s)")
 
     def _said_before(self, reply: Reply) -> bool:
         message = assistant_message(reply)
@@ -468,8 +481,7 @@ class Agent:
         limits = self.limits
         if self.turns >= limits.max_turns:
             raise LimitReached(f"turn limit reached ({limits.max_turns} turns)")
-        if time.monotonic() - self._started > limits.max_time_s:
-            raise LimitReached(f"time limit reached ({limits.max_time_s:.0f} s)")
+        self._check_time()
         if self.usage.total_tokens >= limits.max_tokens:
             raise LimitReached(f"token limit reached ({limits.max_tokens} tokens)")
         cost = self.cost_usd
