@@ -157,7 +157,7 @@ def test_cancel_set_from_another_thread_while_the_model_writes(tmp_path):
     model = SlowModel(["```bash\nls\n```", "```bash\npwd\n```", "never asked for"])
     sandbox = RecordingSandbox()
     outcome = Agent(model, sandbox, events, cancel=cancel).run("system", "task")
-    # The reply being written when the event was set ends there (replies stream whenever a
-    # time limit applies); its command never runs.
+    # The reply being written when the event was set ends there (replies always stream);
+    # its command never runs.
     assert outcome.exit_reason == "cancelled" and outcome.turns == 1
     assert sandbox.commands == ["ls"] and model.replies == ["never asked for"]

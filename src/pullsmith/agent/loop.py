@@ -27,7 +27,6 @@ same in both; the history is append-only in both (llama.cpp reuses its prompt ca
 from __future__ import annotations
 
 import json
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -286,10 +285,10 @@ class Agent:
     def step(self) -> None:
         """One turn: ask, record, parse, run, observe; whatever ends it early is raised."""
         self._check_limits()
-        # Streamed for the listeners, and so the time limit can end a reply while it is being
-        # written: on a slow machine one reply can take minutes.
-        on_text = self._delta if self.stream or self._timed() else None
-        reply = self.wire.ask(self.model, self.messages, self._temperature(), on_text)
+        # Always streamed: for the listeners when `stream` is set, and so that the time limit
+        # and a cancel can end a reply while it is written (on a slow machine one reply can take
+        # minutes; streamed, the client's timeout is per piece, not per reply).
+        reply = self.wire.ask(self.model, self.messages, self._temperature(), self._delta)
         repeated = self._said_before(reply)
         self._record(reply)
         action = self.wire.parse(reply)
@@ -410,9 +409,6 @@ class Agent:
         self._check_time()
         if self.stream:
             self.events.transient("model.delta", turn=self.turns + 1, text=text)
-
-    def _timed(self) -> bool:
-        return math.isfinite(self.limits.max_time_s)
 
     def _check_time(self) -> None:
         if time.monotonic() - self._started > self.limits.max_time_s:
