@@ -16,6 +16,7 @@ def test_csv_has_every_row():
     lines = text.splitlines()
     assert lines[0] == "sku,name,stock"
     assert lines[1:] == ["A-1,bolt,120", "A-2,nut,80", "B-7,washer,15"]
+    assert text.endswith("\n"), "the last line ends with a newline, as every line does"
 
 
 def test_total_stock():
