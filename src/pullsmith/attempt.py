@@ -479,7 +479,7 @@ class Attempt:
                 (result.shrink or {}).get("dropped"),
             )
             try:
-                written = write_summary(self.model, messages)
+                written = write_summary(self.model, messages, self._summary_deadline)
             except Exception as exc:  # any failure of the model: the finish summary stays
                 error = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
             else:
@@ -504,6 +504,14 @@ class Attempt:
         self.events.emit(
             SummaryWritten(source="finish", summary=finish, finish_summary=finish, error=error)
         )
+
+    def _summary_deadline(self, _text: str) -> None:
+        """Given each piece of the summary as it streams: a cancel, or the task's time budget
+        running out, ends it there (the finish summary stays)."""
+        if self.cancel.is_set():
+            raise InterruptedError("the attempt was cancelled while the summary was written")
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise TimeoutError(f"{BUDGET_REASON} while the summary was written")
 
     def _shrink(
         self,

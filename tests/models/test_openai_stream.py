@@ -12,9 +12,11 @@ from typing import Any
 import pytest
 from fake_openai_stream import FakeStreamingServer, Scripted
 
-from pullsmith.agent.loop import Agent, AgentLimits, Outcome
+from pullsmith.agent.compaction import compact
+from pullsmith.agent.loop import Agent, AgentLimits, Cancelled, Outcome
 from pullsmith.agent.prompts import tools_system_prompt
-from pullsmith.agent.protocol import TOOLS
+from pullsmith.agent.protocol import TOOLS, protocol_for
+from pullsmith.agent.summary import write_summary
 from pullsmith.events import Event, EventLog, read_events
 from pullsmith.models.openai_compat import ModelError, OpenAIModel
 from pullsmith.sandbox import make_sandbox
@@ -61,6 +63,48 @@ def test_without_on_text_nothing_is_streamed(serve):
     reply = model.complete(HI)
     assert reply.text == "plain answer" and reply.usage.completion_tokens == 7
     assert "stream" not in server.requests[0] and "stream_options" not in server.requests[0]
+
+
+def test_a_streaming_model_streams_even_when_nobody_reads_the_pieces(serve):
+    # The bundled model's requests: the client's timeout is then the silence between pieces.
+    server, _ = serve(Scripted(pieces=["plain ", "answer"]))
+    model = OpenAIModel(model="local", base_url=server.base_url, api_key="k", stream=True)
+    reply = model.complete(HI)
+    assert reply.text == "plain answer" and reply.usage.completion_tokens == 7
+    assert server.requests[0]["stream"] is True
+
+
+def test_a_summary_past_its_deadline_is_stopped_while_it_is_written(serve):
+    server, model = serve(Scripted(pieces=[f"changed {i}. " for i in range(400)], delay=0.01))
+    seen: list[str] = []
+
+    def deadline(piece: str) -> None:
+        seen.append(piece)
+        if len(seen) == 2:
+            raise TimeoutError("the task's time budget was used up while the summary was written")
+
+    with pytest.raises(TimeoutError):
+        write_summary(model, HI, deadline)
+    assert server.requests[0]["stream"] is True
+    assert server.hung_up.wait(10)
+
+
+def test_a_compaction_stopped_while_it_streams_falls_back_to_pullsmiths_own_summary(serve):
+    server, model = serve(Scripted(pieces=[f"summary {i}. " for i in range(400)], delay=0.01))
+    messages = [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "task"},
+        {"role": "assistant", "content": "```bash\ncat setup.py\n```"},
+        {"role": "user", "content": "exit code 0\n```\nfrom setuptools import setup\n```"},
+    ]
+
+    def stop(_piece: str) -> None:
+        raise Cancelled()
+
+    done = compact(model, messages, protocol_for("text"), on_text=stop)
+    assert done.fallback.startswith("the summary request failed")
+    assert "cat setup.py" in done.messages[2]["content"]
+    assert server.hung_up.wait(10)
 
 
 def test_tool_calls_streamed_in_pieces_are_put_together(serve):

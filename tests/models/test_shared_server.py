@@ -119,6 +119,7 @@ def test_open_model_uses_the_given_server_and_never_starts_or_stops_one(
     assert model.base_url == url
     assert model.extra_body == LLAMA_CPP_EXTRA
     assert model.seed == 7
+    assert model.stream is True  # a long reply is not cut at the client's timeout
     model.close()
     assert starts == ([], [])
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,6 +93,7 @@ def compact(
     temperature: float | None = None,
     window: int | None = None,
     tokens_per_char: float | None = None,
+    on_text: Callable[[str], None] | None = None,
 ) -> Compaction:
     """Replace the older turns of `messages` by a summary the model writes.
 
@@ -100,7 +102,8 @@ def compact(
     be dropped). The last `keep_turns` turns stay as they are (fewer when there are not more
     than that; at least one turn is always dropped). Raises CompactionError when there is no
     turn to drop. A summary call that fails, or a reply with no text, falls back to a summary
-    pullsmith writes itself from the dropped commands (`fallback` says why).
+    pullsmith writes itself from the dropped commands (`fallback` says why); so does one that
+    `on_text`, given each piece of the reply as it streams, stops (a cancel, a time limit).
     """
     turns = turns_of(messages)
     if not turns:
@@ -123,6 +126,8 @@ def compact(
     else:
         request = [*messages[:shown], asked]
         options = {k: v for k, v in wire.request().items() if k != "stop"}
+        if on_text is not None:
+            options["on_text"] = on_text
         try:
             reply: Reply = model.complete(request, temperature=temperature, **options)
             answered = {"role": "assistant", "content": reply.text}

@@ -404,11 +404,15 @@ class Agent:
         """A piece of the reply being streamed: a transient event for the listeners (when
         streaming); a cancel, or the time limit passing, ends the reply here (the model closes
         its stream, and the server stops generating)."""
+        self._guard(text)
+        if self.stream:
+            self.events.transient("model.delta", turn=self.turns + 1, text=text)
+
+    def _guard(self, _text: str) -> None:
+        """Given each piece of a reply (or of a compaction's summary) as it streams."""
         if self._cancelled():
             raise Cancelled()
         self._check_time()
-        if self.stream:
-            self.events.transient("model.delta", turn=self.turns + 1, text=text)
 
     def _check_time(self) -> None:
         if time.monotonic() - self._started > self.limits.max_time_s:
@@ -524,6 +528,7 @@ class Agent:
             keep_turns=self.limits.keep_turns,
             window=self.limits.context_tokens,
             tokens_per_char=self._tokens_per_char if self._measured else None,
+            on_text=self._guard,
         )
         if self._own_from:
             own_end = done.at + done.dropped_messages

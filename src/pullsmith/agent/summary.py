@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,11 +123,17 @@ def clean_summary(text: str) -> str:
     return text
 
 
-def write_summary(model: Model, messages: list[dict[str, str]]) -> Written:
-    """Ask `model` for the summary; raises whatever the model raises, and ValueError when the
-    reply holds no summary."""
+def write_summary(
+    model: Model,
+    messages: list[dict[str, str]],
+    on_text: Callable[[str], None] | None = None,
+) -> Written:
+    """Ask `model` for the summary; raises whatever the model (or `on_text`, given each piece
+    of the reply as it streams: a deadline) raises, and ValueError when the reply holds no
+    summary."""
     started = time.monotonic()
-    reply = model.complete(messages, temperature=0.0)  # type: ignore[arg-type]
+    streamed: dict[str, Any] = {"on_text": on_text} if on_text is not None else {}
+    reply = model.complete(messages, temperature=0.0, **streamed)  # type: ignore[arg-type]
     seconds = reply.duration_s or (time.monotonic() - started)
     text = clean_summary(reply.text)
     if not text:

@@ -75,6 +75,7 @@ def open_model(settings: Settings, log_path: Path | None = None, progress: bool 
             model=LOCAL_MODEL_NAME,
             base_url=settings.local_server_url,
             extra_body=LLAMA_CPP_EXTRA,
+            stream=True,
             **common,
         )
     from pullsmith.models.local import ensure_model, find_running_server, start_local_server
@@ -82,7 +83,11 @@ def open_model(settings: Settings, log_path: Path | None = None, progress: bool 
     running = find_running_server()
     if running:
         return OpenAIModel(
-            model=LOCAL_MODEL_NAME, base_url=running, extra_body=LLAMA_CPP_EXTRA, **common
+            model=LOCAL_MODEL_NAME,
+            base_url=running,
+            extra_body=LLAMA_CPP_EXTRA,
+            stream=True,
+            **common,
         )
     path = ensure_model(progress=progress)
     server = start_local_server(
@@ -98,5 +103,6 @@ def open_model(settings: Settings, log_path: Path | None = None, progress: bool 
         model=LOCAL_MODEL_NAME,
         base_url=server.base_url,
         extra_body=LLAMA_CPP_EXTRA,
+        stream=True,
         **common,
     )

@@ -41,8 +41,13 @@ class OpenAIModel:
         max_reply_tokens: int = 2048,
         timeout_s: float = 600.0,
         extra_body: dict[str, Any] | None = None,
+        stream: bool = False,
     ) -> None:
         self.name = model
+        # Stream every request, read or not: the client's timeout is then the longest silence
+        # between two pieces, not the whole reply, which a slow local server can take longer
+        # to write than that (and the SDK would send it again, twice, from the start).
+        self.stream = stream
         self.base_url = base_url
         self.temperature = temperature
         self.seed = seed
@@ -68,6 +73,8 @@ class OpenAIModel:
         on_text: Callable[[str], None] | None = None,
     ) -> Reply:
         started = time.monotonic()
+        if on_text is None and self.stream:
+            on_text = _ignore
         kwargs: dict[str, Any] = {
             "model": self.name,
             "messages": messages,
@@ -210,6 +217,10 @@ class OpenAIModel:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _ignore(_text: str) -> None:
+    """The pieces of a reply streamed only so that a long one is not timed out."""
 
 
 def _tool_calls(message: Any) -> list[dict[str, Any]]:
