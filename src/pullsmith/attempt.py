@@ -24,7 +24,7 @@ from pullsmith.agent.failures import (
     parse_test_output,
     summarize,
 )
-from pullsmith.agent.feedback import ChangeReporter
+from pullsmith.agent.feedback import ChangeReporter, RewriteGuard
 from pullsmith.agent.loop import Agent, AgentLimits, Approve, Outcome, clip
 from pullsmith.agent.prompts import (
     TaskContext,
@@ -371,6 +371,7 @@ class Attempt:
         )
         mcp = self._start_mcp(sandbox, workspace)
         mcp_tools = mcp.tools if mcp is not None else []
+        edit_forms = resolve_edit_forms(self.settings.edit_forms, self.settings.model_name)
         agent = Agent(
             self.model,
             sandbox,
@@ -393,9 +394,9 @@ class Attempt:
             approve=self.approve,
             outside_sandbox=outside,
             stream=self.settings.stream_replies,
+            check_command=RewriteGuard(workspace.path, self.events, edit_forms),
         )
         try:
-            edit_forms = resolve_edit_forms(self.settings.edit_forms, self.settings.model_name)
             system, first = prompts_for(agent.protocol, context, edit_forms, mcp_tools)
             self.first_message = first
             if history:

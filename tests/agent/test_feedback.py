@@ -8,9 +8,15 @@ import pytest
 from conftest import ScriptedModel
 from test_loop import RecordingSandbox
 
-from pullsmith.agent.feedback import EDIT_FEEDBACK_CHARS, WRITES_FILES, ChangeReporter
+from pullsmith.agent.feedback import (
+    EDIT_FEEDBACK_CHARS,
+    WRITES_FILES,
+    ChangeReporter,
+    RewriteGuard,
+)
 from pullsmith.agent.loop import Agent
 from pullsmith.events import EventLog, read_events
+from pullsmith.sandbox import make_sandbox
 from pullsmith.sandbox.base import CommandResult
 
 
@@ -188,3 +194,75 @@ def test_the_reporter_is_the_agents_after_command_hook(tmp_path):
     assert answer["content"].endswith(
         "call the `finish` tool with one sentence saying what you changed."
     )
+
+
+# --------------------------------------------------------------------------------------------
+# RewriteGuard: a whole-file rewrite that would wreck the file is refused before it runs
+
+LONG = "".join(f"def f{i}():\n    return {i}\n\n" for i in range(40))  # 120 lines
+
+
+def rewrite(path: str, body: str) -> str:
+    return f"cat > {path} <<'EOF'\n{body}EOF\npython -c 'import m'"
+
+
+def guard(tmp_path, forms=("whole-file", "replace-function")):
+    (tmp_path / "m.py").write_text(LONG)
+    (tmp_path / "short.py").write_text("x = 1\n")
+    events = EventLog("t1", tmp_path / "events.jsonl")
+    return RewriteGuard(tmp_path, events, forms), events
+
+
+def test_a_rewrite_that_drops_most_of_a_long_file_is_refused(tmp_path):
+    check, events = guard(tmp_path)
+    said = check(rewrite("m.py", "def f7():\n    return 8\n"))
+    assert said is not None and said.startswith("I did not run that command:")
+    assert "replace the 120 lines of m.py with 2" in said and "`replace_function`" in said
+    events.close()
+    edit = next(e for e in read_events(tmp_path / "events.jsonl") if e.type == "edit")
+    assert (edit.data["form"], edit.data["ok"]) == ("whole-file", False)
+
+
+def test_a_rewrite_that_keeps_the_file_or_writes_a_short_or_new_one_runs(tmp_path):
+    check, _ = guard(tmp_path)
+    assert check(rewrite("m.py", LONG.replace("return 7", "return 8"))) is None
+    assert check(rewrite("short.py", "x = 2\n")) is None
+    assert check(rewrite("new.py", "y = 1\n")) is None
+    assert check("cat >> m.py <<'EOF'\nz = 1\nEOF") is None  # an append keeps what is there
+    assert check(rewrite("../outside.py", "y = 1\n")) is None  # not ours to judge
+
+
+def test_the_prompts_placeholder_is_never_written(tmp_path):
+    check, _ = guard(tmp_path, forms=("whole-file",))
+    said = check(rewrite("short.py", "<the complete new content of the file>\n"))
+    assert said is not None and "placeholder" in said and "short.py" in said
+
+
+def test_only_whole_file_taught_suggests_sed(tmp_path):
+    check, _ = guard(tmp_path, forms=("whole-file",))
+    said = check(rewrite("m.py", "x = 1\n"))
+    assert said is not None and "`sed -i` on the lines at fault" in said
+
+
+def test_the_agent_does_not_run_a_refused_rewrite_and_the_file_stays_whole(tmp_path):
+    check, events = guard(tmp_path)
+    truncating = (
+        "I will fix f7.\n```bash\n" + rewrite("m.py", "def f7():\n    return 8\n") + "\n```"
+    )
+    fixing = "Only that line then.\n```bash\nsed -i 's/return 7$/return 8/' m.py\n```"
+    done = '```bash\nfinish "f7 returns 8"\n```'
+    model = ScriptedModel([truncating, fixing, done])
+    sandbox = make_sandbox("none", tmp_path)
+    try:
+        agent = Agent(model, sandbox, events, check_command=check)
+        outcome = agent.run("system", "task")
+    finally:
+        sandbox.close()
+        events.close()
+    assert outcome.finished
+    told = model.seen[1][-1]["content"]
+    assert told.startswith("I did not run that command: it would replace the 120 lines of m.py")
+    text = (tmp_path / "m.py").read_text()
+    assert text == LONG.replace("return 7\n", "return 8\n")
+    started = [e.data.get("command") for e in read_events(tmp_path / "events.jsonl")]
+    assert not any("cat > m.py" in (c or "") for c in started)

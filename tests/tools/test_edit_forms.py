@@ -17,6 +17,7 @@ from pullsmith.tools.edit_forms import (
     EditUse,
     classify,
     scan,
+    whole_file_writes,
 )
 from pullsmith.tools.replace_function import ReplaceFunctionError, replace_function
 from pullsmith.tools.search_replace import SearchReplaceError, search_replace
@@ -409,3 +410,14 @@ def test_classify_real_bash_runs(tmp_path, command, expected):
     (tmp_path / "m.py").write_text("def f():\n    return 1\n")
     exit_code, output = run_bash(command, tmp_path)
     assert forms(command, exit_code, output) == expected, output
+
+
+def test_whole_file_writes_gives_each_replaced_file_and_its_heredoc():
+    command = (
+        "cat > a.py <<'EOF'\nx = 1\ny = 2\nEOF\n"
+        "cat >> b.py <<EOF\nappended\nEOF\n"
+        "cat <<-X > c.py\n\tq\nX\n"
+        "echo 'cat > d.py <<EOF' && printf 'z' > e.py\n"
+        "cat > f.py <<'EOF'\nnever ended\n"
+    )
+    assert whole_file_writes(command) == [("a.py", "x = 1\ny = 2\n"), ("c.py", "q\n")]

@@ -101,6 +101,10 @@ class CommandRefused(Interruption):
         self.reason = why
 
 
+class CommandBlocked(Interruption):
+    """The command was not run: `check_command` said why (a rewrite that would wreck a file)."""
+
+
 class FinishRejected(Interruption):
     """The verifier refused a finish: `reason` in its words, `message` clipped for the model."""
 
@@ -202,6 +206,7 @@ class Agent:
         approve: Approve | None = None,
         outside_sandbox: Sandbox | None = None,
         stream: bool = False,
+        check_command: Callable[[str], str | None] | None = None,
     ) -> None:
         self.wire = protocol_for(protocol) if isinstance(protocol, str) else protocol
         self.protocol = self.wire.name  # the name ("text" or "tools"), which prompts_for takes
@@ -211,6 +216,8 @@ class Agent:
         self.limits = limits or AgentLimits()
         self.verify = verify
         self.after_command = after_command
+        # Asked before a command runs; what it returns is why it must not (see CommandBlocked).
+        self.check_command = check_command
         self.history_path = history_path
         self.cancel = cancel
         self.pricing = pricing
@@ -298,6 +305,10 @@ class Agent:
         if action.mcp is not None:
             self.answer(self._observe_mcp(self.execute_mcp(action.mcp), action.note))
             return
+        if action.command and self.check_command is not None:
+            blocked = self.check_command(action.command)
+            if blocked:
+                raise CommandBlocked(blocked)
         result = self.execute(action.command) if action.command else None
         if not action.finish:
             assert result is not None  # every action but a finish has a command

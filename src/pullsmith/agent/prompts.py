@@ -16,13 +16,16 @@ in a sandbox (the current directory is the repository root; there is no network)
 its exit code and output. Then you write your next reply.
 """
 
+# What stands for the file's content in the whole-file example (small models copy it).
+WHOLE_FILE_PLACEHOLDER = "<the complete new content of the file>"
+
 # How to change files, one paragraph per edit form; a model's profile picks which are taught.
 EDIT_FORM_HELP = {
-    "whole-file": """\
+    "whole-file": f"""\
 Rewrite the whole file with a heredoc (best for a short file):
 ```bash
 cat > path/to/file.py <<'EOF'
-<the complete new content of the file>
+{WHOLE_FILE_PLACEHOLDER}
 EOF
 ```""",
     "replace-function": """\

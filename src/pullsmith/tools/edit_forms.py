@@ -87,6 +87,7 @@ class EditUse:
 class _Heredoc:
     delimiter: str
     terminated: bool
+    body: str = ""
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,8 @@ class _Use:
     detail: str
     heredocs: tuple[int, ...] = ()
     target: str = ""
+    # The first target is appended to (>>), not replaced.
+    appends: bool = False
 
 
 # --------------------------------------------------------------------------- scanning
@@ -119,6 +122,7 @@ def scan(command: str) -> tuple[str, list[_Heredoc]]:
             i += 1
             for delimiter, strip_tabs in pending:
                 terminated = False
+                body: list[str] = []
                 while i < n:
                     end = command.find("\n", i)
                     end = n if end < 0 else end
@@ -127,7 +131,8 @@ def scan(command: str) -> tuple[str, list[_Heredoc]]:
                     if (line.lstrip("\t") if strip_tabs else line) == delimiter:
                         terminated = True
                         break
-                heredocs.append(_Heredoc(delimiter, terminated))
+                    body.append(line.lstrip("\t") if strip_tabs else line)
+                heredocs.append(_Heredoc(delimiter, terminated, "".join(f"{b}\n" for b in body)))
             pending = []
         elif c == "\\":
             out.append(" " if command[i + 1 : i + 2] == "\n" else "_")
@@ -207,18 +212,20 @@ def _uses(skeleton: str) -> list[_Use]:
             if args[1].startswith("pullsmith.tools.") and module in TOOLS and not asks_help:
                 uses.append(_Use(TOOLS[module], module, heredocs))
         elif name in _WHOLE_FILE_WRITERS:
-            targets = [
-                _unquote(target)
+            written = [
+                (_unquote(target), op == ">>")
                 for fd, op, target in redirects
                 if op in (">", ">>", ">|") and fd in ("", "1", "&") and _is_file(target)
             ]
+            targets = [target for target, _ in written]
+            appends = bool(written) and written[0][1]
             if name == "tee":
                 files = [_unquote(a) for a in args if not a.startswith("-")]
                 targets = [f for f in files if _is_file(f)] + targets
             has_input = any(op.startswith("<<") for _, op, _ in redirects)
             if targets and (name != "cat" or has_input):
                 detail = f"tee {targets[0]}" if name == "tee" else f"{name} > {targets[0]}"
-                uses.append(_Use("whole-file", detail, heredocs, targets[0]))
+                uses.append(_Use("whole-file", detail, heredocs, targets[0], appends))
         else:
             names = [w.rpartition("/")[2] for w in words]
             if "sed" in names:  # also under find -exec, xargs and the like
@@ -231,6 +238,21 @@ def _uses(skeleton: str) -> list[_Use]:
 def _is_file(target: str) -> bool:
     target = _unquote(target)
     return bool(target) and not target.startswith(("&", "/dev/")) and not target.isdigit()
+
+
+def whole_file_writes(command: str) -> list[tuple[str, str]]:
+    """(path, content) of each file `command` replaces with a terminated here-document
+    (``cat > f <<'EOF' ... EOF``), in order; appends and other writers are not included."""
+    skeleton, heredocs = scan(command)
+    return [
+        (use.target, heredocs[use.heredocs[0]].body)
+        for use in _uses(skeleton)
+        if use.form == "whole-file"
+        and use.detail.startswith("cat ")
+        and not use.appends
+        and len(use.heredocs) == 1
+        and heredocs[use.heredocs[0]].terminated
+    ]
 
 
 # --------------------------------------------------------------------------- judging
