@@ -81,6 +81,9 @@ def isolated_home(tmp_path_factory, monkeypatch):
     # Scripted models answer the agent's turns; the tests of the summary written from the final
     # diff (tests/test_summary.py) turn it on and script that reply too.
     monkeypatch.setenv("PULLSMITH_SUMMARY_FROM_DIFF", "false")
+    # Likewise direct repair, which would ask before the agent's turns (tests/agent/
+    # test_repair.py turns it on).
+    monkeypatch.setenv("PULLSMITH_REPAIR", "false")
     return home
 
 

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,8 +35,9 @@ from pullsmith.agent.prompts import (
     tests_still_fail,
 )
 from pullsmith.agent.protocol import protocol_for
+from pullsmith.agent.repair import RepairTry, direct_repair, repair_candidates
 from pullsmith.agent.summary import summary_request, write_summary
-from pullsmith.config import Settings
+from pullsmith.config import MIN_ATTEMPT_S, Settings
 from pullsmith.errors import UserError
 from pullsmith.events import (
     AttemptFinished,
@@ -44,6 +46,7 @@ from pullsmith.events import (
     ErrorEvent,
     EventLog,
     RanTests,
+    RepairTried,
     SetupRan,
     SetupStarted,
     StartedTests,
@@ -364,57 +367,37 @@ class Attempt:
 
         protocol = self._protocol()
         history = self._history()
-        outside = (
-            make_sandbox("none", workspace.path, agent_policy(self.settings), cancel=self.cancel)
-            if self.approve is not None
-            else None
-        )
         mcp = self._start_mcp(sandbox, workspace)
         mcp_tools = mcp.tools if mcp is not None else []
         edit_forms = resolve_edit_forms(self.settings.edit_forms, self.settings.model_name)
-        agent = Agent(
-            self.model,
-            sandbox,
-            self.events,
-            limits=self._agent_limits(),
-            verify=verify,
-            history_path=self.run_dir / "history.json",
-            after_command=ChangeReporter(
+        system, first = prompts_for(protocol, context, edit_forms, mcp_tools)
+        self.first_message = first
+        if self.task.retry is not None and self.task.retry.first_message:
+            first = self.task.retry.first_message
+        repaired = None
+        if history:
+            first = continuation_message(context)
+        elif protocol == "text":
+            repaired = self._repair(workspace, sandbox, test_command, before, system, first)
+        if repaired is not None and repaired.tests is not None:
+            # No finish summary: the model wrote a function, not words (the summary from the
+            # diff says what changed; the repair.tried events, what was asked).
+            outcome = Outcome(True, "repaired")
+            checked[:] = [(repaired.tests, workspace.diff())]
+        else:
+            outcome = self._agent_run(
                 workspace,
-                self.events,
+                sandbox,
                 test_command,
-                lambda: self._run_tests(sandbox, test_command, "edit"),
                 protocol,
-                test_limit=self.limit_words(),
-            ),
-            protocol=protocol_for(protocol, mcp_tools),
-            cancel=self.cancel,
-            pricing=self.pricing,
-            call_mcp=mcp.call if mcp is not None else None,
-            approve=self.approve,
-            outside_sandbox=outside,
-            stream=self.settings.stream_replies,
-            check_command=RewriteGuard(workspace.path, self.events, edit_forms),
-        )
-        try:
-            system, first = prompts_for(agent.protocol, context, edit_forms, mcp_tools)
-            self.first_message = first
-            if history:
-                first = continuation_message(context)
-            elif self.task.retry is not None:
-                # After the first message attempt 1 was sent, verbatim (the model server has
-                # it cached), what the earlier attempts changed and that the tests still failed.
-                retry = self.task.retry
-                first = retry_message(
-                    retry.first_message or first, retry.earlier, closing_for(agent.protocol)
-                )
-            outcome = agent.run(system, first, history=history)
-        finally:
-            if outside is not None:
-                outside.close()
-            result.turns = agent.turns
-            result.usage = agent.usage
-            result.model_seconds = round(agent.model_seconds, 3)
+                mcp,
+                edit_forms,
+                system,
+                first,
+                history,
+                verify,
+                result,
+            )
         result.summary = outcome.summary
         result.exit_reason = outcome.exit_reason
         if self.cancel.is_set():
@@ -431,6 +414,126 @@ class Attempt:
         result.status = "cancelled" if self.cancel.is_set() else self._status(outcome, after)
         if result.status != "cancelled":
             self._summarize(workspace, result)
+
+    def _agent_run(
+        self,
+        workspace: Workspace,
+        sandbox: Sandbox,
+        test_command: str | None,
+        protocol: str,
+        mcp: McpHub | None,
+        edit_forms: tuple[str, ...],
+        system: str,
+        first: str,
+        history: list[dict] | None,
+        verify: Callable[[], str | None],
+        result: AttemptResult,
+    ) -> Outcome:
+        """The agent's turns, from `first` (attempt 1's first message; a later attempt's
+        account of the earlier ones follows it, a follow-up's next request replaces it)."""
+        assert self.model is not None
+        outside = (
+            make_sandbox("none", workspace.path, agent_policy(self.settings), cancel=self.cancel)
+            if self.approve is not None
+            else None
+        )
+        agent = Agent(
+            self.model,
+            sandbox,
+            self.events,
+            limits=self._agent_limits(result),
+            verify=verify,
+            history_path=self.run_dir / "history.json",
+            after_command=ChangeReporter(
+                workspace,
+                self.events,
+                test_command,
+                lambda: self._run_tests(sandbox, test_command, "edit"),
+                protocol,
+                test_limit=self.limit_words(),
+            ),
+            protocol=protocol_for(protocol, mcp.tools if mcp is not None else []),
+            cancel=self.cancel,
+            pricing=self.pricing,
+            call_mcp=mcp.call if mcp is not None else None,
+            approve=self.approve,
+            outside_sandbox=outside,
+            stream=self.settings.stream_replies,
+            check_command=RewriteGuard(workspace.path, self.events, edit_forms),
+        )
+        if not history and self.task.retry is not None:
+            # After the first message attempt 1 was sent, verbatim (the model server has it
+            # cached), what the earlier attempts changed and that the tests still failed.
+            first = retry_message(first, self.task.retry.earlier, closing_for(agent.protocol))
+        try:
+            return agent.run(system, first, history=history)
+        finally:
+            if outside is not None:
+                outside.close()
+            result.turns = agent.turns
+            result.usage.add(agent.usage)
+            result.model_seconds = round(result.model_seconds + agent.model_seconds, 3)
+
+    def _repair(
+        self,
+        workspace: Workspace,
+        sandbox: Sandbox,
+        test_command: str | None,
+        before: TestRun | None,
+        system: str,
+        first: str,
+    ) -> RepairTry | None:
+        """Direct repair (agent/repair.py) before the agent's turns, when it is on and the run
+        before failed with failures pullsmith understood: the try whose change the tests pass
+        (kept in the worktree), or None (the worktree as it was). Each try is a repair.tried
+        event; its model use counts in the attempt's."""
+        s = self.settings
+        result = self.result
+        assert result is not None and self.model is not None
+        if not s.repair or not test_command or before is None or before.passed:
+            return None
+        report = parse_test_output(workspace.path, before.output)
+        candidates = repair_candidates(workspace.path, report, s.repair_candidates)
+        if not candidates:
+            return None
+        # The agent keeps a turn's worth of the task's budget.
+        deadline = self.deadline - MIN_ATTEMPT_S if self.deadline is not None else None
+
+        def record(one: RepairTry) -> None:
+            result.usage.add(one.usage)
+            result.model_seconds = round(result.model_seconds + one.seconds, 3)
+            c = one.candidate
+            self.events.emit(
+                RepairTried(
+                    path=c.path,
+                    function=c.name,
+                    rank=c.rank,
+                    outcome=one.outcome,
+                    detail=one.detail,
+                    seconds=one.seconds,
+                    prompt_tokens=one.usage.prompt_tokens,
+                    completion_tokens=one.usage.completion_tokens,
+                    cached_tokens=one.usage.cached_tokens,
+                    test_event=one.tests.event_id if one.tests is not None else None,
+                )
+            )
+
+        repaired = direct_repair(
+            self.model,
+            [{"role": "system", "content": system}, {"role": "user", "content": first}],
+            workspace.path,
+            candidates,
+            lambda: self._run_tests(sandbox, test_command, "repair"),
+            budget_s=s.repair_max_s,
+            deadline=deadline,
+            on_text=self._repair_guard,
+            on_try=record,
+        )
+        return repaired.passed
+
+    def _repair_guard(self, _text: str) -> None:
+        if self.cancel.is_set():
+            raise InterruptedError("the attempt was cancelled during direct repair")
 
     def _summarize(self, workspace: Workspace, result: AttemptResult) -> None:
         """The summary of the commit and the PR: with `summary_from_diff`, the model's words
@@ -586,8 +689,11 @@ class Attempt:
                 return recorded[0].protocol
         return resolve_protocol(settings.protocol, settings.model_name)
 
-    def _agent_limits(self) -> AgentLimits:
+    def _agent_limits(self, result: AttemptResult) -> AgentLimits:
+        """The agent's limits: what is left of the task's time, and of its money after the
+        earlier attempts and what this one spent before the agent (direct repair)."""
         s = self.settings
+        spent = self.pricing.cost(result.usage) or 0.0
         max_time_s = s.max_time_s
         if self.deadline is not None:
             max_time_s = max(1.0, min(max_time_s, round(self.deadline - time.monotonic())))
@@ -601,7 +707,7 @@ class Attempt:
             finish_retries=s.finish_retries,
             stuck_repeats=1 if self.task.stop_when_stuck else None,
             max_cost=s.max_cost,
-            cost_before=self.cost_before,
+            cost_before=self.cost_before + spent,
             compact=s.compact,
         )
 

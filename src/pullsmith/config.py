@@ -283,6 +283,13 @@ class Settings:
     # With --until-pass, each later attempt is told what the earlier ones changed and that
     # the tests still failed (off: every attempt gets the same first message).
     retry_account: bool = True
+    # Before the agent's turns (text protocol, a failing test run understood): ask the model
+    # for each of the first `repair_candidates` functions localize ranks, one at a time, fixed
+    # whole, and keep the first change the tests pass (agent/repair.py), for at most
+    # `repair_max_s` seconds from its first reply's first piece.
+    repair: bool = True
+    repair_candidates: int = 5
+    repair_max_s: float = 240.0
     temperature: float = 0.2
     seed: int | None = None
     max_reply_tokens: int = 2048
@@ -428,6 +435,7 @@ _ENV_VARS = {
     "PULLSMITH_SUMMARY_FROM_DIFF": "summary_from_diff",
     "PULLSMITH_LOCALIZE": "localize",
     "PULLSMITH_RETRY_ACCOUNT": "retry_account",
+    "PULLSMITH_REPAIR": "repair",
     "PULLSMITH_TASK_TIME": "task_time_s",
 }
 

@@ -207,6 +207,25 @@ class DiffShrunk(Payload):
     test_events: list[int] = []
 
 
+class RepairTried(Payload):
+    """Before the agent's turns, the model was asked for one function the failing tests most
+    likely reach, fixed whole (agent/repair.py): what came of it. `outcome` "passed" keeps the
+    change (`test_event` is the passing run) and the agent does not run; any other outcome
+    was put back."""
+
+    type: ClassVar[str] = "repair.tried"
+    path: str
+    function: str
+    rank: int
+    outcome: str
+    detail: str = ""
+    seconds: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    test_event: int | None = None
+
+
 class SummaryWritten(Payload):
     """The summary of the commit and the PR: written by the model once more with the final
     diff and the test results in front of it (`source` "diff"), or its finish summary
@@ -395,6 +414,7 @@ EVENT_TYPES: dict[str, type[Payload]] = {
         LimitReachedEvent,
         ContextCompacted,
         EditMade,
+        RepairTried,
         DiffShrunk,
         SummaryWritten,
         CommitCreated,

@@ -52,9 +52,12 @@ class Session:
         self, settings: Settings, record: SessionRecord, approve: Approve | None = None
     ) -> None:
         # A turn is a step of a conversation the user watches, not a pull request: its diff is
-        # what the user asked for (no shrink reverting it behind their back) and its summary
-        # needs no second model call.
-        self.settings = dataclasses.replace(settings, shrink_diff=False, summary_from_diff=False)
+        # what the user asked for (no shrink reverting it behind their back, no direct repair
+        # rewriting a function before the model reads the request) and its summary needs no
+        # second model call.
+        self.settings = dataclasses.replace(
+            settings, shrink_diff=False, summary_from_diff=False, repair=False
+        )
         self.record = record
         self.approve = approve
         self._engine: Engine | None = None

@@ -1,0 +1,240 @@
+"""Direct repair: before the agent's turns, the functions most likely at fault, one at a time.
+
+A small model handed a package of dozens of files tends to wander: it rewrites the tests, copies
+long files back cut short, or sends the same reply again (pypi-bugs, 0 of 12 resolved at 600 s
+a task). Asked one narrow question — here is the function the failing tests most likely
+reach, write it again fixed — it does what it does best: edit one function whole with the
+failure in front of it. So before the agent starts, for each of the first few functions
+`localize.rank_functions` ranks for the failures, the model gets the agent's own system prompt
+and first message (the server has them cached) and then one more user message asking for that
+function with `replace_function`. The reply's definition of the function replaces it; the
+tests run; a change they pass is kept, anything else is put back. Each question is a branch of
+its own off the first message, so no wrong answer stays in the conversation the agent then
+starts from the same first message.
+
+The tests decide, never the model: a change is kept only when the whole test command passes.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import textwrap
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pullsmith.agent.failures import TestReport, function_source
+from pullsmith.agent.localize import rank_functions
+from pullsmith.models.base import Message, Model, Usage
+from pullsmith.task import TestRun
+from pullsmith.tools.edit_forms import scan
+from pullsmith.tools.replace_function import ReplaceFunctionError, replace_function
+
+# A function longer than this is not asked for: the model would copy it back for minutes
+# (at 5-20 tokens a second) and small models cut long copies short.
+MAX_FUNCTION_LINES = 80
+_FENCE = re.compile(r"```([\w+-]*)[^\n]*\n(.*?)(?:\n```|\Z)", re.S)
+
+
+@dataclass(frozen=True)
+class RepairCandidate:
+    """A function to ask for: its file (relative to the root), `Class.method` name, lines."""
+
+    path: str
+    name: str
+    start: int
+    end: int
+    source: str
+    rank: int
+
+
+@dataclass
+class RepairTry:
+    """What came of asking for one candidate. `outcome`: "passed" (kept), "failed" (the tests
+    still fail: put back), "unchanged" (the reply wrote the function as it was), "no
+    definition" (the reply had none of it), "not applied" (replace_function refused it),
+    "stopped" (out of time, or cancelled, while the reply was written)."""
+
+    candidate: RepairCandidate
+    outcome: str
+    detail: str = ""
+    seconds: float = 0.0
+    usage: Usage = field(default_factory=Usage)
+    tests: TestRun | None = None
+
+
+@dataclass
+class RepairResult:
+    tries: list[RepairTry] = field(default_factory=list)
+    # Why the tries stopped before the candidates ran out ("" when they did not).
+    stopped: str = ""
+
+    @property
+    def passed(self) -> RepairTry | None:
+        return next((t for t in self.tries if t.outcome == "passed"), None)
+
+    @property
+    def usage(self) -> Usage:
+        total = Usage()
+        for one in self.tries:
+            total.add(one.usage)
+        return total
+
+    @property
+    def model_seconds(self) -> float:
+        return sum(t.seconds for t in self.tries)
+
+
+def repair_candidates(root: Path, report: TestReport, limit: int) -> list[RepairCandidate]:
+    """The first `limit` functions `rank_functions` ranks for the failures of `report` that
+    can be asked for: found again in their file, at most `MAX_FUNCTION_LINES` long."""
+    found: list[RepairCandidate] = []
+    if limit <= 0 or not report.failures:
+        return found
+    for ranked in rank_functions(root, report):
+        definition = ranked.definition
+        located = function_source(root / definition.path, definition.name)
+        if located is None:
+            continue
+        start, end, source = located
+        if end - start + 1 > MAX_FUNCTION_LINES:
+            continue
+        found.append(
+            RepairCandidate(definition.path, definition.name, start, end, source, ranked.rank)
+        )
+        if len(found) >= limit:
+            break
+    return found
+
+
+def repair_request(candidate: RepairCandidate) -> str:
+    """The question after the first message: this one function, fixed, with replace_function."""
+    body = textwrap.dedent(candidate.source)
+    return (
+        f"Before you run anything: the failing tests above most likely reach "
+        f"`{candidate.name}` in `{candidate.path}` (lines {candidate.start}-{candidate.end}):\n"
+        f"```python\n{body}\n```\n"
+        "If the bug that makes those tests fail is in this function, reply with ONE ```bash "
+        f"block that replaces it with `replace_function {candidate.path} {candidate.name} "
+        "<<'EOF'`, the complete fixed function, then `EOF`. Change only the lines that cause "
+        "the failures; keep everything else (docstring, comments, names) as it is. If the bug "
+        "is not in this function, reply with the function unchanged."
+    )
+
+
+def definition_in(reply: str, name: str) -> str | None:
+    """The text of the definition of `name` (its last part: `Class.method` -> `method`) that
+    `reply` writes: in a here-document of a bash block or in a python block; from a whole file
+    or class written out, only that definition. None when the reply has none."""
+    leaf = name.rpartition(".")[2]
+    for lang, block in _FENCE.findall(reply):
+        texts = [block]
+        if lang.lower() in ("", "bash", "sh", "shell", "console"):
+            _, heredocs = scan(block)
+            texts = [doc.body for doc in heredocs if doc.body.strip()] or texts
+        for text in texts:
+            found = _definition(text, leaf)
+            if found is not None:
+                return found
+    return None
+
+
+def _definition(text: str, leaf: str) -> str | None:
+    source = textwrap.dedent(text)
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    lines = source.splitlines()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == leaf:
+            start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            return textwrap.dedent("\n".join(lines[start - 1 : node.end_lineno])) + "\n"
+    return None
+
+
+def direct_repair(
+    model: Model,
+    prefix: list[Message],
+    root: Path,
+    candidates: list[RepairCandidate],
+    run_tests: Callable[[], TestRun | None],
+    *,
+    budget_s: float,
+    deadline: float | None = None,
+    on_text: Callable[[str], None] | None = None,
+    on_try: Callable[[RepairTry], None] | None = None,
+) -> RepairResult:
+    """Ask for each candidate in turn after `prefix` (the agent's system prompt and first
+    message) until the tests pass, the candidates run out or the time does: `budget_s`
+    seconds from the first piece of the first reply (the prompt of `prefix` before it is the
+    agent's too, cached for its first turn), and never past `deadline` (time.monotonic()).
+    A change the tests do not pass is put back, so the worktree is as it was unless the
+    result has a try that passed. `on_text` is given each piece of a reply as it streams (it
+    may raise InterruptedError to stop: a cancel); `on_try` each try when it is done."""
+    result = RepairResult()
+    clock: list[float] = []
+
+    def out_of_time() -> str:
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            return "the task's time budget left no room for more"
+        if clock and now - clock[0] >= budget_s:
+            return f"its {budget_s:g} s were used up"
+        return ""
+
+    def guard(text: str) -> None:
+        if not clock:
+            clock.append(time.monotonic())
+        why = out_of_time()
+        if why:
+            raise TimeoutError(why)
+        if on_text is not None:
+            on_text(text)
+
+    for candidate in candidates:
+        why = out_of_time()
+        if why:
+            result.stopped = why
+            break
+        path = root / candidate.path
+        original = path.read_bytes()
+        messages = [*prefix, {"role": "user", "content": repair_request(candidate)}]
+        started = time.monotonic()
+        attempt = RepairTry(candidate, "")
+        result.tries.append(attempt)
+        try:
+            reply = model.complete(messages, on_text=guard)
+        except (TimeoutError, InterruptedError) as exc:  # out of time, or a cancel
+            attempt.outcome, attempt.detail = "stopped", str(exc)
+            attempt.seconds = round(time.monotonic() - started, 3)
+            result.stopped = str(exc)
+            if on_try is not None:
+                on_try(attempt)
+            break
+        attempt.seconds, attempt.usage = round(time.monotonic() - started, 3), reply.usage
+        text = definition_in(reply.text, candidate.name)
+        if text is None:
+            attempt.outcome = "no definition"
+            attempt.detail = f"the reply did not define {candidate.name.rpartition('.')[2]}"
+        else:
+            try:
+                replaced = replace_function(path, candidate.name, text, shown=candidate.path)
+            except ReplaceFunctionError as exc:
+                attempt.outcome, attempt.detail = "not applied", str(exc)
+            else:
+                if replaced.unchanged:
+                    attempt.outcome = "unchanged"
+                else:
+                    attempt.tests = run_tests()
+                    passed = attempt.tests is not None and attempt.tests.passed
+                    attempt.outcome = "passed" if passed else "failed"
+        if attempt.outcome != "passed" and path.read_bytes() != original:
+            path.write_bytes(original)
+        if on_try is not None:
+            on_try(attempt)
+        if attempt.outcome == "passed":
+            break
+    return result
