@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -43,8 +44,12 @@ def test_exec_fixes_the_example_bug_with_the_bundled_model(example_repo, tmp_pat
         text=True,
         stdin=subprocess.DEVNULL,
         timeout=1200,
+        # The defaults a user gets: direct repair on (the suite's scripted tests turn it off).
+        env={k: v for k, v in os.environ.items() if k != "PULLSMITH_REPAIR"},
     )
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    # Direct repair asked the real model for the functions the failing test points to.
+    assert any(e["type"] == "repair.tried" for e in events), proc.stderr[-2000:]
     selected = [e for e in events if e["type"] == "attempts.selected"]
     assert selected, proc.stderr[-2000:]
     chosen = selected[-1]["data"]["attempt"]

@@ -173,6 +173,15 @@ class TerminalView:
     def on_agent_finished(self, d: dict[str, Any]) -> None:
         self.console.print(f"  [bold]finish:[/] {escape(d['summary'] or '(no summary)')}")
 
+    def on_repair_tried(self, d: dict[str, Any]) -> None:
+        style = {"passed": "green", "failed": "red"}.get(d["outcome"], "yellow")
+        detail = f" · {escape(d['detail'][:120])}" if d.get("detail") else ""
+        self.console.print(
+            f"[bold]repair:[/] {escape(d['function'])} in {escape(d['path'])} "
+            f"(rank {d['rank']}) [{style}]{d['outcome']}[/] [dim]· {d['seconds']:.1f} s · "
+            f"{d['completion_tokens']} tokens[/]{detail}"
+        )
+
     def on_diff_shrunk(self, d: dict[str, Any]) -> None:
         cost = (
             f"{d['test_runs']} test run{'s' if d['test_runs'] != 1 else ''}, {d['seconds']:.1f} s"

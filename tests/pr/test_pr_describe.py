@@ -289,3 +289,23 @@ def test_huge_evidence_still_fits_githubs_limit():
     body = describe(facts(*runs)).body
     assert len(body) <= BODY_LIMIT
     assert "### Run 12 of 12" in body
+
+
+def test_direct_repair_is_cited_whether_a_rewrite_passed_or_none_did():
+    notes = {"limits": [], "finish_rejected": [], "format_errors": 0, "errors": []}
+    tries = [
+        {"event": 6, "path": "a.py", "function": "load", "outcome": "unchanged"},
+        {"event": 9, "path": "b.py", "function": "Box.area", "outcome": "passed", "test_event": 8},
+    ]
+    repaired = attempt(exit_reason="repaired", summary="", notes={**notes, "repair": tries})
+    body = describe(facts(repaired)).body
+    assert "**Direct repair:**" in body and "2 functions" in body
+    assert "events #6–#9" in body and "`Box.area` in `b.py` (tests event #8)" in body
+    assert "stopped: repaired" not in body
+    failed = attempt(
+        status="failed",
+        tests_after=run_record(30, 1, "1 failed"),
+        notes={**notes, "repair": [{**tries[0], "outcome": "failed"}]},
+    )
+    body = describe(facts(failed)).body
+    assert "no rewrite made the tests pass" in body and "`load`: failed" in body

@@ -21,6 +21,7 @@ import ast
 import re
 import textwrap
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,12 +90,18 @@ class RepairResult:
 
 def repair_candidates(root: Path, report: TestReport, limit: int) -> list[RepairCandidate]:
     """The first `limit` functions `rank_functions` ranks for the failures of `report` that
-    can be asked for: found again in their file, at most `MAX_FUNCTION_LINES` long."""
+    can be asked for: found again in their file, at most `MAX_FUNCTION_LINES` long, and the
+    only definition of their name there (a property's getter and setter share one, and
+    `replace_function` could not tell which a reply means)."""
     found: list[RepairCandidate] = []
     if limit <= 0 or not report.failures:
         return found
-    for ranked in rank_functions(root, report):
-        definition = ranked.definition
+    ranked = rank_functions(root, report)
+    names = Counter((c.definition.path, c.definition.name) for c in ranked)
+    for one in ranked:
+        definition = one.definition
+        if names[definition.path, definition.name] > 1:
+            continue
         located = function_source(root / definition.path, definition.name)
         if located is None:
             continue
@@ -102,7 +109,7 @@ def repair_candidates(root: Path, report: TestReport, limit: int) -> list[Repair
         if end - start + 1 > MAX_FUNCTION_LINES:
             continue
         found.append(
-            RepairCandidate(definition.path, definition.name, start, end, source, ranked.rank)
+            RepairCandidate(definition.path, definition.name, start, end, source, one.rank)
         )
         if len(found) >= limit:
             break
@@ -111,7 +118,7 @@ def repair_candidates(root: Path, report: TestReport, limit: int) -> list[Repair
 
 def repair_request(candidate: RepairCandidate) -> str:
     """The question after the first message: this one function, fixed, with replace_function."""
-    body = textwrap.dedent(candidate.source)
+    body = textwrap.dedent(candidate.source).rstrip("\n")
     return (
         f"Before you run anything: the failing tests above most likely reach "
         f"`{candidate.name}` in `{candidate.path}` (lines {candidate.start}-{candidate.end}):\n"

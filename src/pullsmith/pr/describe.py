@@ -331,7 +331,43 @@ def _changes_section(facts: PullRequestFacts) -> list[str]:
     ]
     if facts.commits:
         lines += [""] + [f"- {code(_short(c.sha))} {cell(c.subject)}" for c in facts.commits]
-    return lines + _shrink_lines(facts.attempts)
+    return lines + _repair_lines(facts.attempts) + _shrink_lines(facts.attempts)
+
+
+def _repair_lines(attempts: Sequence[AttemptRecord]) -> list[str]:
+    """What direct repair (agent/repair.py) asked of the model before the agent, per run: the
+    function whose rewrite the tests passed, or that none did."""
+    lines: list[str] = []
+    for attempt in attempts:
+        tries = (attempt.notes or {}).get("repair") or []
+        if not tries:
+            continue
+        count = len(tries)
+        asked = f"{count} function{'s' if count != 1 else ''}"
+        first, last = tries[0].get("event"), tries[-1].get("event")
+        events = f"events #{first}–#{last}" if count > 1 else f"event #{first}"
+        where = f"run {code(attempt.run_id)}, {events}"
+        passed = next((t for t in tries if t.get("outcome") == "passed"), None)
+        if passed is not None:
+            lines += [
+                "",
+                f"**Direct repair:** before any agent turn, pullsmith asked the model for "
+                f"{asked} the failing tests most likely reach, each rewritten whole ({where}). "
+                f"The tests passed with its rewrite of {code(passed.get('function', ''))} in "
+                f"{code(passed.get('path', ''))} (tests event #{passed.get('test_event')}), so "
+                "that is the change; the agent did not run.",
+            ]
+        else:
+            outcomes = ", ".join(
+                f"{code(t.get('function', ''))}: {cell(t.get('outcome', ''))}" for t in tries
+            )
+            lines += [
+                "",
+                f"**Direct repair:** before the agent, pullsmith asked the model for {asked} "
+                f"the failing tests most likely reach ({where}); no rewrite made the tests pass, "
+                f"so each was put back ({outcomes}).",
+            ]
+    return lines
 
 
 def _test_run_lines(
@@ -354,6 +390,7 @@ def _test_run_lines(
 
 OUTCOMES = {
     "finished": "the model said it was done",
+    "repaired": "a function rewritten by direct repair passed the tests",
     "error": "stopped by an error",
 }
 
@@ -449,7 +486,7 @@ def _limits_section(facts: PullRequestFacts, v: Verdict) -> list[str]:
             )
         if (
             attempt.exit_reason
-            and attempt.exit_reason not in ("finished", "error")
+            and attempt.exit_reason not in ("finished", "repaired", "error")
             and not notes.get("limits")
         ):
             items.append(f"{which} stopped: {cell(attempt.exit_reason)}.")

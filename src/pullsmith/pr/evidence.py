@@ -204,6 +204,16 @@ def run_evidence(
             notes["errors"].append({"event": event.id, "message": d.get("message", "")})
         elif event.type == "diff.shrunk":
             notes["shrink"] = {"event": event.id, **d}
+        elif event.type == "repair.tried":
+            notes.setdefault("repair", []).append(
+                {
+                    "event": event.id,
+                    "path": d.get("path", ""),
+                    "function": d.get("function", ""),
+                    "outcome": d.get("outcome", ""),
+                    "test_event": d.get("test_event"),
+                }
+            )
         elif event.type == "summary.written":
             notes["summary"] = {
                 "event": event.id,

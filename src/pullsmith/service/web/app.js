@@ -526,6 +526,12 @@ function eventEntry(page, event) {
         d.fallback ? h("div", { class: "muted", text: `pullsmith's own summary: ${d.fallback}` }) : null,
         output(d.summary, "summary"));
       break;
+    case "repair.tried":
+      label = "repair";
+      body.push(`${d.function} in ${d.path} (rank ${d.rank}): ${d.outcome}`,
+        h("span", { class: "muted", text: ` · ${seconds(d.seconds)} · ${d.completion_tokens} tokens` }),
+        d.detail ? h("div", { class: "muted", text: d.detail }) : null);
+      break;
     case "diff.shrunk": {
       label = "shrink";
       const dropped = d.dropped || [];

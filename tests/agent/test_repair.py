@@ -1,0 +1,298 @@
+"""Direct repair: the functions ranked first, each asked for fixed, kept only when tests pass."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import ScriptedModel, bwrap_works, git
+
+from pullsmith.agent.failures import parse_test_output
+from pullsmith.agent.repair import (
+    RepairCandidate,
+    definition_in,
+    direct_repair,
+    repair_candidates,
+    repair_request,
+)
+from pullsmith.attempt import run_dir_for
+from pullsmith.config import load_settings
+from pullsmith.engine import run_task
+from pullsmith.events import read_events
+from pullsmith.models.base import Reply, Usage
+from pullsmith.pr.evidence import run_evidence
+from pullsmith.task import Task, TestRun
+
+SANDBOX = "bwrap" if bwrap_works() else "none"
+BUGGY_LOOP = "    for i in range(len(rows) - 1):\n        lines.append(format_row(rows[i]))\n"
+FIXED_TO_CSV = '''def to_csv(header, rows):
+    """Return the header and every row as CSV text, one line per row."""
+    lines = [format_row(header)]
+    for row in rows:
+        lines.append(format_row(row))
+    return "\\n".join(lines) + "\\n"
+'''
+FINISH = '```bash\nfinish "done"\n```'
+
+
+def replace_reply(path: str, name: str, body: str) -> str:
+    return f"Fixed.\n```bash\nreplace_function {path} {name} <<'EOF'\n{body}EOF\n```"
+
+
+def pytest_output(root) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode != 0
+    return done.stdout + done.stderr
+
+
+def pytest_runner(root):
+    runs: list[int] = []
+
+    def run() -> TestRun:
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        )
+        runs.append(done.returncode)
+        return TestRun("repair", "pytest", done.returncode, done.stdout, 0.5, False, len(runs))
+
+    return run, runs
+
+
+class ByFunction:
+    """Answers each repair request by the function it names (`answers`, else unchanged)."""
+
+    name = "by-function"
+
+    def __init__(self, answers: dict[str, str]) -> None:
+        self.answers = answers
+        self.asked: list[str] = []
+        self.prefixes: list[list[dict]] = []
+
+    def complete(self, messages, temperature=None, tools=None, stop=None, seed=None, on_text=None):
+        request = messages[-1]["content"]
+        name = request.split("most likely reach `", 1)[1].split("`", 1)[0]
+        path = request.split(f"`{name}` in `", 1)[1].split("`", 1)[0]
+        self.asked.append(name)
+        self.prefixes.append(messages[:-1])
+        source = request.split("```python\n", 1)[1].split("\n```", 1)[0] + "\n"
+        text = replace_reply(path, name, self.answers.get(name, source))
+        if on_text is not None:
+            on_text(text)
+        return Reply(text=text, usage=Usage(prompt_tokens=50, completion_tokens=20))
+
+    def close(self) -> None:
+        pass
+
+
+# --- reading the reply ---------------------------------------------------------------------
+
+
+def test_the_definition_comes_from_a_replace_function_heredoc():
+    reply = replace_reply("inventory/export.py", "to_csv", FIXED_TO_CSV)
+    assert definition_in(reply, "to_csv") == FIXED_TO_CSV
+
+
+def test_from_a_whole_file_or_class_only_the_named_definition_is_taken():
+    whole = (
+        "```python\nimport os\n\nclass Report:\n    def total(self):\n        return 1\n\n"
+        "    def render(self, rows):\n        return [r for r in rows]\n\nX = 2\n```"
+    )
+    assert definition_in(whole, "Report.render") == (
+        "def render(self, rows):\n    return [r for r in rows]\n"
+    )
+    heredoc = "```bash\ncat > m.py <<'EOF'\ndef a():\n    pass\n\ndef b():\n    return 3\nEOF\n```"
+    assert definition_in(heredoc, "b") == "def b():\n    return 3\n"
+
+
+def test_a_reply_without_the_function_or_that_does_not_parse_has_no_definition():
+    assert definition_in("```bash\npytest -q\n```", "to_csv") is None
+    assert definition_in("```python\ndef to_csv(:\n```", "to_csv") is None
+    assert definition_in("```python\ndef other():\n    pass\n```", "to_csv") is None
+    assert definition_in("no block at all", "to_csv") is None
+
+
+def test_the_request_shows_the_function_and_names_it_for_replace_function():
+    candidate = RepairCandidate("pkg/m.py", "Box.area", 10, 11, "    def area(self):\n", 1)
+    text = repair_request(candidate)
+    assert "```python\ndef area(self):\n```" in text
+    assert "replace_function pkg/m.py Box.area <<'EOF'" in text
+    assert "lines 10-11" in text
+
+
+# --- real files, real test runs ------------------------------------------------------------
+
+
+def test_candidates_are_the_ranked_functions_with_the_one_at_fault_among_them(example_repo):
+    report = parse_test_output(example_repo, pytest_output(example_repo))
+    candidates = repair_candidates(example_repo, report, 3)
+    assert 1 <= len(candidates) <= 3
+    names = [c.name for c in candidates]
+    assert "to_csv" in names
+    found = candidates[names.index("to_csv")]
+    assert found.path == "inventory/export.py" and BUGGY_LOOP.strip() in found.source
+    assert all(not c.path.startswith("tests/") for c in candidates)
+    assert repair_candidates(example_repo, report, 0) == []
+
+
+def test_a_name_defined_twice_in_a_file_is_not_asked_for(tmp_path):
+    (tmp_path / "box.py").write_text(
+        "class Box:\n    def __init__(self, w):\n        self._w = w\n\n"
+        "    @property\n    def width(self):\n        return self._w + 1\n\n"
+        "    @width.setter\n    def width(self, value):\n        self._w = value\n\n"
+        "    def area(self):\n        return self.width * self.width\n"
+    )
+    (tmp_path / "test_box.py").write_text(
+        "from box import Box\n\ndef test_area():\n    assert Box(2).area() == 4\n"
+    )
+    git("init", "-q", cwd=tmp_path)
+    git("add", ".", cwd=tmp_path)
+    report = parse_test_output(tmp_path, pytest_output(tmp_path))
+    names = [c.name for c in repair_candidates(tmp_path, report, 5)]
+    assert "Box.area" in names and "Box.width" not in names
+    assert len(names) == len(set(names))
+
+
+def test_wrong_and_unchanged_answers_are_put_back_and_the_passing_one_is_kept(example_repo):
+    report = parse_test_output(example_repo, pytest_output(example_repo))
+    candidates = repair_candidates(example_repo, report, 3)
+    others = [c for c in candidates if c.name != "to_csv"]
+    fix = next(c for c in candidates if c.name == "to_csv")
+    ordered = [*others, fix]
+    assert "format_row" in [c.name for c in others]
+    # A wrong change to format_row: the tests still fail, so it is put back.
+    row = next(c for c in others if c.name == "format_row")
+    wrong = {"format_row": row.source.replace("SEPARATOR.join", "';'.join") + "\n"}
+    model = ByFunction({**wrong, "to_csv": FIXED_TO_CSV})
+    run, runs = pytest_runner(example_repo)
+    prefix = [{"role": "system", "content": "sys"}, {"role": "user", "content": "first"}]
+    before = {p: p.read_text() for p in example_repo.rglob("*.py")}
+    seen = []
+    result = direct_repair(
+        model, prefix, example_repo, ordered, run, budget_s=60, on_try=seen.append
+    )
+    assert [t.candidate.name for t in result.tries] == [c.name for c in ordered]
+    assert result.passed is not None and result.passed.candidate.name == "to_csv"
+    assert seen == result.tries
+    assert result.tries[-1].outcome == "passed" and runs[-1] == 0
+    outcomes = {t.candidate.name: t.outcome for t in result.tries}
+    assert outcomes.pop("format_row") == "failed" and outcomes.pop("to_csv") == "passed"
+    assert set(outcomes.values()) <= {"unchanged"}
+    assert len(runs) == 2  # an unchanged function needs no test run
+    # Every request is a branch off the same prefix; only the fix is left in the tree.
+    assert all(p == prefix for p in model.prefixes)
+    for path, text in before.items():
+        now = path.read_text()
+        if path.name == "export.py":
+            assert "for row in rows:" in now and BUGGY_LOOP not in now
+            assert '"""Join one row' in now  # the rest of the file as it was
+        else:
+            assert now == text, path
+
+
+def test_no_candidate_passes_and_the_tree_is_left_as_it_was(example_repo):
+    report = parse_test_output(example_repo, pytest_output(example_repo))
+    candidates = repair_candidates(example_repo, report, 2)
+    fix = next(c for c in candidates if c.name == "to_csv")
+    still_wrong = fix.source.replace("len(rows) - 1", "len(rows) - 2") + "\n"
+    model = ByFunction({"to_csv": still_wrong})
+    run, runs = pytest_runner(example_repo)
+    result = direct_repair(model, [], example_repo, candidates, run, budget_s=60)
+    assert result.passed is None
+    assert {t.candidate.name: t.outcome for t in result.tries}["to_csv"] == "failed"
+    assert git("status", "--porcelain", cwd=example_repo) == ""
+
+
+def test_the_time_budget_stops_a_reply_while_it_streams(example_repo):
+    report = parse_test_output(example_repo, pytest_output(example_repo))
+    candidates = repair_candidates(example_repo, report, 3)
+    model = ScriptedModel([replace_reply("inventory/export.py", "to_csv", FIXED_TO_CSV)] * 3)
+    result = direct_repair(model, [], example_repo, candidates, lambda: None, budget_s=0)
+    assert [t.outcome for t in result.tries] == ["stopped"]
+    assert "used up" in result.stopped
+    assert git("status", "--porcelain", cwd=example_repo) == ""
+
+
+# --- in an attempt -------------------------------------------------------------------------
+
+
+def run_with(repo, tmp_path, model, **settings):
+    loaded = load_settings({"sandbox": SANDBOX, "repair": True, **settings}, cwd=tmp_path)
+    task = Task(instruction="The CSV export drops the last row; fix it.", repo=str(repo))
+    result = run_task(task, loaded, model=model)
+    return result, read_events(run_dir_for(loaded, result.task_id) / "events.jsonl")
+
+
+def test_a_passing_repair_is_committed_and_the_agent_does_not_run(example_repo, tmp_path):
+    model = ByFunction({"to_csv": FIXED_TO_CSV})
+    result, events = run_with(example_repo, tmp_path, model)
+    assert result.status == "passed" and result.exit_reason == "repaired"
+    assert result.turns == 0 and result.usage.prompt_tokens == 50 * len(model.asked)
+    types = [e.type for e in events]
+    assert "model.reply" not in types and "command.started" not in types
+    tried = [e.data for e in events if e.type == "repair.tried"]
+    assert tried[-1]["function"] == "to_csv" and tried[-1]["outcome"] == "passed"
+    runs = {e.id: e.data for e in events if e.type == "tests.ran"}
+    assert runs[tried[-1]["test_event"]]["phase"] == "repair"
+    after = [d for d in runs.values() if d["phase"] == "after"]
+    assert after and after[0]["same_as"] == tried[-1]["test_event"]
+    committed = git("show", f"{result.branch}:inventory/export.py", cwd=example_repo)
+    assert "for row in rows:" in committed
+    # The PR's evidence carries the tries.
+    notes = run_evidence(events, result.test_command)["notes"]
+    assert [t["outcome"] for t in notes["repair"]][-1] == "passed"
+    # The user's checkout is untouched.
+    assert BUGGY_LOOP in (example_repo / "inventory" / "export.py").read_text()
+
+
+class RepairThenAgent(ByFunction):
+    """Repair requests answered unchanged; the agent's turns from a script."""
+
+    def __init__(self, turns: list[str]) -> None:
+        super().__init__({})
+        self.agent = ScriptedModel(turns)
+
+    def complete(self, messages, **kw):
+        if "most likely reach `" in messages[-1]["content"]:
+            return super().complete(messages, **kw)
+        return self.agent.complete(messages, **kw)
+
+
+def test_after_repair_fails_the_agent_starts_from_the_same_first_message(example_repo, tmp_path):
+    fix = (
+        "```bash\nsed -i 's/for i in range(len(rows) - 1):/for i in range(len(rows)):/' "
+        "inventory/export.py\n```"
+    )
+    model = RepairThenAgent([fix, FINISH])
+    result, events = run_with(example_repo, tmp_path, model)
+    assert result.status == "passed" and result.exit_reason == "finished"
+    outcomes = [e.data["outcome"] for e in events if e.type == "repair.tried"]
+    assert outcomes and set(outcomes) == {"unchanged"}
+    first_turn = model.agent.seen[0]
+    assert first_turn[:2] == model.prefixes[0]
+    assert result.usage.prompt_tokens == 50 * len(outcomes) + 100 * 2
+
+
+TOOLS_FINISH = {"tool_calls": [{"id": "1", "name": "finish", "arguments": '{"summary": "x"}'}]}
+
+
+@pytest.mark.parametrize(
+    ("setting", "finish"), [({"repair": False}, FINISH), ({"protocol": "tools"}, TOOLS_FINISH)]
+)
+def test_repair_is_not_tried_when_off_or_with_the_tools_protocol(
+    example_repo, tmp_path, setting, finish
+):
+    # The finish is refused twice (the tests fail), then taken as the last word.
+    model = RepairThenAgent([finish] * 3)
+    result, events = run_with(example_repo, tmp_path, model, **setting)
+    assert result.status == "failed", result.exit_reason
+    assert not [e for e in events if e.type == "repair.tried"]
+    assert model.asked == []
