@@ -100,3 +100,14 @@ def test_a_stuck_attempt_says_the_next_one_starts_afresh():
     lines = [line for line in console.export_text().splitlines() if "stopped" in line]
     assert lines[0].endswith("the next attempt starts afresh")
     assert lines[1] == "stopped: stuck: it sent the same reply again"
+
+
+def test_each_direct_repair_try_is_a_line_with_its_outcome():
+    console = Console(record=True, width=200)
+    view = TerminalView(console)
+    tried = {"path": "pkg/m.py", "rank": 2, "seconds": 30.0, "completion_tokens": 90}
+    view(Event(1, "repair.tried", "t", 0.0, {**tried, "function": "Box.area", "outcome": "failed"}))
+    view(Event(2, "repair.tried", "t", 0.0, {**tried, "function": "load", "outcome": "passed"}))
+    lines = console.export_text().splitlines()
+    assert lines[0].startswith("repair: Box.area in pkg/m.py (rank 2) failed · 30.0 s")
+    assert lines[1].startswith("repair: load in pkg/m.py (rank 2) passed")
