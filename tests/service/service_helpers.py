@@ -75,6 +75,8 @@ def server_env(data_home: Path, **extra: str) -> dict[str, str]:
         GIT_AUTHOR_EMAIL="test@example.invalid",
         GIT_COMMITTER_NAME="Test User",
         GIT_COMMITTER_EMAIL="test@example.invalid",
+        # The scripted replies are the agent's turns: no direct repair asks before them.
+        PULLSMITH_REPAIR="false",
     )
     env.pop("OPENAI_API_KEY", None)
     env.update(extra)
