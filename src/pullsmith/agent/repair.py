@@ -76,17 +76,6 @@ class RepairResult:
     def passed(self) -> RepairTry | None:
         return next((t for t in self.tries if t.outcome == "passed"), None)
 
-    @property
-    def usage(self) -> Usage:
-        total = Usage()
-        for one in self.tries:
-            total.add(one.usage)
-        return total
-
-    @property
-    def model_seconds(self) -> float:
-        return sum(t.seconds for t in self.tries)
-
 
 def repair_candidates(root: Path, report: TestReport, limit: int) -> list[RepairCandidate]:
     """The first `limit` functions `rank_functions` ranks for the failures of `report` that
