@@ -64,7 +64,7 @@ class _Sampling:
 
     def complete(self, messages: list[Any], *, temperature: float | None = None, **kw: Any) -> Any:
         if self.seed is not None:
-            kw["seed"] = self.seed
+            kw.setdefault("seed", self.seed)
         chosen = temperature if temperature is not None else self.temperature
         return self.model.complete(messages, temperature=chosen, **kw)
 

@@ -176,9 +176,10 @@ class TerminalView:
     def on_repair_tried(self, d: dict[str, Any]) -> None:
         style = {"passed": "green", "failed": "red"}.get(d["outcome"], "yellow")
         detail = f" · {escape(d['detail'][:120])}" if d.get("detail") else ""
+        ask = f", ask {d['sample']}" if d.get("sample", 1) > 1 else ""
         self.console.print(
             f"[bold]repair:[/] {escape(d['function'])} in {escape(d['path'])} "
-            f"(rank {d['rank']}) [{style}]{d['outcome']}[/] [dim]· {d['seconds']:.1f} s · "
+            f"(rank {d['rank']}{ask}) [{style}]{d['outcome']}[/] [dim]· {d['seconds']:.1f} s · "
             f"{d['completion_tokens']} tokens[/]{detail}"
         )
 

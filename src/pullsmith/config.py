@@ -286,10 +286,14 @@ class Settings:
     # Before the agent's turns (text protocol, a failing test run understood): ask the model
     # for each of the first `repair_candidates` functions localize ranks, one at a time, fixed
     # whole, and keep the first change the tests pass (agent/repair.py), for at most
-    # `repair_max_s` seconds from its first reply's first piece.
+    # `repair_max_s` seconds from its first reply's first piece. The first round asks at the
+    # attempt's temperature; later rounds ask each again at `repair_temperature`, up to
+    # `repair_samples` asks of a function in all.
     repair: bool = True
     repair_candidates: int = 5
     repair_max_s: float = 240.0
+    repair_samples: int = 3
+    repair_temperature: float = 0.7
     temperature: float = 0.2
     seed: int | None = None
     max_reply_tokens: int = 2048

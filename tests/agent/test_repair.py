@@ -221,6 +221,62 @@ def test_the_time_budget_stops_a_reply_while_it_streams(example_repo):
     assert git("status", "--porcelain", cwd=example_repo) == ""
 
 
+class CopiesWhenCold(ByFunction):
+    """Writes each function back unchanged at the attempt's own temperature (None) and
+    answers from `answers` only when asked at a set one, as the bundled model did with the
+    example's to_csv (3 of 3 copies at 0.2, 3 of 5 fixes at 0.7)."""
+
+    def __init__(self, answers: dict[str, str]) -> None:
+        super().__init__(answers)
+        self.sampling: list[tuple[float | None, int | None]] = []
+
+    def complete(self, messages, temperature=None, seed=None, **kw):
+        self.sampling.append((temperature, seed))
+        if temperature is None:
+            saved, self.answers = self.answers, {}
+            try:
+                return super().complete(messages, **kw)
+            finally:
+                self.answers = saved
+        return super().complete(messages, **kw)
+
+
+def test_later_rounds_ask_again_at_the_repair_temperature_until_a_rewrite_passes(example_repo):
+    report = parse_test_output(example_repo, pytest_output(example_repo))
+    candidates = repair_candidates(example_repo, report, 3)
+    model = CopiesWhenCold({"to_csv": FIXED_TO_CSV})
+    run, runs = pytest_runner(example_repo)
+    result = direct_repair(
+        model, [], example_repo, candidates, run, budget_s=60, samples=3, temperature=0.7, seed=7
+    )
+    names = [c.name for c in candidates]
+    # The whole first round (every candidate, at the attempt's temperature), then the second
+    # round in rank order up to to_csv, whose rewrite at 0.7 passes.
+    second = names[: names.index("to_csv") + 1]
+    assert model.asked == names + second
+    assert [t.sample for t in result.tries] == [1] * len(names) + [2] * len(second)
+    assert [t.outcome for t in result.tries][: len(names)] == ["unchanged"] * len(names)
+    assert result.passed is not None and result.passed.sample == 2
+    assert model.sampling[: len(names)] == [(None, None)] * len(names)
+    later = model.sampling[len(names) :]
+    assert all(t == 0.7 for t, _ in later) and len({s for _, s in later}) == len(later)
+    assert runs == [0]  # the unchanged copies cost no test run
+
+
+def test_a_rewrite_already_tried_is_not_tested_again(example_repo):
+    report = parse_test_output(example_repo, pytest_output(example_repo))
+    fix = next(c for c in repair_candidates(example_repo, report, 3) if c.name == "to_csv")
+    still_wrong = fix.source.replace("len(rows) - 1", "len(rows) - 2") + "\n"
+    model = ByFunction({"to_csv": still_wrong})
+    run, runs = pytest_runner(example_repo)
+    result = direct_repair(
+        model, [], example_repo, [fix], run, budget_s=60, samples=3, temperature=0.7
+    )
+    assert [t.outcome for t in result.tries] == ["failed", "repeated", "repeated"]
+    assert len(runs) == 1 and result.passed is None
+    assert git("status", "--porcelain", cwd=example_repo) == ""
+
+
 # --- in an attempt -------------------------------------------------------------------------
 
 

@@ -309,3 +309,12 @@ def test_direct_repair_is_cited_whether_a_rewrite_passed_or_none_did():
     )
     body = describe(facts(failed)).body
     assert "no rewrite made the tests pass" in body and "`load`: failed" in body
+    # A function asked again in a later round is one function, its outcomes in order.
+    again = [
+        {**tries[0], "outcome": "unchanged"},
+        {**tries[0], "event": 12, "outcome": "failed", "sample": 2},
+        {**tries[0], "event": 15, "outcome": "repeated", "sample": 3},
+    ]
+    body = describe(facts(attempt(status="failed", notes={**notes, "repair": again}))).body
+    assert "1 function (3 asks)" in body and "events #6–#15" in body
+    assert "`load`: unchanged, failed, repeated" in body

@@ -13,6 +13,12 @@ its own off the first message, so no wrong answer stays in the conversation the 
 starts from the same first message.
 
 The tests decide, never the model: a change is kept only when the whole test command passes.
+
+A small model asked once at a low temperature mostly copies the function back as it was (the
+example's `range(len(rows) - 1)`: 3 of 3 copies at 0.2, 3 of 5 fixes at 0.7). So the first
+round asks each candidate once at the attempt's own temperature, and later rounds, while the
+time lasts, ask each again at `temperature` (`samples` asks a candidate at most). A rewrite
+already tried for that function is not tested again.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pullsmith.agent.failures import TestReport, function_source
 from pullsmith.agent.localize import rank_functions
@@ -56,10 +63,13 @@ class RepairTry:
     """What came of asking for one candidate. `outcome`: "passed" (kept), "failed" (the tests
     still fail: put back), "unchanged" (the reply wrote the function as it was), "no
     definition" (the reply had none of it), "not applied" (replace_function refused it),
-    "stopped" (out of time, or cancelled, while the reply was written)."""
+    "stopped" (out of time, or cancelled, while the reply was written), "repeated" (the
+    reply wrote a rewrite already tried for this function: not tested again). `sample` counts
+    the asks of this candidate (1 = the first round, at the attempt's temperature)."""
 
     candidate: RepairCandidate
     outcome: str
+    sample: int = 1
     detail: str = ""
     seconds: float = 0.0
     usage: Usage = field(default_factory=Usage)
@@ -151,6 +161,11 @@ def _definition(text: str, leaf: str) -> str | None:
     return None
 
 
+def _normalized(text: str) -> str:
+    """A rewrite as compared with the earlier ones: trailing spaces and blank lines aside."""
+    return "\n".join(line.rstrip() for line in textwrap.dedent(text).strip().splitlines())
+
+
 def direct_repair(
     model: Model,
     prefix: list[Message],
@@ -159,17 +174,22 @@ def direct_repair(
     run_tests: Callable[[], TestRun | None],
     *,
     budget_s: float,
+    samples: int = 1,
+    temperature: float | None = None,
+    seed: int | None = None,
     deadline: float | None = None,
     on_text: Callable[[str], None] | None = None,
     on_try: Callable[[RepairTry], None] | None = None,
 ) -> RepairResult:
     """Ask for each candidate in turn after `prefix` (the agent's system prompt and first
-    message) until the tests pass, the candidates run out or the time does: `budget_s`
-    seconds from the first piece of the first reply (the prompt of `prefix` before it is the
-    agent's too, cached for its first turn), and never past `deadline` (time.monotonic()).
-    A change the tests do not pass is put back, so the worktree is as it was unless the
-    result has a try that passed. `on_text` is given each piece of a reply as it streams (it
-    may raise InterruptedError to stop: a cancel); `on_try` each try when it is done."""
+    message), in rounds: the first at the model's own temperature, each later one (up to
+    `samples` rounds) at `temperature` (with `seed`, when given, plus the ask's number), until
+    the tests pass, the rounds run out or the time does: `budget_s` seconds from the first
+    piece of the first reply (the prompt of `prefix` before it is the agent's too, cached for
+    its first turn), and never past `deadline` (time.monotonic()). A change the tests do not
+    pass is put back, so the worktree is as it was unless the result has a try that passed.
+    `on_text` is given each piece of a reply as it streams (it may raise InterruptedError to
+    stop: a cancel); `on_try` each try when it is done."""
     result = RepairResult()
     clock: list[float] = []
 
@@ -190,7 +210,10 @@ def direct_repair(
         if on_text is not None:
             on_text(text)
 
-    for candidate in candidates:
+    # The rewrites tried of each function, so a repeated one is not tested again.
+    seen: dict[tuple[str, str], set[str]] = {}
+    order = [(c, n) for n in range(1, max(1, samples) + 1) for c in candidates]
+    for number, (candidate, sample) in enumerate(order, 1):
         why = out_of_time()
         if why:
             result.stopped = why
@@ -199,10 +222,15 @@ def direct_repair(
         original = path.read_bytes()
         messages = [*prefix, {"role": "user", "content": repair_request(candidate)}]
         started = time.monotonic()
-        attempt = RepairTry(candidate, "")
+        attempt = RepairTry(candidate, "", sample=sample)
         result.tries.append(attempt)
+        sampling: dict[str, Any] = {}
+        if sample > 1:
+            sampling["temperature"] = temperature
+            if seed is not None:
+                sampling["seed"] = seed + number
         try:
-            reply = model.complete(messages, on_text=guard)
+            reply = model.complete(messages, on_text=guard, **sampling)
         except (TimeoutError, InterruptedError) as exc:  # out of time, or a cancel
             attempt.outcome, attempt.detail = "stopped", str(exc)
             attempt.seconds = round(time.monotonic() - started, 3)
@@ -212,9 +240,13 @@ def direct_repair(
             break
         attempt.seconds, attempt.usage = round(time.monotonic() - started, 3), reply.usage
         text = definition_in(reply.text, candidate.name)
+        tried = seen.setdefault((candidate.path, candidate.name), set())
         if text is None:
             attempt.outcome = "no definition"
             attempt.detail = f"the reply did not define {candidate.name.rpartition('.')[2]}"
+        elif _normalized(text) in tried:
+            attempt.outcome = "repeated"
+            attempt.detail = "the same rewrite as an earlier ask of this function"
         else:
             try:
                 replaced = replace_function(path, candidate.name, text, shown=candidate.path)
@@ -224,6 +256,7 @@ def direct_repair(
                 if replaced.unchanged:
                     attempt.outcome = "unchanged"
                 else:
+                    tried.add(_normalized(text))
                     attempt.tests = run_tests()
                     passed = attempt.tests is not None and attempt.tests.passed
                     attempt.outcome = "passed" if passed else "failed"

@@ -343,7 +343,15 @@ def _repair_lines(attempts: Sequence[AttemptRecord]) -> list[str]:
         if not tries:
             continue
         count = len(tries)
-        asked = f"{count} function{'s' if count != 1 else ''}"
+        # Each function's outcomes in the order asked (a later round asks a function again).
+        by_function: dict[tuple[str, str], list[str]] = {}
+        for t in tries:
+            key = (t.get("path", ""), t.get("function", ""))
+            by_function.setdefault(key, []).append(str(t.get("outcome", "")))
+        functions = len(by_function)
+        asked = f"{functions} function{'s' if functions != 1 else ''}"
+        if count > functions:
+            asked += f" ({count} asks)"
         first, last = tries[0].get("event"), tries[-1].get("event")
         events = f"events #{first}–#{last}" if count > 1 else f"event #{first}"
         where = f"run {code(attempt.run_id)}, {events}"
@@ -358,8 +366,9 @@ def _repair_lines(attempts: Sequence[AttemptRecord]) -> list[str]:
                 "that is the change; the agent did not run.",
             ]
         else:
-            outcomes = ", ".join(
-                f"{code(t.get('function', ''))}: {cell(t.get('outcome', ''))}" for t in tries
+            outcomes = "; ".join(
+                f"{code(name)}: {cell(', '.join(results))}"
+                for (_, name), results in by_function.items()
             )
             lines += [
                 "",

@@ -211,6 +211,7 @@ def run_evidence(
                     "path": d.get("path", ""),
                     "function": d.get("function", ""),
                     "outcome": d.get("outcome", ""),
+                    "sample": d.get("sample", 1),
                     "test_event": d.get("test_event"),
                 }
             )
