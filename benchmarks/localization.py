@@ -26,10 +26,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pullsmith.agent.context import collect_agents_md, detect_test_command
-from pullsmith.agent.failures import function_source, parse_test_output
-from pullsmith.agent.localize import rank_functions
+from pullsmith.agent.failures import function_source
 from pullsmith.agent.prompts import prompts_for
-from pullsmith.attempt import task_context
+from pullsmith.attempt import find_faults, task_context
 from pullsmith.config import Settings, load_settings
 from pullsmith.eval.harness import _setup_snapshot
 from pullsmith.eval.snapshot import init_repo, materialize
@@ -88,17 +87,23 @@ def measure_task(task: EvalTask, settings: Settings, work: Path) -> TaskLocaliza
             "before", command, res.exit_code, res.output, res.duration_s, res.timed_out, 0
         )
         record.test_exit_code = res.exit_code
+    findings = find_faults(repo, before) if before and not before.passed else None
     context = task_context(
-        repo, task.statement, agents_md, command, before, localize=settings.localize
+        repo,
+        task.statement,
+        agents_md,
+        command,
+        before,
+        localize=settings.localize,
+        findings=findings,
     )
     protocol = resolve_protocol(settings.protocol, settings.model_name)
     edit_forms = resolve_edit_forms(settings.edit_forms, settings.model_name)
     system, first = prompts_for(protocol, context, edit_forms)
     record.first_message_chars = len(first)
     record.system_chars = len(system)
-    report = parse_test_output(repo, before.output) if before else None
-    record.failing = len(report.failures) if report else 0
-    ranked = rank_functions(repo, report) if report and report.failures else []
+    record.failing = len(findings.report.failures) if findings else 0
+    ranked = findings.ranked if findings else []
     record.candidates = len(ranked)
     if bug_file and bug_function:
         sources = _sources_section(first)

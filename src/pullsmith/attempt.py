@@ -18,6 +18,7 @@ from pullsmith.agent.context import (
     without_progress,
 )
 from pullsmith.agent.failures import (
+    TestReport,
     cpu_capped,
     cpu_exceeded,
     cpu_used,
@@ -26,6 +27,7 @@ from pullsmith.agent.failures import (
     summarize,
 )
 from pullsmith.agent.feedback import ChangeReporter, RewriteGuard
+from pullsmith.agent.localize import Candidate, rank_functions
 from pullsmith.agent.loop import Agent, AgentLimits, Approve, Outcome, clip
 from pullsmith.agent.prompts import (
     TaskContext,
@@ -78,6 +80,23 @@ BUDGET_REASON = "the task's time budget was used up"
 TRAILER = "Co-authored-by: pullsmith <pullsmith@users.noreply.local>"
 
 
+@dataclasses.dataclass(frozen=True)
+class Findings:
+    """The test run before any change, parsed (`report`), and the functions most likely at
+    fault for its failures, ranked (`ranked`): made once per attempt, for the first message
+    and for direct repair."""
+
+    report: TestReport
+    ranked: list[Candidate]
+
+
+def find_faults(root: Path, before: TestRun) -> Findings:
+    """`before`'s failures and the ranking of the functions they most likely reach."""
+    root = root.resolve()
+    report = parse_test_output(root, before.output)
+    return Findings(report, rank_functions(root, report) if report.failures else [])
+
+
 def task_context(
     root: Path,
     instruction: str,
@@ -86,16 +105,28 @@ def task_context(
     before: TestRun | None,
     test_note: str = "",
     localize: bool = True,
+    findings: Findings | None = None,
 ) -> TaskContext:
     """What the first message is made of, from the test run before any change (`before`):
     the failing tests summed up and the code they point to (benchmarks/localization.py
     measures it the same way); `test_note` says what to tell the model of a run that hung;
-    `localize` off shows the tracebacks' files instead of the ranked functions."""
+    `localize` off shows the tracebacks' files instead of the ranked functions; `findings`,
+    `before` already parsed and ranked (see `find_faults`)."""
     sources: tuple[str, ...] = ()
     failures = ""
     if before and not before.passed:
-        sources = tuple(evidence_sources(root, before.output, rank=localize))
-        failures = summarize(parse_test_output(root, before.output))
+        if findings is None:
+            findings = find_faults(root, before)
+        sources = tuple(
+            evidence_sources(
+                root,
+                before.output,
+                rank=localize,
+                report=findings.report,
+                ranked=findings.ranked,
+            )
+        )
+        failures = summarize(findings.report)
     return TaskContext(
         instruction=instruction,
         files=file_listing(root),
@@ -334,6 +365,7 @@ class Attempt:
         if self.cancel.is_set():
             result.status = result.exit_reason = "cancelled"
             return
+        findings = find_faults(workspace.path, before) if before and not before.passed else None
         context = task_context(
             workspace.path,
             self._instruction(),
@@ -344,6 +376,7 @@ class Attempt:
             if before
             else "",
             localize=self.settings.localize,
+            findings=findings,
         )
         if self.model is None:
             self.model = open_model(self.settings, log_path=self.run_dir / "model-server.log")
@@ -378,7 +411,7 @@ class Attempt:
         if history:
             first = continuation_message(context)
         elif protocol == "text":
-            repaired = self._repair(workspace, sandbox, test_command, before, system, first)
+            repaired = self._repair(workspace, sandbox, test_command, findings, system, first)
         if repaired is not None and repaired.tests is not None:
             # No finish summary: the model wrote a function, not words (the summary from the
             # diff says what changed; the repair.tried events, what was asked).
@@ -479,7 +512,7 @@ class Attempt:
         workspace: Workspace,
         sandbox: Sandbox,
         test_command: str | None,
-        before: TestRun | None,
+        findings: Findings | None,
         system: str,
         first: str,
     ) -> RepairTry | None:
@@ -490,10 +523,11 @@ class Attempt:
         s = self.settings
         result = self.result
         assert result is not None and self.model is not None
-        if not s.repair or not test_command or before is None or before.passed:
+        if not s.repair or not test_command or findings is None:
             return None
-        report = parse_test_output(workspace.path, before.output)
-        candidates = repair_candidates(workspace.path, report, s.repair_candidates)
+        candidates = repair_candidates(
+            workspace.path, findings.report, s.repair_candidates, ranked=findings.ranked
+        )
         if not candidates:
             return None
         # The agent keeps a turn's worth of the task's budget.

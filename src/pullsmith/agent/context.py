@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 from pullsmith.agent.failures import TestReport, function_source, parse_test_output
-from pullsmith.agent.localize import rank_functions
+from pullsmith.agent.localize import Candidate, rank_functions
 
 AGENTS_MD_CAP = 32 * 1024
 LISTING_CAP = 200
@@ -220,16 +220,27 @@ def _is_test_file(path: Path) -> bool:
 
 
 def evidence_sources(
-    root: Path, output: str, limit: int = 4, budget: int = SOURCES_CHARS, rank: bool = True
+    root: Path,
+    output: str,
+    limit: int = 4,
+    budget: int = SOURCES_CHARS,
+    rank: bool = True,
+    report: TestReport | None = None,
+    ranked: list[Candidate] | None = None,
 ) -> list[str]:
     """The code a failing test run points to, ready to show, within `budget` characters: the
     functions `localize.rank_functions` ranks first — a small file whole (a small model edits
     best when it sees the whole file), a big one cut to those functions — then the failing
     tests. Without a ranking (no failing test understood, or `rank` off: the `localize`
-    setting), the files of the tracebacks and what they import."""
+    setting), the files of the tracebacks and what they import. `report` and `ranked`, when
+    given, are `output` already parsed and ranked (the attempt's direct repair uses them too)."""
     root = root.resolve()
-    report = parse_test_output(root, output)
-    ranked = rank_functions(root, report) if rank and report.failures else []
+    if report is None:
+        report = parse_test_output(root, output)
+    if not rank or not report.failures:
+        ranked = []
+    elif ranked is None:
+        ranked = rank_functions(root, report)
     if not ranked:
         return _frame_sources(root, output, report, limit, budget)
     tests = _test_pieces(root, report, budget // 3)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from pullsmith.agent.failures import TestReport, function_source
-from pullsmith.agent.localize import rank_functions
+from pullsmith.agent.localize import Candidate, rank_functions
 from pullsmith.models.base import Message, Model, Usage
 from pullsmith.task import TestRun
 from pullsmith.tools.edit_forms import scan
@@ -87,15 +87,18 @@ class RepairResult:
         return next((t for t in self.tries if t.outcome == "passed"), None)
 
 
-def repair_candidates(root: Path, report: TestReport, limit: int) -> list[RepairCandidate]:
-    """The first `limit` functions `rank_functions` ranks for the failures of `report` that
-    can be asked for: found again in their file, at most `MAX_FUNCTION_LINES` long, and the
-    only definition of their name there (a property's getter and setter share one, and
-    `replace_function` could not tell which a reply means)."""
+def repair_candidates(
+    root: Path, report: TestReport, limit: int, ranked: list[Candidate] | None = None
+) -> list[RepairCandidate]:
+    """The first `limit` functions `rank_functions` ranks for the failures of `report` (or
+    `ranked`, that ranking already made) that can be asked for: found again in their file, at
+    most `MAX_FUNCTION_LINES` long, and the only definition of their name there (a property's
+    getter and setter share one, and `replace_function` could not tell which a reply means)."""
     found: list[RepairCandidate] = []
     if limit <= 0 or not report.failures:
         return found
-    ranked = rank_functions(root, report)
+    if ranked is None:
+        ranked = rank_functions(root, report)
     names = Counter((c.definition.path, c.definition.name) for c in ranked)
     for one in ranked:
         definition = one.definition
