@@ -286,9 +286,9 @@ class Settings:
     # Before the agent's turns (text protocol, a failing test run understood): ask the model
     # for each of the first `repair_candidates` functions localize ranks, one at a time, fixed
     # whole, and keep the first change the tests pass (agent/repair.py), for at most
-    # `repair_max_s` seconds from its first reply's first piece. The first round asks at the
-    # attempt's temperature; later rounds ask each again at `repair_temperature`, up to
-    # `repair_samples` asks of a function in all.
+    # `repair_max_s` seconds from its first reply's first piece. A function's first ask is at
+    # the attempt's temperature, its later ones (agent/repair.py's ask_order) at
+    # `repair_temperature`, up to `repair_samples` asks of a function in all.
     repair: bool = True
     repair_candidates: int = 5
     repair_max_s: float = 240.0

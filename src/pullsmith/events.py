@@ -218,7 +218,8 @@ class RepairTried(Payload):
     function: str
     rank: int
     outcome: str
-    # The how-manieth ask of this function (1: the first round, at the attempt's temperature).
+    # The how-manieth ask of this function (1: at the attempt's temperature; later ones at
+    # repair_temperature).
     sample: int = 1
     detail: str = ""
     seconds: float = 0.0

@@ -11,6 +11,7 @@ from conftest import ScriptedModel, bwrap_works, git
 from pullsmith.agent.failures import parse_test_output
 from pullsmith.agent.repair import (
     RepairCandidate,
+    ask_order,
     definition_in,
     direct_repair,
     repair_candidates,
@@ -241,7 +242,17 @@ class CopiesWhenCold(ByFunction):
         return super().complete(messages, **kw)
 
 
-def test_later_rounds_ask_again_at_the_repair_temperature_until_a_rewrite_passes(example_repo):
+def test_the_first_ranked_function_is_asked_again_soonest():
+    order = [(c, n) for c, n in ask_order(["f1", "f2", "f3", "f4", "f5"], 3)]
+    assert order[:9] == [
+        ("f1", 1), ("f2", 1), ("f1", 2), ("f3", 1), ("f2", 2),
+        ("f4", 1), ("f1", 3), ("f3", 2), ("f5", 1),
+    ]  # fmt: skip
+    assert sorted(order) == [(f, n) for f in ["f1", "f2", "f3", "f4", "f5"] for n in (1, 2, 3)]
+    assert ask_order(["f1", "f2"], 1) == [("f1", 1), ("f2", 1)]
+
+
+def test_later_asks_are_at_the_repair_temperature_until_a_rewrite_passes(example_repo):
     report = parse_test_output(example_repo, pytest_output(example_repo))
     candidates = repair_candidates(example_repo, report, 3)
     model = CopiesWhenCold({"to_csv": FIXED_TO_CSV})
@@ -249,17 +260,17 @@ def test_later_rounds_ask_again_at_the_repair_temperature_until_a_rewrite_passes
     result = direct_repair(
         model, [], example_repo, candidates, run, budget_s=60, samples=3, temperature=0.7, seed=7
     )
-    names = [c.name for c in candidates]
-    # The whole first round (every candidate, at the attempt's temperature), then the second
-    # round in rank order up to to_csv, whose rewrite at 0.7 passes.
-    second = names[: names.index("to_csv") + 1]
-    assert model.asked == names + second
-    assert [t.sample for t in result.tries] == [1] * len(names) + [2] * len(second)
-    assert [t.outcome for t in result.tries][: len(names)] == ["unchanged"] * len(names)
+    # In ask_order, up to to_csv's first ask at 0.7, whose rewrite passes.
+    order = ask_order(candidates, 3)
+    until = next(i for i, (c, n) in enumerate(order) if c.name == "to_csv" and n == 2)
+    assert model.asked == [c.name for c, _ in order[: until + 1]]
+    assert [t.sample for t in result.tries] == [n for _, n in order[: until + 1]]
+    assert all(t.outcome == "unchanged" for t in result.tries[:-1])
     assert result.passed is not None and result.passed.sample == 2
-    assert model.sampling[: len(names)] == [(None, None)] * len(names)
-    later = model.sampling[len(names) :]
-    assert all(t == 0.7 for t, _ in later) and len({s for _, s in later}) == len(later)
+    cold = [sampling for sampling, (_, n) in zip(model.sampling, order, strict=False) if n == 1]
+    assert cold == [(None, None)] * len(cold)
+    later = [sampling for sampling, (_, n) in zip(model.sampling, order, strict=False) if n > 1]
+    assert later and all(t == 0.7 for t, _ in later) and len({s for _, s in later}) == len(later)
     assert runs == [0]  # the unchanged copies cost no test run
 
 

@@ -15,10 +15,10 @@ starts from the same first message.
 The tests decide, never the model: a change is kept only when the whole test command passes.
 
 A small model asked once at a low temperature mostly copies the function back as it was (the
-example's `range(len(rows) - 1)`: 3 of 3 copies at 0.2, 3 of 5 fixes at 0.7). So the first
-round asks each candidate once at the attempt's own temperature, and later rounds, while the
-time lasts, ask each again at `temperature` (`samples` asks a candidate at most). A rewrite
-already tried for that function is not tested again.
+example's `range(len(rows) - 1)`: 3 of 3 copies at 0.2, 3 of 5 fixes at 0.7). So each
+candidate is first asked at the attempt's own temperature, and then again, while the time
+lasts, at `temperature` (`samples` asks a candidate at most), the first-ranked ones soonest
+(`ask_order`). A rewrite already tried for that function is not tested again.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ from pullsmith.tools.replace_function import ReplaceFunctionError, replace_funct
 # A function longer than this is not asked for: the model would copy it back for minutes
 # (at 5-20 tokens a second) and small models cut long copies short.
 MAX_FUNCTION_LINES = 80
+# How many places in the order of asks a function's next ask comes after its last one.
+RESAMPLE_STEP = 2
 _FENCE = re.compile(r"```([\w+-]*)[^\n]*\n(.*?)(?:\n```|\Z)", re.S)
 
 
@@ -65,7 +67,7 @@ class RepairTry:
     definition" (the reply had none of it), "not applied" (replace_function refused it),
     "stopped" (out of time, or cancelled, while the reply was written), "repeated" (the
     reply wrote a rewrite already tried for this function: not tested again). `sample` counts
-    the asks of this candidate (1 = the first round, at the attempt's temperature)."""
+    the asks of this candidate (1 = its first, at the attempt's temperature)."""
 
     candidate: RepairCandidate
     outcome: str
@@ -169,6 +171,22 @@ def _normalized(text: str) -> str:
     return "\n".join(line.rstrip() for line in textwrap.dedent(text).strip().splitlines())
 
 
+def ask_order(candidates: list[RepairCandidate], samples: int) -> list[tuple[RepairCandidate, int]]:
+    """The asks in the order made, as (candidate, the how-manieth ask of it): each candidate's
+    first ask comes at its place in the ranking, and its k-th one `RESAMPLE_STEP` × (k - 1)
+    places later, before a new candidate at the same place. So the first function, the one
+    most often at fault, is asked again early: a first round over every candidate before any
+    ask again took the whole time budget on pypi-bugs, where a function's rewrite takes a
+    minute (c1 c2 c1 c3 c2 c4 c1 c3 c5 ... rather than c1 c2 c3 c4 c5 c1 ...)."""
+    asks = [
+        (position + RESAMPLE_STEP * (sample - 1), position, candidate, sample)
+        for position, candidate in enumerate(candidates, 1)
+        for sample in range(1, max(1, samples) + 1)
+    ]
+    asks.sort(key=lambda ask: (ask[0], ask[1]))
+    return [(candidate, sample) for _, _, candidate, sample in asks]
+
+
 def direct_repair(
     model: Model,
     prefix: list[Message],
@@ -184,10 +202,10 @@ def direct_repair(
     on_text: Callable[[str], None] | None = None,
     on_try: Callable[[RepairTry], None] | None = None,
 ) -> RepairResult:
-    """Ask for each candidate in turn after `prefix` (the agent's system prompt and first
-    message), in rounds: the first at the model's own temperature, each later one (up to
-    `samples` rounds) at `temperature` (with `seed`, when given, plus the ask's number), until
-    the tests pass, the rounds run out or the time does: `budget_s` seconds from the first
+    """Ask for the candidates after `prefix` (the agent's system prompt and first message) in
+    `ask_order`: each one's first ask at the model's own temperature, its later ones (up to
+    `samples` in all) at `temperature` (with `seed`, when given, plus the ask's number), until
+    the tests pass, the asks run out or the time does: `budget_s` seconds from the first
     piece of the first reply (the prompt of `prefix` before it is the agent's too, cached for
     its first turn), and never past `deadline` (time.monotonic()). A change the tests do not
     pass is put back, so the worktree is as it was unless the result has a try that passed.
@@ -215,7 +233,7 @@ def direct_repair(
 
     # The rewrites tried of each function, so a repeated one is not tested again.
     seen: dict[tuple[str, str], set[str]] = {}
-    order = [(c, n) for n in range(1, max(1, samples) + 1) for c in candidates]
+    order = ask_order(candidates, samples)
     for number, (candidate, sample) in enumerate(order, 1):
         why = out_of_time()
         if why:
