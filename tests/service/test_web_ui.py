@@ -372,3 +372,45 @@ def test_a_prs_review_shows_on_its_task_page(page, server, recordings, tmp_path,
     card.locator("details summary").click()
     expect(card).to_contain_text("the same way on the base")
     shoot(page, tmp_path / "8-review.png", capsys)
+
+
+def test_direct_repair_tries_read_as_lines_in_the_log(page, server, recordings, tmp_path, capsys):
+    """The recorded runs have direct repair off (their replies are the agent's turns), so the
+    task's event stream is given two repair.tried events after its test run before the change,
+    as a run with repair on sends them; the page reads each as a line of its own."""
+    import json
+
+    repo = make_repo(tmp_path / "inventory")
+    sign_in(page, server)
+    created = server.create(repo, recordings["good"])
+    server.wait(created["id"], ("passed",))
+    tried = {"path": "inventory/export.py", "function": "to_csv", "rank": 1, "seconds": 12.5}
+
+    def with_repair(route: Route) -> None:
+        response = route.fetch()
+        frames = [f for f in response.text().split("\n\n") if f.strip()]
+        out: list[str] = []
+        for frame in frames:
+            out.append(frame)
+            data = [line[5:].strip() for line in frame.split("\n") if line.startswith("data:")]
+            event = json.loads(data[0]) if data else {}
+            if event.get("type") == "tests.ran" and event["data"].get("phase") == "before":
+                # Ids between this event's and the next one's, so the page keeps the order.
+                for step, extra in (
+                    (0.25, {"outcome": "unchanged", "sample": 1, "completion_tokens": 60}),
+                    (0.5, {"outcome": "passed", "sample": 2, "completion_tokens": 70}),
+                ):
+                    added = {**event, "id": event["id"] + step, "type": "repair.tried"}
+                    added["data"] = {"attempt": event["data"].get("attempt"), **tried, **extra}
+                    out.append(f"event: repair.tried\ndata: {json.dumps(added)}")
+        route.fulfill(response=response, body="\n\n".join(out) + "\n\n")
+
+    page.route(f"**/api/tasks/{created['id']}/events*", with_repair)
+    page.goto(f"{server.base}/tasks/{created['id']}")
+    rows = page.locator('#log li[data-type="repair.tried"]')
+    expect(rows).to_have_count(2)
+    expect(rows.nth(0)).to_contain_text("to_csv in inventory/export.py (rank 1): unchanged")
+    expect(rows.nth(1)).to_contain_text("to_csv in inventory/export.py (rank 1, ask 2): passed")
+    expect(rows.nth(1)).to_contain_text("70 tokens")
+    rows.nth(1).scroll_into_view_if_needed()
+    shoot(page, tmp_path / "9-repair.png", capsys)
