@@ -99,13 +99,18 @@ class PlanModel:
         self.closed = False
         self.lock = threading.Lock()
 
-    def reply_for(self, messages: list[dict]) -> str:
+    def key_for(self, messages: list[dict]) -> str | None:
+        """The plan a conversation follows (the key in its first user message), if any."""
         first = next(m["content"] for m in messages if m["role"] == "user")
+        return next((key for key in self.plans if key in first), None)
+
+    def reply_for(self, messages: list[dict]) -> str:
+        key = self.key_for(messages)
+        if key is None:
+            return FINISH
         turn = sum(1 for m in messages if m["role"] == "assistant")
-        for key, replies in self.plans.items():
-            if key in first:
-                return replies[min(turn, len(replies) - 1)]
-        return FINISH
+        replies = self.plans[key]
+        return replies[min(turn, len(replies) - 1)]
 
     def complete(self, messages, temperature=None, **kw):
         with self.lock:
@@ -126,11 +131,19 @@ class FakeOpenAIServer:
     def __init__(self, plans: dict[str, list[str]], delay_s: float = 0.0) -> None:
         self.model = PlanModel(plans)
         model = self.model
+        # The plan keys of the requests being answered now (waiting out `delay_s`).
+        self.in_flight: list[str | None] = []
+        in_flight = self.in_flight
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                time.sleep(delay_s)
+                key = model.key_for(body["messages"])
+                in_flight.append(key)
+                try:
+                    time.sleep(delay_s)
+                finally:
+                    in_flight.remove(key)
                 reply = model.complete(body["messages"])
                 if body.get("stream"):
                     usage = reply.usage

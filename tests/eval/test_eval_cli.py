@@ -87,9 +87,17 @@ def test_interrupted_run_resumes(tmp_path):
             env={**os.environ, "COLUMNS": "200"},
         )
         deadline = time.monotonic() + 120
-        while not (out / "records.jsonl").is_file() or not (out / "records.jsonl").read_text():
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.1)
+        # The interrupt is sent while a request of the second task waits at the model, after
+        # the first task's record is written (the full suite once saw the run end first: exit
+        # 0, when the interrupt had only waited for the record).
+        records = out / "records.jsonl"
+        while not (
+            records.is_file()
+            and records.read_text()
+            and "mathx.py" in list(server.in_flight)  # the second task's plan
+        ):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.poll()
+            time.sleep(0.05)
         proc.send_signal(signal.SIGINT)  # while the second task runs
         stdout, stderr = proc.communicate(timeout=60)
         assert proc.returncode == 130, stderr
