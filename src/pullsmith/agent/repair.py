@@ -232,7 +232,7 @@ def direct_repair(
             on_text(text)
 
     # The rewrites tried of each function, so a repeated one is not tested again.
-    seen: dict[tuple[str, str], set[str]] = {}
+    seen: dict[RepairCandidate, set[str]] = {}
     order = ask_order(candidates, samples)
     for number, (candidate, sample) in enumerate(order, 1):
         why = out_of_time()
@@ -261,11 +261,12 @@ def direct_repair(
             break
         attempt.seconds, attempt.usage = round(time.monotonic() - started, 3), reply.usage
         text = definition_in(reply.text, candidate.name)
-        tried = seen.setdefault((candidate.path, candidate.name), set())
+        tried = seen.setdefault(candidate, set())
+        key = _normalized(text) if text is not None else ""
         if text is None:
             attempt.outcome = "no definition"
             attempt.detail = f"the reply did not define {candidate.name.rpartition('.')[2]}"
-        elif _normalized(text) in tried:
+        elif key in tried:
             attempt.outcome = "repeated"
             attempt.detail = "the same rewrite as an earlier ask of this function"
         else:
@@ -277,7 +278,7 @@ def direct_repair(
                 if replaced.unchanged:
                     attempt.outcome = "unchanged"
                 else:
-                    tried.add(_normalized(text))
+                    tried.add(key)
                     attempt.tests = run_tests()
                     passed = attempt.tests is not None and attempt.tests.passed
                     attempt.outcome = "passed" if passed else "failed"
