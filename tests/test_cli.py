@@ -109,6 +109,8 @@ def test_each_direct_repair_try_is_a_line_with_its_outcome():
     view(Event(1, "repair.tried", "t", 0.0, {**tried, "function": "Box.area", "outcome": "failed"}))
     again = {**tried, "function": "load", "outcome": "passed", "sample": 2}
     view(Event(2, "repair.tried", "t", 0.0, again))
+    view(Event(3, "repair.tried", "t", 0.0, {**again, "sample": 3, "form": "lines"}))
     lines = console.export_text().splitlines()
     assert lines[0].startswith("repair: Box.area in pkg/m.py (rank 2) failed · 30.0 s")
     assert lines[1].startswith("repair: load in pkg/m.py (rank 2, ask 2) passed")
+    assert lines[2].startswith("repair: load in pkg/m.py (rank 2, ask 3, lines) passed")

@@ -526,7 +526,11 @@ class Attempt:
         if not s.repair or not test_command or findings is None:
             return None
         candidates = repair_candidates(
-            workspace.path, findings.report, s.repair_candidates, ranked=findings.ranked
+            workspace.path,
+            findings.report,
+            s.repair_candidates,
+            ranked=findings.ranked,
+            lines_over=s.repair_lines_over,
         )
         if not candidates:
             return None
@@ -544,6 +548,7 @@ class Attempt:
                     rank=c.rank,
                     outcome=one.outcome,
                     sample=one.sample,
+                    form=c.form,
                     detail=one.detail,
                     seconds=one.seconds,
                     prompt_tokens=one.usage.prompt_tokens,

@@ -177,6 +177,7 @@ class TerminalView:
         style = {"passed": "green", "failed": "red"}.get(d["outcome"], "yellow")
         detail = f" · {escape(d['detail'][:120])}" if d.get("detail") else ""
         ask = f", ask {d['sample']}" if d.get("sample", 1) > 1 else ""
+        ask += ", lines" if d.get("form") == "lines" else ""
         self.console.print(
             f"[bold]repair:[/] {escape(d['function'])} in {escape(d['path'])} "
             f"(rank {d['rank']}{ask}) [{style}]{d['outcome']}[/] [dim]· {d['seconds']:.1f} s · "

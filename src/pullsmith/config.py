@@ -284,16 +284,19 @@ class Settings:
     # the tests still failed (off: every attempt gets the same first message).
     retry_account: bool = True
     # Before the agent's turns (text protocol, a failing test run understood): ask the model
-    # for each of the first `repair_candidates` functions localize ranks, one at a time, fixed
-    # whole, and keep the first change the tests pass (agent/repair.py), for at most
+    # for each of the first `repair_candidates` functions localize ranks, one at a time, fixed,
+    # and keep the first change the tests pass (agent/repair.py), for at most
     # `repair_max_s` seconds from its first reply's first piece. A function's first ask is at
     # the attempt's temperature, its later ones (agent/repair.py's ask_order) at
-    # `repair_temperature`, up to `repair_samples` asks of a function in all.
+    # `repair_temperature`, up to `repair_samples` asks of a function in all. A function over
+    # `repair_lines_over` lines is asked for a SEARCH/REPLACE block of the lines to change,
+    # not written whole (0: every function whole).
     repair: bool = True
     repair_candidates: int = 5
     repair_max_s: float = 240.0
     repair_samples: int = 3
     repair_temperature: float = 0.7
+    repair_lines_over: int = 30
     temperature: float = 0.2
     seed: int | None = None
     max_reply_tokens: int = 2048

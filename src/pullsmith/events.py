@@ -209,7 +209,7 @@ class DiffShrunk(Payload):
 
 class RepairTried(Payload):
     """Before the agent's turns, the model was asked for one function the failing tests most
-    likely reach, fixed whole (agent/repair.py): what came of it. `outcome` "passed" keeps the
+    likely reach, fixed (agent/repair.py): what came of it. `outcome` "passed" keeps the
     change (`test_event` is the passing run) and the agent does not run; any other outcome
     was put back."""
 
@@ -221,6 +221,9 @@ class RepairTried(Payload):
     # The how-manieth ask of this function (1: at the attempt's temperature; later ones at
     # repair_temperature).
     sample: int = 1
+    # "function": asked for it whole; "lines": for a SEARCH/REPLACE block of the lines to
+    # change (a function over `repair_lines_over` lines).
+    form: str = "function"
     detail: str = ""
     seconds: float = 0.0
     prompt_tokens: int = 0

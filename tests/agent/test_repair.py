@@ -14,6 +14,7 @@ from pullsmith.agent.repair import (
     ask_order,
     definition_in,
     direct_repair,
+    lines_edit_in,
     repair_candidates,
     repair_request,
 )
@@ -24,6 +25,7 @@ from pullsmith.events import read_events
 from pullsmith.models.base import Reply, Usage
 from pullsmith.pr.evidence import run_evidence
 from pullsmith.task import Task, TestRun
+from pullsmith.tools.search_replace import SearchReplaceError
 
 SANDBOX = "bwrap" if bwrap_works() else "none"
 BUGGY_LOOP = "    for i in range(len(rows) - 1):\n        lines.append(format_row(rows[i]))\n"
@@ -127,6 +129,85 @@ def test_the_request_shows_the_function_and_names_it_for_replace_function():
     assert "```python\ndef area(self):\n```" in text
     assert "replace_function pkg/m.py Box.area <<'EOF'" in text
     assert "lines 10-11" in text
+
+
+# --- the changed lines only, for a long function ------------------------------------------
+
+METHOD = RepairCandidate(
+    "pkg/m.py",
+    "Box.area",
+    10,
+    13,
+    "    def area(self):\n        # the area\n        w = self.w\n        return w + self.h",
+    1,
+    "lines",
+)
+
+
+def lines_reply(path: str, search: str, replace: str) -> str:
+    return (
+        f"The sum should be a product.\n```bash\nsearch_replace {path} <<'EOF'\n"
+        f"<<<<<<< SEARCH\n{search}=======\n{replace}>>>>>>> REPLACE\nEOF\n```"
+    )
+
+
+def test_a_lines_request_asks_for_a_search_replace_block_not_the_whole_function():
+    text = repair_request(METHOD)
+    assert "```python\ndef area(self):\n    # the area\n" in text
+    assert "search_replace pkg/m.py <<'EOF'" in text and "<<<<<<< SEARCH" in text
+    assert "replace_function" not in text
+
+
+def test_the_blocks_of_a_lines_reply_change_the_function_alone():
+    # Copied from the request's dedented view: re-indented to the method's lines.
+    reply = lines_reply("pkg/m.py", "    return w + self.h\n", "    return w * self.h\n")
+    assert lines_edit_in(reply, METHOD) == (
+        "def area(self):\n    # the area\n    w = self.w\n    return w * self.h\n"
+    )
+    # A block that matches nothing in the function is not applied (whatever the rest of the
+    # file holds), with search_replace's own words.
+    elsewhere = lines_reply("pkg/m.py", "    return self.w\n", "    return 0\n")
+    with pytest.raises(SearchReplaceError, match="SEARCH"):
+        lines_edit_in(elsewhere, METHOD)
+    # A reply that writes the function whole is taken that way; one with neither has none.
+    whole = replace_reply("pkg/m.py", "Box.area", "def area(self):\n    return 1\n")
+    assert lines_edit_in(whole, METHOD) == "def area(self):\n    return 1\n"
+    assert lines_edit_in("The bug is not in this function.", METHOD) is None
+
+
+def test_a_function_over_lines_over_is_asked_for_its_lines_up_to_a_longer_cap(tmp_path):
+    body = "".join(f"    x{i} = {i}\n" for i in range(100))
+    (tmp_path / "big.py").write_text(
+        f"def big():\n{body}    return x0 - 1\n\n\ndef small():\n    return big() + 1\n"
+    )
+    (tmp_path / "test_big.py").write_text(
+        "from big import small\n\ndef test_small():\n    assert small() == 1\n"
+    )
+    git("init", "-q", cwd=tmp_path)
+    git("add", ".", cwd=tmp_path)
+    report = parse_test_output(tmp_path, pytest_output(tmp_path))
+    whole = {c.name: c.form for c in repair_candidates(tmp_path, report, 5)}
+    assert whole == {"small": "function"}  # 102 lines is too long to ask for whole
+    forms = {c.name: c.form for c in repair_candidates(tmp_path, report, 5, lines_over=30)}
+    assert forms == {"small": "function", "big": "lines"}
+
+
+def test_a_lines_answer_is_applied_tested_and_kept(example_repo):
+    report = parse_test_output(example_repo, pytest_output(example_repo))
+    candidates = repair_candidates(example_repo, report, 3, lines_over=3)
+    fix = next(c for c in candidates if c.name == "to_csv")
+    assert fix.form == "lines" and fix.lines == 6
+    reply = lines_reply(
+        "inventory/export.py",
+        BUGGY_LOOP,
+        "    for row in rows:\n        lines.append(format_row(row))\n",
+    )
+    model = ScriptedModel([reply])
+    run, runs = pytest_runner(example_repo)
+    result = direct_repair(model, [], example_repo, [fix], run, budget_s=60)
+    assert [t.outcome for t in result.tries] == ["passed"] and runs == [0]
+    diff = git("diff", "--numstat", cwd=example_repo)
+    assert diff.split()[:3] == ["2", "2", "inventory/export.py"]
 
 
 # --- real files, real test runs ------------------------------------------------------------
@@ -301,6 +382,7 @@ def run_with(repo, tmp_path, model, **settings):
 def test_a_passing_repair_is_committed_and_the_agent_does_not_run(example_repo, tmp_path):
     model = ByFunction({"to_csv": FIXED_TO_CSV})
     result, events = run_with(example_repo, tmp_path, model)
+    assert {e.data["form"] for e in events if e.type == "repair.tried"} == {"function"}
     assert result.status == "passed" and result.exit_reason == "repaired"
     assert result.turns == 0 and result.usage.prompt_tokens == 50 * len(model.asked)
     types = [e.type for e in events]
@@ -363,3 +445,31 @@ def test_repair_is_not_tried_when_off_or_with_the_tools_protocol(
     assert result.status == "failed", result.exit_reason
     assert not [e for e in events if e.type == "repair.tried"]
     assert model.asked == []
+
+
+class AnswersInLines(ByFunction):
+    """Answers the request for to_csv with a SEARCH/REPLACE block of its loop; any other
+    request with no block."""
+
+    def complete(self, messages, on_text=None, **kw):
+        request = messages[-1]["content"]
+        self.asked.append(request.split("most likely reach `", 1)[1].split("`", 1)[0])
+        self.prefixes.append(messages[:-1])
+        text = "The bug is not in this function."
+        if self.asked[-1] == "to_csv":
+            fixed = "    for row in rows:\n        lines.append(format_row(row))\n"
+            text = lines_reply("inventory/export.py", BUGGY_LOOP, fixed)
+        return Reply(text=text, usage=Usage(prompt_tokens=50, completion_tokens=20))
+
+
+def test_in_an_attempt_a_function_over_repair_lines_over_is_asked_for_its_lines(
+    example_repo, tmp_path
+):
+    model = AnswersInLines({})
+    result, events = run_with(example_repo, tmp_path, model, repair_lines_over=3)
+    assert result.status == "passed" and result.exit_reason == "repaired"
+    tried = [e.data for e in events if e.type == "repair.tried"]
+    assert tried[-1]["function"] == "to_csv" and tried[-1]["form"] == "lines"
+    assert {t["outcome"] for t in tried[:-1]} <= {"no definition"}
+    committed = git("show", f"{result.branch}:inventory/export.py", cwd=example_repo)
+    assert "for row in rows:" in committed and '"""Join one row' in committed

@@ -19,6 +19,12 @@ example's `range(len(rows) - 1)`: 3 of 3 copies at 0.2, 3 of 5 fixes at 0.7). So
 candidate is first asked at the attempt's own temperature, and then again, while the time
 lasts, at `temperature` (`samples` asks a candidate at most), the first-ranked ones soonest
 (`ask_order`). A rewrite already tried for that function is not tested again.
+
+A long function is not asked for whole: writing 40-60 lines back costs a minute or two here
+(pypi-bugs: 400-850 tokens at 4-8 tokens a second), so only 3-4 asks fit the time, and most of
+each reply is copying. A function longer than `lines_over` lines is asked for a SEARCH/REPLACE
+block of the lines to change; it is applied to that function's text alone (so it cannot touch
+the rest of the file), and the function that results goes the same way as a whole rewrite.
 """
 
 from __future__ import annotations
@@ -39,10 +45,17 @@ from pullsmith.models.base import Message, Model, Usage
 from pullsmith.task import TestRun
 from pullsmith.tools.edit_forms import scan
 from pullsmith.tools.replace_function import ReplaceFunctionError, replace_function
+from pullsmith.tools.search_replace import SearchReplaceError, apply_to_text, parse_blocks
 
-# A function longer than this is not asked for: the model would copy it back for minutes
-# (at 5-20 tokens a second) and small models cut long copies short.
+# A function longer than this is not asked for whole: the model would copy it back for
+# minutes (at 5-20 tokens a second) and small models cut long copies short.
 MAX_FUNCTION_LINES = 80
+# Nor for its lines when longer than this: it is shown whole in the request, which has to fit
+# the bundled model's 8k context after the first message (about 4k tokens on pypi-bugs).
+MAX_LINES_ASK = 160
+# How the question is put: "function" (write it whole, with replace_function) or "lines"
+# (a SEARCH/REPLACE block of the lines to change, for a function over `lines_over` lines).
+FORMS = ("function", "lines")
 # How many places in the order of asks a function's next ask comes after its last one.
 RESAMPLE_STEP = 2
 _FENCE = re.compile(r"```([\w+-]*)[^\n]*\n(.*?)(?:\n```|\Z)", re.S)
@@ -58,6 +71,11 @@ class RepairCandidate:
     end: int
     source: str
     rank: int
+    form: str = "function"
+
+    @property
+    def lines(self) -> int:
+        return self.end - self.start + 1
 
 
 @dataclass
@@ -90,12 +108,18 @@ class RepairResult:
 
 
 def repair_candidates(
-    root: Path, report: TestReport, limit: int, ranked: list[Candidate] | None = None
+    root: Path,
+    report: TestReport,
+    limit: int,
+    ranked: list[Candidate] | None = None,
+    lines_over: int = 0,
 ) -> list[RepairCandidate]:
     """The first `limit` functions `rank_functions` ranks for the failures of `report` (or
-    `ranked`, that ranking already made) that can be asked for: found again in their file, at
-    most `MAX_FUNCTION_LINES` long, and the only definition of their name there (a property's
-    getter and setter share one, and `replace_function` could not tell which a reply means)."""
+    `ranked`, that ranking already made) that can be asked for: found again in their file,
+    the only definition of their name there (a property's getter and setter share one, and
+    `replace_function` could not tell which a reply means), and at most `MAX_FUNCTION_LINES`
+    long; with `lines_over` > 0, a function longer than that is asked for its changed lines
+    (form "lines"), up to `MAX_LINES_ASK` lines long."""
     found: list[RepairCandidate] = []
     if limit <= 0 or not report.failures:
         return found
@@ -110,10 +134,12 @@ def repair_candidates(
         if located is None:
             continue
         start, end, source = located
-        if end - start + 1 > MAX_FUNCTION_LINES:
+        size = end - start + 1
+        form = "lines" if 0 < lines_over < size else "function"
+        if size > (MAX_LINES_ASK if form == "lines" else MAX_FUNCTION_LINES):
             continue
         found.append(
-            RepairCandidate(definition.path, definition.name, start, end, source, one.rank)
+            RepairCandidate(definition.path, definition.name, start, end, source, one.rank, form)
         )
         if len(found) >= limit:
             break
@@ -121,12 +147,28 @@ def repair_candidates(
 
 
 def repair_request(candidate: RepairCandidate) -> str:
-    """The question after the first message: this one function, fixed, with replace_function."""
+    """The question after the first message: this one function, fixed, with replace_function
+    (form "function") or with a SEARCH/REPLACE block of its wrong lines (form "lines")."""
     body = textwrap.dedent(candidate.source).rstrip("\n")
-    return (
+    shown = (
         f"Before you run anything: the failing tests above most likely reach "
         f"`{candidate.name}` in `{candidate.path}` (lines {candidate.start}-{candidate.end}):\n"
         f"```python\n{body}\n```\n"
+    )
+    if candidate.form == "lines":
+        return shown + (
+            "If the bug that makes those tests fail is in this function, reply with ONE "
+            f"```bash block that fixes it with `search_replace {candidate.path} <<'EOF'`, "
+            "then:\n"
+            "<<<<<<< SEARCH\n"
+            "the wrong line(s), copied exactly from the function above\n"
+            "=======\n"
+            "the fixed line(s)\n"
+            ">>>>>>> REPLACE\n"
+            "then `EOF`. Copy only the few lines you change, never the whole function. If the "
+            "bug is not in this function, reply that it is not, with no block."
+        )
+    return shown + (
         "If the bug that makes those tests fail is in this function, reply with ONE ```bash "
         f"block that replaces it with `replace_function {candidate.path} {candidate.name} "
         "<<'EOF'`, the complete fixed function, then `EOF`. Change only the lines that cause "
@@ -150,6 +192,25 @@ def definition_in(reply: str, name: str) -> str | None:
             if found is not None:
                 return found
     return None
+
+
+def lines_edit_in(reply: str, candidate: RepairCandidate) -> str | None:
+    """The function `candidate` as the SEARCH/REPLACE blocks of `reply` change it (applied to
+    its text alone, so they cannot reach the rest of the file), else the definition the reply
+    writes whole (a model may answer that way too); None when the reply has neither. Raises
+    SearchReplaceError when its blocks do not parse or do not match the function."""
+    texts: list[str] = []
+    for lang, block in _FENCE.findall(reply):
+        bodies = []
+        if lang.lower() in ("", "bash", "sh", "shell", "console"):
+            bodies = [doc.body for doc in scan(block)[1] if doc.body.strip()]
+        texts.extend(bodies or [block])
+    for text in [*texts, reply]:
+        if "<<<<<<<" in text:
+            blocks = parse_blocks(text, file=candidate.path)
+            edited = apply_to_text(candidate.source + "\n", blocks, shown=f"`{candidate.name}`")
+            return textwrap.dedent(edited)
+    return definition_in(reply, candidate.name)
 
 
 def _definition(text: str, leaf: str) -> str | None:
@@ -260,12 +321,27 @@ def direct_repair(
                 on_try(attempt)
             break
         attempt.seconds, attempt.usage = round(time.monotonic() - started, 3), reply.usage
-        text = definition_in(reply.text, candidate.name)
+        text: str | None = None
+        error = ""
+        if candidate.form == "lines":
+            try:
+                text = lines_edit_in(reply.text, candidate)
+            except SearchReplaceError as exc:
+                error = str(exc)
+        else:
+            text = definition_in(reply.text, candidate.name)
         tried = seen.setdefault(candidate, set())
         key = _normalized(text) if text is not None else ""
-        if text is None:
+        if error:
+            attempt.outcome, attempt.detail = "not applied", error
+        elif text is None:
             attempt.outcome = "no definition"
-            attempt.detail = f"the reply did not define {candidate.name.rpartition('.')[2]}"
+            leaf = candidate.name.rpartition(".")[2]
+            attempt.detail = (
+                f"the reply had no SEARCH/REPLACE block and did not define {leaf}"
+                if candidate.form == "lines"
+                else f"the reply did not define {leaf}"
+            )
         elif key in tried:
             attempt.outcome = "repeated"
             attempt.detail = "the same rewrite as an earlier ask of this function"

@@ -528,7 +528,7 @@ function eventEntry(page, event) {
       break;
     case "repair.tried":
       label = "repair";
-      body.push(`${d.function} in ${d.path} (rank ${d.rank}${(d.sample || 1) > 1 ? `, ask ${d.sample}` : ""}): ${d.outcome}`,
+      body.push(`${d.function} in ${d.path} (rank ${d.rank}${(d.sample || 1) > 1 ? `, ask ${d.sample}` : ""}${d.form === "lines" ? ", lines" : ""}): ${d.outcome}`,
         h("span", { class: "muted", text: ` · ${seconds(d.seconds)} · ${d.completion_tokens} tokens` }),
         d.detail ? h("div", { class: "muted", text: d.detail }) : null);
       break;
