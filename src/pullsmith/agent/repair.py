@@ -158,15 +158,16 @@ def repair_request(candidate: RepairCandidate) -> str:
     if candidate.form == "lines":
         return shown + (
             "If the bug that makes those tests fail is in this function, reply with ONE "
-            f"```bash block that fixes it with `search_replace {candidate.path} <<'EOF'`, "
-            "then:\n"
+            "```bash block that fixes only the wrong line(s), like this:\n"
+            f"```bash\nsearch_replace {candidate.path} <<'EOF'\n"
             "<<<<<<< SEARCH\n"
-            "the wrong line(s), copied exactly from the function above\n"
+            "<the wrong line(s), copied exactly from the function above>\n"
             "=======\n"
-            "the fixed line(s)\n"
+            "<the fixed line(s)>\n"
             ">>>>>>> REPLACE\n"
-            "then `EOF`. Copy only the few lines you change, never the whole function. If the "
-            "bug is not in this function, reply that it is not, with no block."
+            "EOF\n```\n"
+            "Copy only the few lines you change, never the whole function. If the bug is not "
+            "in this function, reply that it is not, with no block."
         )
     return shown + (
         "If the bug that makes those tests fail is in this function, reply with ONE ```bash "
