@@ -196,7 +196,7 @@ def test_a_lines_answer_is_applied_tested_and_kept(example_repo):
     report = parse_test_output(example_repo, pytest_output(example_repo))
     candidates = repair_candidates(example_repo, report, 3, lines_over=3)
     fix = next(c for c in candidates if c.name == "to_csv")
-    assert fix.form == "lines" and fix.lines == 6
+    assert fix.form == "lines" and fix.end - fix.start + 1 == 6
     reply = lines_reply(
         "inventory/export.py",
         BUGGY_LOOP,

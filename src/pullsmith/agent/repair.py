@@ -53,9 +53,6 @@ MAX_FUNCTION_LINES = 80
 # Nor for its lines when longer than this: it is shown whole in the request, which has to fit
 # the bundled model's 8k context after the first message (about 4k tokens on pypi-bugs).
 MAX_LINES_ASK = 160
-# How the question is put: "function" (write it whole, with replace_function) or "lines"
-# (a SEARCH/REPLACE block of the lines to change, for a function over `lines_over` lines).
-FORMS = ("function", "lines")
 # How many places in the order of asks a function's next ask comes after its last one.
 RESAMPLE_STEP = 2
 _FENCE = re.compile(r"```([\w+-]*)[^\n]*\n(.*?)(?:\n```|\Z)", re.S)
@@ -71,11 +68,9 @@ class RepairCandidate:
     end: int
     source: str
     rank: int
+    # How it is asked for: "function" (written whole, with replace_function) or "lines" (a
+    # SEARCH/REPLACE block of the lines to change, for a function over `lines_over` lines).
     form: str = "function"
-
-    @property
-    def lines(self) -> int:
-        return self.end - self.start + 1
 
 
 @dataclass
@@ -183,16 +178,23 @@ def definition_in(reply: str, name: str) -> str | None:
     `reply` writes: in a here-document of a bash block or in a python block; from a whole file
     or class written out, only that definition. None when the reply has none."""
     leaf = name.rpartition(".")[2]
-    for lang, block in _FENCE.findall(reply):
-        texts = [block]
-        if lang.lower() in ("", "bash", "sh", "shell", "console"):
-            _, heredocs = scan(block)
-            texts = [doc.body for doc in heredocs if doc.body.strip()] or texts
-        for text in texts:
-            found = _definition(text, leaf)
-            if found is not None:
-                return found
+    for text in _written(reply):
+        found = _definition(text, leaf)
+        if found is not None:
+            return found
     return None
+
+
+def _written(reply: str) -> list[str]:
+    """What the fenced blocks of `reply` write: a shell block's here-documents (the block
+    itself when it has none), any other block whole."""
+    texts: list[str] = []
+    for lang, block in _FENCE.findall(reply):
+        bodies = []
+        if lang.lower() in ("", "bash", "sh", "shell", "console"):
+            bodies = [doc.body for doc in scan(block)[1] if doc.body.strip()]
+        texts.extend(bodies or [block])
+    return texts
 
 
 def lines_edit_in(reply: str, candidate: RepairCandidate) -> str | None:
@@ -200,13 +202,7 @@ def lines_edit_in(reply: str, candidate: RepairCandidate) -> str | None:
     its text alone, so they cannot reach the rest of the file), else the definition the reply
     writes whole (a model may answer that way too); None when the reply has neither. Raises
     SearchReplaceError when its blocks do not parse or do not match the function."""
-    texts: list[str] = []
-    for lang, block in _FENCE.findall(reply):
-        bodies = []
-        if lang.lower() in ("", "bash", "sh", "shell", "console"):
-            bodies = [doc.body for doc in scan(block)[1] if doc.body.strip()]
-        texts.extend(bodies or [block])
-    for text in [*texts, reply]:
+    for text in [*_written(reply), reply]:
         if "<<<<<<<" in text:
             blocks = parse_blocks(text, file=candidate.path)
             edited = apply_to_text(candidate.source + "\n", blocks, shown=f"`{candidate.name}`")
