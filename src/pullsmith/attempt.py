@@ -72,6 +72,8 @@ if TYPE_CHECKING:
     from pullsmith.mcp.client import McpHub
 
 TEST_OUTPUT_CHARS = 3000
+# How much of a direct repair reply its repair.tried event keeps.
+REPAIR_REPLY_CHARS = 2000
 # The run before the agent may use this many times `test_cpu_s` of CPU time (see cpu_cap).
 BEFORE_CPU_FACTOR = 3
 # Why a failed attempt keeps its finish summary (summary.written's `reason`).
@@ -555,6 +557,7 @@ class Attempt:
                     completion_tokens=one.usage.completion_tokens,
                     cached_tokens=one.usage.cached_tokens,
                     test_event=one.tests.event_id if one.tests is not None else None,
+                    reply=clip(one.reply, REPAIR_REPLY_CHARS),
                 )
             )
 

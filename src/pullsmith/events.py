@@ -230,6 +230,9 @@ class RepairTried(Payload):
     completion_tokens: int = 0
     cached_tokens: int = 0
     test_event: int | None = None
+    # The reply's text, clipped (REPAIR_REPLY_CHARS), so an answer that was not applied can be
+    # read afterwards.
+    reply: str = ""
 
 
 class SummaryWritten(Payload):

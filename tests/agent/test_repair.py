@@ -470,6 +470,7 @@ def test_in_an_attempt_a_function_over_repair_lines_over_is_asked_for_its_lines(
     assert result.status == "passed" and result.exit_reason == "repaired"
     tried = [e.data for e in events if e.type == "repair.tried"]
     assert tried[-1]["function"] == "to_csv" and tried[-1]["form"] == "lines"
+    assert "<<<<<<< SEARCH" in tried[-1]["reply"]  # kept, to be read afterwards
     assert {t["outcome"] for t in tried[:-1]} <= {"no definition"}
     committed = git("show", f"{result.branch}:inventory/export.py", cwd=example_repo)
     assert "for row in rows:" in committed and '"""Join one row' in committed

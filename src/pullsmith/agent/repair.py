@@ -86,6 +86,7 @@ class RepairTry:
     outcome: str
     sample: int = 1
     detail: str = ""
+    reply: str = ""
     seconds: float = 0.0
     usage: Usage = field(default_factory=Usage)
     tests: TestRun | None = None
@@ -318,6 +319,7 @@ def direct_repair(
                 on_try(attempt)
             break
         attempt.seconds, attempt.usage = round(time.monotonic() - started, 3), reply.usage
+        attempt.reply = reply.text
         text: str | None = None
         error = ""
         if candidate.form == "lines":
