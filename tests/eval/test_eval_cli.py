@@ -85,6 +85,10 @@ def test_interrupted_run_resumes(tmp_path):
             stdin=subprocess.DEVNULL,
             text=True,
             env={**os.environ, "COLUMNS": "200"},
+            # As from a terminal: a test run started in the background (`make test &`, as
+            # nohup or a non-interactive shell does) has SIGINT ignored, the child inherits
+            # that, and Python then never raises KeyboardInterrupt (exit 0, not 130).
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         deadline = time.monotonic() + 120
         # The interrupt is sent while a request of the second task waits at the model, after
