@@ -320,27 +320,22 @@ def direct_repair(
             break
         attempt.seconds, attempt.usage = round(time.monotonic() - started, 3), reply.usage
         attempt.reply = reply.text
-        text: str | None = None
-        error = ""
-        if candidate.form == "lines":
-            try:
-                text = lines_edit_in(reply.text, candidate)
-            except SearchReplaceError as exc:
-                error = str(exc)
-        else:
-            text = definition_in(reply.text, candidate.name)
+        try:
+            text = (
+                lines_edit_in(reply.text, candidate)
+                if candidate.form == "lines"
+                else definition_in(reply.text, candidate.name)
+            )
+        except SearchReplaceError as exc:
+            text, attempt.outcome, attempt.detail = None, "not applied", str(exc)
         tried = seen.setdefault(candidate, set())
         key = _normalized(text) if text is not None else ""
-        if error:
-            attempt.outcome, attempt.detail = "not applied", error
+        if attempt.outcome:
+            pass  # the reply's blocks did not apply
         elif text is None:
             attempt.outcome = "no definition"
-            leaf = candidate.name.rpartition(".")[2]
-            attempt.detail = (
-                f"the reply had no SEARCH/REPLACE block and did not define {leaf}"
-                if candidate.form == "lines"
-                else f"the reply did not define {leaf}"
-            )
+            blocks = "had no SEARCH/REPLACE block and " if candidate.form == "lines" else ""
+            attempt.detail = f"the reply {blocks}did not define {candidate.name.rpartition('.')[2]}"
         elif key in tried:
             attempt.outcome = "repeated"
             attempt.detail = "the same rewrite as an earlier ask of this function"
