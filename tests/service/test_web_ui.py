@@ -398,7 +398,15 @@ def test_direct_repair_tries_read_as_lines_in_the_log(page, server, recordings, 
                 # Ids between this event's and the next one's, so the page keeps the order.
                 for step, extra in (
                     (0.25, {"outcome": "unchanged", "sample": 1, "completion_tokens": 60}),
-                    (0.5, {"outcome": "passed", "sample": 2, "completion_tokens": 70}),
+                    (
+                        0.5,
+                        {
+                            "outcome": "passed",
+                            "sample": 2,
+                            "form": "lines",
+                            "completion_tokens": 70,
+                        },
+                    ),
                 ):
                     added = {**event, "id": event["id"] + step, "type": "repair.tried"}
                     added["data"] = {"attempt": event["data"].get("attempt"), **tried, **extra}
@@ -410,7 +418,9 @@ def test_direct_repair_tries_read_as_lines_in_the_log(page, server, recordings, 
     rows = page.locator('#log li[data-type="repair.tried"]')
     expect(rows).to_have_count(2)
     expect(rows.nth(0)).to_contain_text("to_csv in inventory/export.py (rank 1): unchanged")
-    expect(rows.nth(1)).to_contain_text("to_csv in inventory/export.py (rank 1, ask 2): passed")
+    expect(rows.nth(1)).to_contain_text(
+        "to_csv in inventory/export.py (rank 1, ask 2, lines): passed"
+    )
     expect(rows.nth(1)).to_contain_text("70 tokens")
     rows.nth(1).scroll_into_view_if_needed()
     shoot(page, tmp_path / "9-repair.png", capsys)
