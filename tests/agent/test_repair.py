@@ -175,6 +175,32 @@ def test_the_blocks_of_a_lines_reply_change_the_function_alone():
     assert lines_edit_in("The bug is not in this function.", METHOD) is None
 
 
+def test_a_search_copied_back_with_a_slip_applies_to_the_one_run_of_lines_it_nearly_copies():
+    slipped = lines_reply("pkg/m.py", "    return w + self.hh\n", "    return w * self.h\n")
+    assert lines_edit_in(slipped, METHOD) == (
+        "def area(self):\n    # the area\n    w = self.w\n    return w * self.h\n"
+    )
+    # Several lines, one with a changed character, indented as in the file: still one run.
+    two = lines_reply(
+        "pkg/m.py",
+        "        w = self.w;\n        return w + self.h\n",
+        "        w = self.w\n        return w * self.h\n",
+    )
+    assert lines_edit_in(two, METHOD).endswith("    w = self.w\n    return w * self.h\n")
+    # Not alike enough: nothing is applied, with search_replace's own words.
+    far = lines_reply("pkg/m.py", "    return w - self.height\n", "    return w * self.h\n")
+    with pytest.raises(SearchReplaceError, match="not found"):
+        lines_edit_in(far, METHOD)
+    # Two runs alike: which one was meant cannot be told, so nothing is applied.
+    source = (
+        "def f(left_total):\n    left_total = left_total + 1\n    left_total = left_total + 2\n"
+    )
+    twice = RepairCandidate("pkg/m.py", "f", 1, 3, source + "    return left_total", 1, "lines")
+    ambiguous = lines_reply("pkg/m.py", "    left_total = left_total + 3\n", "    pass\n")
+    with pytest.raises(SearchReplaceError, match="not found"):
+        lines_edit_in(ambiguous, twice)
+
+
 def test_a_function_over_lines_over_is_asked_for_its_lines_up_to_a_longer_cap(tmp_path):
     body = "".join(f"    x{i} = {i}\n" for i in range(100))
     (tmp_path / "big.py").write_text(

@@ -36,6 +36,8 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from dataclasses import replace as replace_fields
+from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +47,12 @@ from pullsmith.models.base import Message, Model, Usage
 from pullsmith.task import TestRun
 from pullsmith.tools.edit_forms import scan
 from pullsmith.tools.replace_function import ReplaceFunctionError, replace_function
-from pullsmith.tools.search_replace import SearchReplaceError, apply_to_text, parse_blocks
+from pullsmith.tools.search_replace import (
+    Block,
+    SearchReplaceError,
+    apply_to_text,
+    parse_blocks,
+)
 
 # A function longer than this is not asked for whole: the model would copy it back for
 # minutes (at 5-20 tokens a second) and small models cut long copies short.
@@ -55,6 +62,9 @@ MAX_FUNCTION_LINES = 80
 MAX_LINES_ASK = 160
 # How many places in the order of asks a function's next ask comes after its last one.
 RESAMPLE_STEP = 2
+# How alike (difflib's ratio, whitespace at line ends aside) a lines reply's SEARCH text and
+# one run of the function's lines must be for the reply to apply to those lines.
+SNAP_RATIO = 0.95
 _FENCE = re.compile(r"```([\w+-]*)[^\n]*\n(.*?)(?:\n```|\Z)", re.S)
 
 
@@ -206,9 +216,56 @@ def lines_edit_in(reply: str, candidate: RepairCandidate) -> str | None:
     for text in [*_written(reply), reply]:
         if "<<<<<<<" in text:
             blocks = parse_blocks(text, file=candidate.path)
-            edited = apply_to_text(candidate.source + "\n", blocks, shown=f"`{candidate.name}`")
+            source, shown = candidate.source + "\n", f"`{candidate.name}`"
+            try:
+                edited = apply_to_text(source, blocks, shown=shown)
+            except SearchReplaceError:
+                snapped = [_snapped(source, block) for block in blocks]
+                if snapped == blocks:
+                    raise
+                edited = apply_to_text(source, snapped, shown=shown)
             return textwrap.dedent(edited)
     return definition_in(reply, candidate.name)
+
+
+def _snapped(source: str, block: Block) -> Block:
+    """`block` with its SEARCH lines put back as the function has them, when they are a
+    near copy (SNAP_RATIO alike, whitespace aside) of exactly one run of its lines: a small
+    model copying lines back drops or changes a character now and then (semver-01: 98% alike,
+    nothing applied). Only here, where the text is one function and the tests then decide;
+    the agent's own search_replace stays exact. The REPLACE lines move by the indentation
+    the SEARCH lines were off by. Unchanged when no single run is that close."""
+    search = list(block.search)
+    while search and not search[-1].strip():
+        search.pop()
+    while search and not search[0].strip():
+        search.pop(0)
+    lines = source.splitlines()
+    n = len(search)
+    if not n or n > len(lines):
+        return block
+    wanted = "\n".join(line.strip() for line in search)
+    close = []
+    for i in range(len(lines) - n + 1):
+        window = lines[i : i + n]
+        matcher = SequenceMatcher(None, "\n".join(w.strip() for w in window), wanted, False)
+        if matcher.quick_ratio() >= SNAP_RATIO and matcher.ratio() >= SNAP_RATIO:
+            close.append(window)
+    if len(close) != 1:
+        return block
+    window = close[0]
+    shift = _indent(window[0]) - _indent(search[0])
+    replace = [
+        (" " * shift + line if shift > 0 else line[min(-shift, _indent(line)) :])
+        if line.strip()
+        else line
+        for line in block.replace
+    ]
+    return replace_fields(block, search=window, replace=replace)
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
 
 
 def _definition(text: str, leaf: str) -> str | None:
