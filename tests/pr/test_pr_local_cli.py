@@ -41,6 +41,10 @@ def test_a_run_opens_a_pr_that_list_and_show_present(ledger_repo, tmp_path):
     assert "Tests pass." in out and "total adds every amount" in out
     assert f"run `{result.task_id}`, event #{result.tests_after.event_id}" in out
     assert "ledger/report.py" in out
+    # The Changes table names the function the diff changes, read from the code.
+    assert (
+        "| `ledger/report.py` | `total` | 2 | 2 |" in pullsmith("pr", "show", "1", "--raw").stdout
+    )
     # On a terminal the Markdown is rendered (and GitHub's alert markers dropped).
     rendered = pullsmith("pr", "show", "1", env={"FORCE_COLOR": "1", "COLUMNS": "300"}).stdout
     assert "Tests pass." in rendered and "[!NOTE]" not in rendered

@@ -21,6 +21,9 @@ from pullsmith.text import subject_line
 TITLE_CHARS = 72
 # GitHub rejects bodies over 65,536 characters; leave room for what a forge may add.
 BODY_LIMIT = 60_000
+# A file's "Changed in" cell names this many definitions, then how many more.
+WHERE_SHOWN = 6
+MODULE_LEVEL = "module level"
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,10 @@ class FileChange:
     added: int
     removed: int
     binary: bool = False
+    # The Python definitions the change touches, read from the code (pr.local), not the
+    # model's words: the innermost function (`Class.method`) or class of each changed line,
+    # "module level" outside any.
+    where: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -312,17 +319,24 @@ def _changes_section(facts: PullRequestFacts) -> list[str]:
     if not facts.changes:
         lines.append("No file differs from the base.")
     else:
-        lines += ["| File | + | − |", "|---|--:|--:|"]
+        where = any(change.where for change in facts.changes)
+        lines += (
+            ["| File | Changed in | + | − |", "|---|---|--:|--:|"]
+            if where
+            else ["| File | + | − |", "|---|--:|--:|"]
+        )
         for change in facts.changes:
+            names = f" {_where(change.where)} |" if where else ""
             if change.binary:
-                lines.append(f"| {code(change.path)} | binary | |")
+                lines.append(f"| {code(change.path)} |{names} binary | |")
             else:
-                lines.append(f"| {code(change.path)} | {change.added} | {change.removed} |")
+                lines.append(f"| {code(change.path)} |{names} {change.added} | {change.removed} |")
         added = sum(c.added for c in facts.changes)
         removed = sum(c.removed for c in facts.changes)
         count = len(facts.changes)
         lines.append(
-            f"| **{count} file{'s' if count != 1 else ''}** | **+{added}** | **−{removed}** |"
+            f"| **{count} file{'s' if count != 1 else ''}** |{' |' if where else ''} "
+            f"**+{added}** | **−{removed}** |"
         )
     lines += [
         "",
@@ -332,6 +346,15 @@ def _changes_section(facts: PullRequestFacts) -> list[str]:
     if facts.commits:
         lines += [""] + [f"- {code(_short(c.sha))} {cell(c.subject)}" for c in facts.commits]
     return lines + _repair_lines(facts.attempts) + _shrink_lines(facts.attempts)
+
+
+def _where(names: Sequence[str], shown: int = WHERE_SHOWN) -> str:
+    """The definitions a file's change touches, as a table cell: code names, then how many
+    more."""
+    cells = [name if name == MODULE_LEVEL else code(name) for name in names[:shown]]
+    if len(names) > shown:
+        cells.append(f"{len(names) - shown} more")
+    return ", ".join(cells)
 
 
 def _repair_lines(attempts: Sequence[AttemptRecord]) -> list[str]:

@@ -14,6 +14,7 @@ from pullsmith.config import Settings
 from pullsmith.errors import UserError
 from pullsmith.events import EventLog
 from pullsmith.pr.describe import (
+    MODULE_LEVEL,
     CommitInfo,
     Description,
     FileChange,
@@ -24,6 +25,7 @@ from pullsmith.pr.describe import (
 from pullsmith.pr.evidence import read_run_log, run_evidence
 from pullsmith.store import AttemptRecord, PullRequestRecord, Store, TaskRecord, utcnow
 from pullsmith.task import AttemptResult, Task
+from pullsmith.tools.replace_function import outline
 from pullsmith.workspace import GitError, git, git_bytes, resolve_repo
 
 
@@ -61,9 +63,67 @@ def file_changes(repo: Path, base: str, head: str) -> list[FileChange]:
                 added=0 if binary else int(added),
                 removed=0 if binary else int(removed),
                 binary=binary,
+                where=()
+                if binary or len(changes) >= WHERE_FILES
+                else changed_definitions(repo, base, head, name),
             )
         )
     return changes
+
+
+# The first this many files of a change are read for the definitions they change (three git
+# calls each, every time a description is rendered).
+WHERE_FILES = 40
+_HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@", re.M)
+
+
+def changed_definitions(repo: Path, base: str, head: str, path: str) -> tuple[str, ...]:
+    """The Python definitions `path`'s change from `base` to `head` touches, in file order: the
+    innermost function or class of each added line (in `head`) and of each removed one (in
+    `base`: a deleted function is named too), MODULE_LEVEL outside any. Empty for a file
+    that is not Python, or not parseable on the side a line is read from."""
+    if not path.endswith(".py"):
+        return ()
+    diff = git("diff", "-U0", "--no-renames", "--no-ext-diff", base, head, "--", path, cwd=repo)
+    old_lines: set[int] = set()
+    new_lines: set[int] = set()
+    for match in _HUNK.finditer(diff):
+        old_start, old_count, new_start, new_count = match.groups()
+        old_n = 1 if old_count is None else int(old_count)
+        new_n = 1 if new_count is None else int(new_count)
+        old_lines.update(range(int(old_start), int(old_start) + old_n))
+        new_lines.update(range(int(new_start), int(new_start) + new_n))
+    found: list[tuple[int, str]] = []
+    for commit, lines in ((head, new_lines), (base, old_lines)):
+        if lines:
+            found += _definitions_at(_file_at(repo, commit, path), lines)
+    names: list[str] = []
+    for _, name in sorted(found):
+        if name not in names:
+            names.append(name)
+    return tuple(names)
+
+
+def _file_at(repo: Path, commit: str, path: str) -> str | None:
+    try:
+        return git_bytes("show", f"{commit}:{path}", cwd=repo).decode("utf-8", "replace")
+    except GitError:  # not in that commit: added or deleted
+        return None
+
+
+def _definitions_at(source: str | None, lines: set[int]) -> list[tuple[int, str]]:
+    """(line, innermost definition) for each of `lines` (1-based) in `source`."""
+    if source is None:
+        return []
+    definitions, error = outline(source.splitlines())
+    if error is not None:
+        return []
+    found = []
+    for line in sorted(lines):
+        holding = [d for d in definitions if d.start < line <= d.end]
+        inner = max(holding, key=lambda d: d.start, default=None)
+        found.append((line, inner.qualname if inner is not None else MODULE_LEVEL))
+    return found
 
 
 def commit_list(repo: Path, base: str, head: str) -> list[CommitInfo]:
