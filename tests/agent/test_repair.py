@@ -187,6 +187,28 @@ def test_a_search_copied_back_with_a_slip_applies_to_the_one_run_of_lines_it_nea
         "        w = self.w\n        return w * self.h\n",
     )
     assert lines_edit_in(two, METHOD).endswith("    w = self.w\n    return w * self.h\n")
+    # Long lines, the last one copied without its colon: the run one line earlier is 95%
+    # alike too (semver-01), but it is the same place, one line off, not a rival.
+    source = (
+        "def bump(version, part):\n"
+        "    v = 0\n"
+        "    if (version.prerelease or version.build) and (\n"
+        '        part == "patch"\n'
+        '        or (part == "minor" and version.patch == 0)\n'
+        '        or (part == "major" and version.minor == version.patch == 0)\n'
+        "    ):\n"
+        "        return version\n"
+        "    return None"
+    )
+    bump = RepairCandidate("pkg/v.py", "bump", 1, 9, source, 1, "lines")
+    colon = (
+        "if (version.prerelease or version.build) and (\n"
+        '    part == "patch"\n    or (part == "minor" and version.patch == 0)\n'
+        '    or (part == "major" and version.minor == version.patch == 0)\n)\n'
+    )
+    fixed = lines_edit_in(lines_reply("pkg/v.py", colon, colon.replace("(ver", "(not ver")), bump)
+    assert "    if (not version.prerelease or version.build) and (\n" in fixed
+    assert "    ):\n        return version\n" in fixed
     # Not alike enough: nothing is applied, with search_replace's own words.
     far = lines_reply("pkg/m.py", "    return w - self.height\n", "    return w * self.h\n")
     with pytest.raises(SearchReplaceError, match="not found"):

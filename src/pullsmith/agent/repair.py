@@ -230,11 +230,13 @@ def lines_edit_in(reply: str, candidate: RepairCandidate) -> str | None:
 
 def _snapped(source: str, block: Block) -> Block:
     """`block` with its SEARCH lines put back as the function has them, when they are a
-    near copy (SNAP_RATIO alike, whitespace aside) of exactly one run of its lines: a small
+    near copy (SNAP_RATIO alike, whitespace aside) of one run of its lines and of no other
+    place in it: a small
     model copying lines back drops or changes a character now and then (semver-01: 98% alike,
     nothing applied). Only here, where the text is one function and the tests then decide;
     the agent's own search_replace stays exact. The REPLACE lines move by the indentation
-    the SEARCH lines were off by. Unchanged when no single run is that close."""
+    the SEARCH lines were off by, and the slipped lines copied into them are mended.
+    Unchanged when no single run is that close."""
     search = list(block.search)
     while search and not search[-1].strip():
         search.pop()
@@ -245,22 +247,33 @@ def _snapped(source: str, block: Block) -> Block:
     if not n or n > len(lines):
         return block
     wanted = "\n".join(line.strip() for line in search)
-    close = []
+    close: dict[int, float] = {}
     for i in range(len(lines) - n + 1):
-        window = lines[i : i + n]
-        matcher = SequenceMatcher(None, "\n".join(w.strip() for w in window), wanted, False)
+        matcher = SequenceMatcher(None, "\n".join(w.strip() for w in lines[i : i + n]), wanted)
         if matcher.quick_ratio() >= SNAP_RATIO and matcher.ratio() >= SNAP_RATIO:
-            close.append(window)
-    if len(close) != 1:
+            close[i] = matcher.ratio()
+    if not close:
         return block
-    window = close[0]
+    best = max(close, key=close.__getitem__)
+    # A run one line off the best shares most of its lines (long ones weigh most: 95% for
+    # semver-01's one line off), so only a close run elsewhere, or one as close, is a rival.
+    if any(i != best and (abs(i - best) >= n or r >= close[best]) for i, r in close.items()):
+        return block
+    window = lines[best : best + n]
+    # The slip is mostly copied into the REPLACE part as well: a line there that is a SEARCH
+    # line with a slip becomes the function's line it stands for.
+    slips = {
+        wrote.strip(): have.strip()
+        for wrote, have in zip(search, window, strict=True)
+        if wrote.strip() != have.strip()
+    }
     shift = _indent(window[0]) - _indent(search[0])
-    replace = [
-        (" " * shift + line if shift > 0 else line[min(-shift, _indent(line)) :])
-        if line.strip()
-        else line
-        for line in block.replace
-    ]
+    replace = []
+    for line in block.replace:
+        if line.strip():
+            line = line[: _indent(line)] + slips.get(line.strip(), line.strip())
+            line = " " * shift + line if shift > 0 else line[min(-shift, _indent(line)) :]
+        replace.append(line)
     return replace_fields(block, search=window, replace=replace)
 
 
