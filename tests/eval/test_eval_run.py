@@ -15,12 +15,13 @@ from pullsmith.errors import UserError
 from pullsmith.eval.harness import (
     EvalOptions,
     Listener,
+    Steps,
     TaskRecord,
     load_records,
     run_suite,
 )
 from pullsmith.eval.tasks import load_suite
-from pullsmith.events import read_events
+from pullsmith.events import Event, read_events
 from pullsmith.models import ModelError
 
 SANDBOX = "bwrap" if bwrap_works() else "none"
@@ -39,17 +40,43 @@ def suite(tmp_path):
 class Recorder(Listener):
     def __init__(self) -> None:
         self.started: list[str] = []
-        self.turns: list[tuple[str, int]] = []
+        self.steps: list[tuple[str, str]] = []
         self.finished: list[str] = []
 
     def task_started(self, task_id):
         self.started.append(task_id)
 
-    def task_turn(self, task_id, turn):
-        self.turns.append((task_id, turn))
+    def task_step(self, task_id, step):
+        self.steps.append((task_id, step))
 
     def task_finished(self, record):
         self.finished.append(record.task_id)
+
+
+def test_the_progress_hears_each_direct_repair_try_and_each_turn():
+    listener = Recorder()
+    steps = Steps(listener, "semver-01")
+    for number, (type_, data) in enumerate(
+        [
+            (
+                "repair.tried",
+                {"attempt": 1, "function": "Version.next_version", "outcome": "failed"},
+            ),
+            ("tests.ran", {"attempt": 1, "exit_code": 1}),
+            ("repair.tried", {"attempt": 1, "function": "cmd_nextver", "outcome": "unchanged"}),
+            ("model.reply", {"attempt": 1, "turn": 1}),
+            ("model.reply", {"attempt": 2, "turn": 3}),
+            ("repair.tried", {"attempt": 2, "function": "parse", "outcome": "passed"}),
+        ]
+    ):
+        steps(Event(id=number, type=type_, task_id="r", ts=0.0, data=data))
+    assert [step for _, step in listener.steps] == [
+        "repair 1: next_version failed",
+        "repair 2: cmd_nextver unchanged",
+        "turn 1",
+        "attempt 2, turn 3",
+        "attempt 2, repair 3: parse passed",
+    ]
 
 
 def test_run_records_every_task_and_writes_reports(suite, settings, tmp_path):
@@ -62,7 +89,7 @@ def test_run_records_every_task_and_writes_reports(suite, settings, tmp_path):
     assert set(records) == {"add", "mul"}
     assert records["add"].resolved and not records["mul"].resolved
     assert records["mul"].status == "failed" and records["mul"].exit_reason
-    assert sorted(listener.finished) == ["add", "mul"] and ("add", 1) in listener.turns
+    assert sorted(listener.finished) == ["add", "mul"] and ("add", "turn 1") in listener.steps
     report = json.loads((out / "report.json").read_text())
     assert report == json.loads(json.dumps(run.report))
     totals = report["totals"]

@@ -170,11 +170,11 @@ class ProgressView(Listener):
                 f"  {task_id}: starting", total=None, rate=""
             )
 
-    def task_turn(self, task_id: str, turn: int) -> None:
+    def task_step(self, task_id: str, step: str) -> None:
         with self.lock:
             row = self.rows.get(task_id)
             if row is not None:
-                self.progress.update(row, description=f"  {task_id}: turn {turn}")
+                self.progress.update(row, description=f"  {escape(task_id)}: {escape(step)}")
 
     def task_finished(self, record: TaskRecord) -> None:
         with self.lock:

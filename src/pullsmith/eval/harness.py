@@ -130,11 +130,30 @@ class Listener:
     def task_started(self, task_id: str) -> None:
         pass
 
-    def task_turn(self, task_id: str, turn: int) -> None:
-        pass
+    def task_step(self, task_id: str, step: str) -> None:
+        """Where a task in flight is: its attempt's turn, or its last direct-repair try."""
 
     def task_finished(self, record: TaskRecord) -> None:
         pass
+
+
+class Steps:
+    """An event listener telling `listener` where task `task_id` is: each turn of the agent,
+    and each direct-repair try before it (which can take minutes on a small model)."""
+
+    def __init__(self, listener: Listener, task_id: str) -> None:
+        self.listener, self.task_id, self.repairs = listener, task_id, 0
+
+    def __call__(self, event: Event) -> None:
+        data = event.data
+        attempt = f"attempt {data['attempt']}, " if int(data.get("attempt") or 1) > 1 else ""
+        if event.type == "model.reply":
+            self.listener.task_step(self.task_id, f"{attempt}turn {data.get('turn', 0)}")
+        elif event.type == "repair.tried":
+            self.repairs += 1
+            function = str(data.get("function", "")).rpartition(".")[2]
+            step = f"{attempt}repair {self.repairs}: {function} {data.get('outcome', '')}"
+            self.listener.task_step(self.task_id, step)
 
 
 @dataclass
@@ -431,11 +450,7 @@ def run_one(
     record.run_id = run_id
     record.run_log = str(run_dir / "events.jsonl")
 
-    def turns(event: Event) -> None:
-        if event.type == "model.reply":
-            listener.task_turn(task.id, event.data.get("turn", 0))
-
-    result = engine.submit(user_task, [turns], settings=task_settings).result()
+    result = engine.submit(user_task, [Steps(listener, task.id)], settings=task_settings).result()
     _copy_result(record, result)
 
     def hidden_score(commit: str | None) -> Score:
