@@ -73,7 +73,7 @@ if TYPE_CHECKING:
 
 TEST_OUTPUT_CHARS = 3000
 # How much of a direct repair reply its repair.tried event keeps.
-REPAIR_REPLY_CHARS = 2000
+REPAIR_REPLY_CHARS = 8000
 # The run before the agent may use this many times `test_cpu_s` of CPU time (see cpu_cap).
 BEFORE_CPU_FACTOR = 3
 # Why a failed attempt keeps its finish summary (summary.written's `reason`).

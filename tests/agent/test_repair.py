@@ -223,6 +223,48 @@ def test_a_search_copied_back_with_a_slip_applies_to_the_one_run_of_lines_it_nea
         lines_edit_in(ambiguous, twice)
 
 
+SIMPLE = RepairCandidate(
+    "webcolors/_html5.py",
+    "parse_simple",
+    40,
+    44,
+    "def parse_simple(value):\n"
+    "    if isinstance(value, str) or len(value) != 7:\n"
+    '        raise ValueError("not a simple color")\n'
+    "    return value.lower()",
+    1,
+    "lines",
+)
+FIXED_SIMPLE = (
+    "def parse_simple(value):\n"
+    "    if not isinstance(value, str) or len(value) != 7:\n"
+    '        raise ValueError("not a simple color")\n'
+    "    return value.lower()\n"
+)
+
+
+def test_a_fix_written_into_both_parts_of_a_block_is_applied_as_written():
+    # webcolors-02's third ask: the fixed line as SEARCH and as REPLACE. Mending the REPLACE
+    # part like a slip would change nothing, so it is taken as the model wrote it.
+    line = "if not isinstance(value, str) or len(value) != 7:\n"
+    assert lines_edit_in(lines_reply(SIMPLE.path, line, line), SIMPLE) == FIXED_SIMPLE
+
+
+def test_a_lines_reply_cut_off_in_its_replace_part_or_closed_twice_still_applies():
+    search = "if isinstance(value, str) or len(value) != 7:"
+    fixed = "if not isinstance(value, str) or len(value) != 7:"
+    # The reply ends after the REPLACE lines: no '>>>>>>> REPLACE', no EOF.
+    cut = f"```bash\nsearch_replace {SIMPLE.path} <<'EOF'\n<<<<<<< SEARCH\n{search}\n=======\n{fixed}\n```"
+    assert lines_edit_in(cut, SIMPLE) == FIXED_SIMPLE
+    # A second '=======' where '>>>>>>> REPLACE' belongs, then the marker.
+    twice = lines_reply(SIMPLE.path, search + "\n", fixed + "\n=======\n")
+    assert lines_edit_in(twice, SIMPLE) == FIXED_SIMPLE
+    # Cut off before its REPLACE part: there is nothing to apply, in search_replace's words.
+    early = f"```bash\nsearch_replace {SIMPLE.path} <<'EOF'\n<<<<<<< SEARCH\n{search}\n```"
+    with pytest.raises(SearchReplaceError, match="missing '=======' and '>>>>>>> REPLACE'"):
+        lines_edit_in(early, SIMPLE)
+
+
 def test_a_function_over_lines_over_is_asked_for_its_lines_up_to_a_longer_cap(tmp_path):
     body = "".join(f"    x{i} = {i}\n" for i in range(100))
     (tmp_path / "big.py").write_text(

@@ -215,7 +215,7 @@ def lines_edit_in(reply: str, candidate: RepairCandidate) -> str | None:
     SearchReplaceError when its blocks do not parse or do not match the function."""
     for text in [*_written(reply), reply]:
         if "<<<<<<<" in text:
-            blocks = parse_blocks(text, file=candidate.path)
+            blocks = _lenient_blocks(text, candidate.path)
             source, shown = candidate.source + "\n", f"`{candidate.name}`"
             try:
                 edited = apply_to_text(source, blocks, shown=shown)
@@ -268,13 +268,44 @@ def _snapped(source: str, block: Block) -> Block:
         if wrote.strip() != have.strip()
     }
     shift = _indent(window[0]) - _indent(search[0])
-    replace = []
-    for line in block.replace:
-        if line.strip():
+
+    def shifted(line: str, mend: bool) -> str:
+        if not line.strip():
+            return line
+        if mend:
             line = line[: _indent(line)] + slips.get(line.strip(), line.strip())
-            line = " " * shift + line if shift > 0 else line[min(-shift, _indent(line)) :]
-        replace.append(line)
+        return " " * shift + line if shift > 0 else line[min(-shift, _indent(line)) :]
+
+    replace = [shifted(line, mend=True) for line in block.replace]
+    if [line.strip() for line in replace] == [line.strip() for line in window]:
+        # Mended, it would change nothing: the model wrote its fix into the SEARCH part as
+        # well (webcolors-02: `if not isinstance(...)` in both parts, `if isinstance(...)` in
+        # the function), so its REPLACE part is taken as written.
+        replace = [shifted(line, mend=False) for line in block.replace]
     return replace_fields(block, search=window, replace=replace)
+
+
+def _lenient_blocks(text: str, path: str) -> list[Block]:
+    """The blocks of a lines reply, forgiving two slips of a small model: a reply that ends
+    inside its last REPLACE part ('>>>>>>> REPLACE' never written), and a second '======='
+    line closing a REPLACE part (which would be written into the function). Raises
+    search_replace's own error when the text does not parse even so."""
+    try:
+        blocks = parse_blocks(text, file=path)
+    except SearchReplaceError as exc:
+        tail = text.rpartition("=======")[2]
+        if "=======" not in text or ">>>>>>>" in tail or "<<<<<<<" in tail:
+            raise
+        try:
+            blocks = parse_blocks(text.rstrip() + "\n>>>>>>> REPLACE\n", file=path)
+        except SearchReplaceError:
+            raise exc from None
+    return [
+        replace_fields(b, replace=b.replace[:-1])
+        if b.replace and b.replace[-1].strip() == "======="
+        else b
+        for b in blocks
+    ]
 
 
 def _indent(line: str) -> int:
