@@ -1,7 +1,8 @@
 """Replay direct repair's recorded "lines" replies through today's reader, with real tests.
 
     PYTHONPATH=src .venv/bin/python benchmarks/repair_replay.py suites/pypi-bugs \
-        ~/.local/share/pullsmith/runs/eval-*/events.jsonl
+        benchmarks/results/runs/pypi-bugs-dev12-lines/repair-tries.jsonl
+    (or the run logs themselves: ~/.local/share/pullsmith/runs/eval-*/events.jsonl)
 
 A change to how a lines reply is read (agent/repair.py `lines_edit_in`) can be measured without
 the model: the replies are in the run logs (`repair.tried` keeps them). For each lines try in
@@ -36,21 +37,25 @@ _RUN = re.compile(r"^eval-(.+)-[0-9a-f]{6}$")
 _CLIPPED = re.compile(r"\[\.\.\. [\d,]+ characters cut \.\.\.\]")
 
 
-def tries_in(log: Path) -> tuple[str, list[dict], str | None]:
-    """The task id a run log is of, its lines tries, and its first test command."""
+def tries_in(log: Path) -> list[tuple[str, list[dict], str | None]]:
+    """Per run in `log`: the task id, its lines tries, and its first test command. `log` is a
+    task's events.jsonl, or a bundle of such events with a `task_id` each (as kept under
+    benchmarks/results/runs/)."""
+    runs: dict[str, tuple[list[dict], list[str]]] = {}
     found = _RUN.match(log.parent.name)
-    if found is None:
-        return "", [], None
-    tries, command = [], None
     for line in log.read_text().splitlines():
         event = json.loads(line)
+        task_id = event.get("task_id", "") if found is None else found.group(1)
+        if found is None and "run" not in event:
+            continue  # an events.jsonl that is not a task's (an attempt's own)
+        tries, commands = runs.setdefault(task_id, ([], []))
         data = event.get("data", {})
-        if event.get("type") == "tests.ran" and command is None:
-            command = data.get("command")
+        if event.get("type") == "tests.ran":
+            commands.append(data.get("command"))
         stopped = data.get("outcome") == "stopped"  # cut off: no reply to read
         if event.get("type") == "repair.tried" and data.get("form") == "lines" and not stopped:
             tries.append(data)
-    return found.group(1), tries, command
+    return [(task, tries, (commands or [None])[0]) for task, (tries, commands) in runs.items()]
 
 
 def replay(repo: Path, one: dict, command: str, timeout_s: float) -> str:
@@ -101,8 +106,8 @@ def main() -> None:
     by_id = {task.safe_id: task for task in suite.tasks}
     changes: Counter[tuple[str, str]] = Counter()
     with tempfile.TemporaryDirectory() as scratch:
-        for log in sorted(args.logs):
-            task_id, tries, command = tries_in(log)
+        runs = [run for log in sorted(args.logs) for run in tries_in(log)]
+        for task_id, tries, command in runs:
             task = by_id.get(task_id)
             if task is None or not tries or not command:
                 continue
