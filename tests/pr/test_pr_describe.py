@@ -318,3 +318,16 @@ def test_direct_repair_is_cited_whether_a_rewrite_passed_or_none_did():
     body = describe(facts(attempt(status="failed", notes={**notes, "repair": again}))).body
     assert "1 function (3 asks)" in body and "events #6–#15" in body
     assert "`load`: unchanged, failed, repeated" in body
+
+
+def test_one_hunk_left_out_is_said_in_the_singular():
+    shrink = {
+        "status": "shrunk",
+        "event": 20,
+        "test_runs": 1,
+        "seconds": 0.3,
+        "dropped": [{"path": "inventory/export.py", "old_start": 12, "kind": "comment"}],
+    }
+    body = describe(facts(attempt(notes={"shrink": shrink}))).body
+    assert "**Left out by pullsmith:** 1 hunk of the model's change" in body
+    assert "(they pass without it) was reverted before the commit" in body

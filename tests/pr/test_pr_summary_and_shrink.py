@@ -68,7 +68,7 @@ def test_the_summary_is_written_from_the_final_diff(ledger_repo, tmp_path):
     body = pr.body
     assert "written after it saw the final diff and pullsmith's test results" in body
     assert "> Count every amount in total()" in body
-    assert "**Left out by pullsmith:** 2 hunks" in body
+    assert "**Left out by pullsmith:** 2 hunks" in body and "them) were reverted" in body
     assert "`ledger/report.py` line 1: comment" in body and '-    """The sum' in body
     assert result.tests_after.phase == "shrink"
 

@@ -282,8 +282,8 @@ def _shrink_lines(attempts: Sequence[AttemptRecord]) -> list[str]:
                 "",
                 f"**Left out by pullsmith:** {count} hunk{'s' if count != 1 else ''} of the "
                 "model's change that the tests did not need (they pass without "
-                f"{'them' if count != 1 else 'it'}) were reverted before the commit ({where}; "
-                f"{cost}):",
+                f"{'them' if count != 1 else 'it'}) {'were' if count != 1 else 'was'} reverted "
+                f"before the commit ({where}; {cost}):",
                 "",
             ]
             for hunk in dropped:
