@@ -231,9 +231,8 @@ def lines_edit_in(reply: str, candidate: RepairCandidate) -> str | None:
 def _snapped(source: str, block: Block) -> Block:
     """`block` with its SEARCH lines put back as the function has them, when they are a
     near copy (SNAP_RATIO alike, whitespace aside) of one run of its lines and of no other
-    place in it: a small
-    model copying lines back drops or changes a character now and then (semver-01: 98% alike,
-    nothing applied). Only here, where the text is one function and the tests then decide;
+    place in it: a small model copying lines back drops or changes a character now and then
+    (semver-01: 98% alike, nothing applied). Only here, where the text is one function and the tests then decide;
     the agent's own search_replace stays exact. The REPLACE lines move by the indentation
     the SEARCH lines were off by, and the slipped lines copied into them are mended.
     Unchanged when no single run is that close."""
@@ -250,8 +249,10 @@ def _snapped(source: str, block: Block) -> Block:
     close: dict[int, float] = {}
     for i in range(len(lines) - n + 1):
         matcher = SequenceMatcher(None, "\n".join(w.strip() for w in lines[i : i + n]), wanted)
-        if matcher.quick_ratio() >= SNAP_RATIO and matcher.ratio() >= SNAP_RATIO:
-            close[i] = matcher.ratio()
+        if matcher.quick_ratio() >= SNAP_RATIO:
+            ratio = matcher.ratio()
+            if ratio >= SNAP_RATIO:
+                close[i] = ratio
     if not close:
         return block
     best = max(close, key=close.__getitem__)
